@@ -1,0 +1,135 @@
+//! The Auto Scaling group as the scaling core needs it: describe, launch times
+//! (from EC2, only for the instances that need them), set desired, terminate.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use aws_config::SdkConfig;
+
+use super::AwsError;
+use crate::scale::GroupApi;
+use crate::scale::decide::{GroupState, Instance, Lifecycle};
+
+#[derive(Clone, Debug)]
+pub struct AsgClient {
+    autoscaling: aws_sdk_autoscaling::Client,
+    ec2: aws_sdk_ec2::Client,
+    region: String,
+}
+
+impl AsgClient {
+    pub fn new(config: &SdkConfig) -> Self {
+        AsgClient {
+            autoscaling: aws_sdk_autoscaling::Client::new(config),
+            ec2: aws_sdk_ec2::Client::new(config),
+            region: config
+                .region()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "the configured region".into()),
+        }
+    }
+}
+
+fn count(v: Option<i32>) -> u32 {
+    v.unwrap_or(0).max(0) as u32
+}
+
+impl GroupApi for AsgClient {
+    async fn describe(&self, name: &str) -> Result<GroupState, AwsError> {
+        let out = self
+            .autoscaling
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(name)
+            .send()
+            .await
+            .map_err(|e| AwsError::call("autoscaling:DescribeAutoScalingGroups", name, &e))?;
+        let group = out
+            .auto_scaling_groups()
+            .iter()
+            .find(|g| g.auto_scaling_group_name() == Some(name))
+            .ok_or_else(|| AwsError::GroupNotFound {
+                name: name.to_string(),
+                region: self.region.clone(),
+            })?;
+        let instances = group
+            .instances()
+            .iter()
+            .filter_map(|i| {
+                Some(Instance {
+                    id: i.instance_id()?.to_string(),
+                    lifecycle: Lifecycle::parse(i.lifecycle_state()?.as_str()),
+                    launch_time: None,
+                    protected_from_scale_in: i.protected_from_scale_in().unwrap_or(false),
+                })
+            })
+            .collect();
+        Ok(GroupState {
+            name: name.to_string(),
+            min: count(group.min_size()),
+            max: count(group.max_size()),
+            desired: count(group.desired_capacity()),
+            instances,
+        })
+    }
+
+    async fn launch_times(&self, ids: &[String]) -> Result<HashMap<String, SystemTime>, AwsError> {
+        let mut times = HashMap::new();
+        // A filter, not InstanceIds: an id that just vanished is no error.
+        let filter = aws_sdk_ec2::types::Filter::builder()
+            .name("instance-id")
+            .set_values(Some(ids.to_vec()))
+            .build();
+        let mut pages = self
+            .ec2
+            .describe_instances()
+            .filters(filter)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| {
+                AwsError::call(
+                    "ec2:DescribeInstances",
+                    format!("{} instance(s)", ids.len()),
+                    &e,
+                )
+            })?;
+            for inst in page.reservations().iter().flat_map(|r| r.instances()) {
+                if let (Some(id), Some(t)) = (inst.instance_id(), inst.launch_time()) {
+                    if let Ok(t) = SystemTime::try_from(*t) {
+                        times.insert(id.to_string(), t);
+                    }
+                }
+            }
+        }
+        Ok(times)
+    }
+
+    async fn set_desired(&self, name: &str, desired: u32) -> Result<(), AwsError> {
+        self.autoscaling
+            .set_desired_capacity()
+            .auto_scaling_group_name(name)
+            .desired_capacity(desired as i32)
+            .honor_cooldown(false)
+            .send()
+            .await
+            .map_err(|e| AwsError::call("autoscaling:SetDesiredCapacity", name, &e))?;
+        Ok(())
+    }
+
+    async fn terminate(&self, instance_id: &str, decrement: bool) -> Result<(), AwsError> {
+        self.autoscaling
+            .terminate_instance_in_auto_scaling_group()
+            .instance_id(instance_id)
+            .should_decrement_desired_capacity(decrement)
+            .send()
+            .await
+            .map_err(|e| {
+                AwsError::call(
+                    "autoscaling:TerminateInstanceInAutoScalingGroup",
+                    instance_id,
+                    &e,
+                )
+            })?;
+        Ok(())
+    }
+}

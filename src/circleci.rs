@@ -1,0 +1,456 @@
+//! CircleCI runner API client (queue depth and registered runners), returning
+//! our own types. Authenticates with a personal API token (`Circle-Token`),
+//! which never appears in an error, a log line or a `Debug` print.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::scale::decide::QueueDepth;
+
+pub const DEFAULT_URL: &str = "https://runner.circleci.com";
+
+/// Bounds on how long one logical request may take.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Per attempt, connection set-up included.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Attempts for 429, 5xx and connection failures (1 = no retry).
+    pub attempts: u32,
+    /// First backoff; doubled on each retry.
+    pub backoff: Duration,
+    /// Cap on any single wait, `Retry-After` included.
+    pub max_backoff: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            attempts: 3,
+            backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CircleCiError {
+    #[error(
+        "CircleCI rejected the personal API token (HTTP {status}) for {what}: check that CIRCLECI_TOKEN \
+         (or the secret's circle_token) is a valid personal token with access to the resource class's \
+         namespace{message}"
+    )]
+    Unauthorized {
+        status: u16,
+        what: String,
+        message: String,
+    },
+    #[error(
+        "CircleCI found no {what} (HTTP 404): check the resource class name and the runner API URL{message}"
+    )]
+    NotFound { what: String, message: String },
+    #[error(
+        "CircleCI kept rate-limiting {what} (HTTP 429) after {attempts} attempt(s); try again later or poll less often{message}"
+    )]
+    RateLimited {
+        what: String,
+        attempts: u32,
+        message: String,
+    },
+    #[error(
+        "CircleCI failed {what} with HTTP {status} after {attempts} attempt(s); check CircleCI's status page and try again{message}"
+    )]
+    Server {
+        what: String,
+        status: u16,
+        attempts: u32,
+        message: String,
+    },
+    #[error("CircleCI answered {what} with HTTP {status}{message}")]
+    Status {
+        what: String,
+        status: u16,
+        message: String,
+    },
+    #[error("CircleCI answered {what} with malformed JSON ({detail}); check the runner API URL")]
+    Malformed { what: String, detail: String },
+    #[error(
+        "CircleCI did not answer {what} within {timeout}; check the network or raise --circleci-timeout"
+    )]
+    Timeout { what: String, timeout: String },
+    #[error(
+        "could not reach CircleCI for {what} after {attempts} attempt(s): {detail}; check the runner API URL and the network"
+    )]
+    Unreachable {
+        what: String,
+        attempts: u32,
+        detail: String,
+    },
+    #[error("invalid CircleCI runner API URL '{url}': {detail}")]
+    BadUrl { url: String, detail: String },
+    #[error("could not set up the HTTP client: {0}")]
+    Client(String),
+}
+
+/// A runner agent registered with CircleCI.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Runner {
+    pub name: String,
+    #[serde(default)]
+    pub hostname: Option<String>,
+}
+
+/// Everything one decision needs from CircleCI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSnapshot {
+    pub depth: QueueDepth,
+    /// Names of the registered runner agents of the resource class.
+    pub runners: HashSet<String>,
+}
+
+/// The queue as the scaling core sees it.
+pub trait RunnerQueue {
+    fn snapshot(
+        &self,
+        resource_class: &str,
+    ) -> impl std::future::Future<Output = Result<QueueSnapshot, CircleCiError>> + Send;
+}
+
+#[derive(Clone)]
+pub struct RunnerApi {
+    http: reqwest::Client,
+    base: reqwest::Url,
+    token: SecretString,
+    limits: HttpLimits,
+}
+
+impl std::fmt::Debug for RunnerApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunnerApi")
+            .field("base", &self.base.as_str())
+            .field("token", &"[redacted]")
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct Unclaimed {
+    unclaimed_task_count: u32,
+}
+
+#[derive(Deserialize)]
+struct Running {
+    running_runner_tasks: u32,
+}
+
+#[derive(Deserialize)]
+struct Runners {
+    items: Vec<Runner>,
+}
+
+impl RunnerApi {
+    pub fn new(
+        base_url: &str,
+        token: SecretString,
+        limits: HttpLimits,
+    ) -> Result<Self, CircleCiError> {
+        let bad = |detail: &str| CircleCiError::BadUrl {
+            url: base_url.to_string(),
+            detail: detail.to_string(),
+        };
+        let mut base = reqwest::Url::parse(base_url).map_err(|e| bad(&e.to_string()))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(bad(
+                "the scheme must be https (or http for a local stand-in)",
+            ));
+        }
+        if base.cannot_be_a_base() || base.host().is_none() {
+            return Err(bad("no host"));
+        }
+        if !base.path().ends_with('/') {
+            let p = format!("{}/", base.path());
+            base.set_path(&p);
+        }
+        let http = reqwest::Client::builder()
+            .timeout(limits.timeout)
+            .connect_timeout(limits.connect_timeout)
+            .user_agent(concat!("cci-scaler/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| CircleCiError::Client(e.to_string()))?;
+        Ok(RunnerApi {
+            http,
+            base,
+            token,
+            limits,
+        })
+    }
+
+    pub async fn unclaimed_tasks(&self, resource_class: &str) -> Result<u32, CircleCiError> {
+        let r: Unclaimed = self
+            .get("api/v3/runner/tasks", resource_class, "unclaimed tasks")
+            .await?;
+        Ok(r.unclaimed_task_count)
+    }
+
+    pub async fn running_tasks(&self, resource_class: &str) -> Result<u32, CircleCiError> {
+        let r: Running = self
+            .get(
+                "api/v3/runner/tasks/running",
+                resource_class,
+                "running tasks",
+            )
+            .await?;
+        Ok(r.running_runner_tasks)
+    }
+
+    pub async fn runners(&self, resource_class: &str) -> Result<Vec<Runner>, CircleCiError> {
+        let r: Runners = self
+            .get("api/v3/runner", resource_class, "registered runners")
+            .await?;
+        Ok(r.items)
+    }
+
+    async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        resource_class: &str,
+        noun: &str,
+    ) -> Result<T, CircleCiError> {
+        let what = format!("{noun} of {resource_class} (GET /{path})");
+        let mut url = self.base.join(path).map_err(|e| CircleCiError::BadUrl {
+            url: self.base.to_string(),
+            detail: e.to_string(),
+        })?;
+        url.query_pairs_mut()
+            .append_pair("resource-class", resource_class);
+
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let last = attempt >= self.limits.attempts;
+            let sent = self
+                .http
+                .get(url.clone())
+                .header("Circle-Token", self.token.expose_secret())
+                .header("Accept", "application/json")
+                .send()
+                .await;
+            let resp = match sent {
+                Ok(r) => r,
+                Err(e) if e.is_timeout() => {
+                    return Err(CircleCiError::Timeout {
+                        what,
+                        timeout: humantime::format_duration(self.limits.timeout).to_string(),
+                    });
+                }
+                Err(e) => {
+                    if last {
+                        return Err(CircleCiError::Unreachable {
+                            what,
+                            attempts: attempt,
+                            detail: error_chain(&e),
+                        });
+                    }
+                    tokio::time::sleep(self.backoff(attempt, None)).await;
+                    continue;
+                }
+            };
+            let status = resp.status();
+            if status.is_success() {
+                let body = match resp.bytes().await {
+                    Ok(b) => b,
+                    Err(e) if e.is_timeout() => {
+                        return Err(CircleCiError::Timeout {
+                            what,
+                            timeout: humantime::format_duration(self.limits.timeout).to_string(),
+                        });
+                    }
+                    Err(e) => {
+                        return Err(CircleCiError::Unreachable {
+                            what,
+                            attempts: attempt,
+                            detail: error_chain(&e),
+                        });
+                    }
+                };
+                return serde_json::from_slice(&body).map_err(|e| CircleCiError::Malformed {
+                    what,
+                    detail: e.to_string(),
+                });
+            }
+            let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+            if retryable && !last {
+                let retry_after = resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                tokio::time::sleep(self.backoff(attempt, retry_after)).await;
+                continue;
+            }
+            let message = message_of(resp).await;
+            return Err(match status {
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => CircleCiError::Unauthorized {
+                    status: status.as_u16(),
+                    what,
+                    message,
+                },
+                StatusCode::NOT_FOUND => CircleCiError::NotFound { what, message },
+                StatusCode::TOO_MANY_REQUESTS => CircleCiError::RateLimited {
+                    what,
+                    attempts: attempt,
+                    message,
+                },
+                s if s.is_server_error() => CircleCiError::Server {
+                    what,
+                    status: s.as_u16(),
+                    attempts: attempt,
+                    message,
+                },
+                s => CircleCiError::Status {
+                    what,
+                    status: s.as_u16(),
+                    message,
+                },
+            });
+        }
+    }
+
+    fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let exp = self
+            .limits
+            .backoff
+            .saturating_mul(1 << (attempt - 1).min(16));
+        retry_after.unwrap_or(exp).min(self.limits.max_backoff)
+    }
+}
+
+impl RunnerQueue for RunnerApi {
+    /// The three requests go out at once: one decision costs one round trip.
+    async fn snapshot(&self, resource_class: &str) -> Result<QueueSnapshot, CircleCiError> {
+        let (unclaimed, running, runners) = tokio::try_join!(
+            self.unclaimed_tasks(resource_class),
+            self.running_tasks(resource_class),
+            self.runners(resource_class),
+        )?;
+        Ok(QueueSnapshot {
+            depth: QueueDepth { unclaimed, running },
+            runners: runners.into_iter().map(|r| r.name).collect(),
+        })
+    }
+}
+
+/// CircleCI's `message` field of an error body, as `": <message>"`, cut short.
+async fn message_of(resp: reqwest::Response) -> String {
+    #[derive(Deserialize)]
+    struct Body {
+        message: String,
+    }
+    let Ok(bytes) = resp.bytes().await else {
+        return String::new();
+    };
+    match serde_json::from_slice::<Body>(&bytes) {
+        Ok(b) if !b.message.trim().is_empty() => {
+            let m: String = b.message.trim().chars().take(200).collect();
+            format!(" (CircleCI says: {m})")
+        }
+        _ => String::new(),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        src = s.source();
+    }
+    out
+}
+
+/// `namespace/name`, each part of letters, digits, `-`, `_` or `.`.
+pub fn validate_resource_class(rc: &str) -> Result<(), String> {
+    let ok_part = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 100
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    match rc.split_once('/') {
+        Some((ns, name)) if ok_part(ns) && ok_part(name) => Ok(()),
+        _ => Err(format!(
+            "invalid resource class '{rc}': expected namespace/name (letters, digits, '-', '_', '.')"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_class_validation() {
+        assert!(validate_resource_class("acme/linux-x64").is_ok());
+        for bad in [
+            "acme",
+            "/x",
+            "acme/",
+            "a/b/c",
+            "a/b;rm",
+            "a b/c",
+            "acme/$(x)",
+        ] {
+            assert!(validate_resource_class(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let api = RunnerApi::new(
+            "http://127.0.0.1:1",
+            SecretString::from("s3cr3t-token"),
+            HttpLimits::default(),
+        )
+        .unwrap();
+        assert!(!format!("{api:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn bad_urls_are_refused() {
+        for bad in ["ftp://x", "not a url", "file:///etc"] {
+            assert!(
+                RunnerApi::new(bad, SecretString::from("t"), HttpLimits::default()).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let api = RunnerApi::new(
+            "http://127.0.0.1:1",
+            SecretString::from("t"),
+            HttpLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(api.backoff(1, None), Duration::from_millis(250));
+        assert_eq!(api.backoff(2, None), Duration::from_millis(500));
+        assert_eq!(api.backoff(30, None), Duration::from_secs(5));
+        assert_eq!(
+            api.backoff(1, Some(Duration::from_secs(60))),
+            Duration::from_secs(5)
+        );
+    }
+}

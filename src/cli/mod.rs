@@ -1,0 +1,78 @@
+//! Command-line definitions (clap) and dispatch; one file per subcommand.
+
+pub mod scale;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use cci_scaler::aws::AwsOptions;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cci-scaler",
+    version,
+    about = "Provision and operate autoscaling fleets of CircleCI self-hosted machine runners on AWS",
+    after_help = "Exit status: 0 success (or nothing to do), 1 an error (the message says what to check), 2 bad usage."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Output format of results on stdout.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// More diagnostics on stderr (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+}
+
+/// AWS settings, as the AWS CLI takes them. The standard credential chain
+/// applies; AWS_PROFILE, AWS_REGION and AWS_ENDPOINT_URL are honoured.
+#[derive(Debug, Clone, Args)]
+pub struct AwsArgs {
+    /// Named AWS profile (default: AWS_PROFILE, else "default").
+    #[arg(long, global = true, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// AWS region (default: AWS_REGION, else the profile's region).
+    #[arg(long, global = true, value_name = "REGION")]
+    pub region: Option<String>,
+    /// Send every AWS request to this endpoint (default: AWS_ENDPOINT_URL).
+    #[arg(long, global = true, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+}
+
+impl AwsArgs {
+    pub fn options(&self) -> AwsOptions {
+        AwsOptions {
+            profile: self.profile.clone(),
+            region: self.region.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Size the Auto Scaling group to the CircleCI runner queue (the Lambda's core).
+    Scale(scale::ScaleArgs),
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Scale(args) => scale::run(&cli.global, args).await,
+    }
+}

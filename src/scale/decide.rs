@@ -1,0 +1,660 @@
+//! The scaling decision: a pure function of the queue, the group, the registered
+//! runners, the policy and the clock. No I/O, no clock reads, no logging.
+//!
+//! Rules (see the README's "Scaling rules"):
+//! - `demand = unclaimed + running`, `target = clamp(demand, min, max)`.
+//! - Raise only: desired capacity goes up to `target`, never down because the
+//!   queue shrank. Instances remove themselves (with decrement) when their runner
+//!   exits, so the decrement has exactly one owner.
+//! - Compare against desired capacity, not the in-service count, so booting
+//!   instances are not ordered twice.
+//! - Reap instances that never registered as a runner within the boot timeout
+//!   (runners are named after their instance id), with decrement unless that
+//!   would take desired capacity below the group's minimum.
+//! - Never ask for more than the group's max.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+/// Tasks waiting for and running on one resource class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct QueueDepth {
+    pub unclaimed: u32,
+    pub running: u32,
+}
+
+impl QueueDepth {
+    pub fn demand(&self) -> u32 {
+        self.unclaimed.saturating_add(self.running)
+    }
+}
+
+/// An instance's Auto Scaling lifecycle state, as far as the scaler cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// `Pending`, `Pending:Wait`, `Pending:Proceed`: booting, counted in desired.
+    Pending,
+    InService,
+    /// Anything else (`Terminating*`, `Detaching`, `Standby`, warm pool, ...):
+    /// already on its way out or parked; never reaped by the scaler.
+    Other(String),
+}
+
+impl Lifecycle {
+    pub fn parse(state: &str) -> Self {
+        match state {
+            "InService" => Lifecycle::InService,
+            s if s == "Pending" || s.starts_with("Pending:") => Lifecycle::Pending,
+            s => Lifecycle::Other(s.to_string()),
+        }
+    }
+
+    fn counted_live(&self) -> bool {
+        matches!(self, Lifecycle::Pending | Lifecycle::InService)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub id: String,
+    pub lifecycle: Lifecycle,
+    /// When EC2 launched it; `None` when unknown (then it is never reaped).
+    pub launch_time: Option<SystemTime>,
+    pub protected_from_scale_in: bool,
+}
+
+/// The Auto Scaling group as read just before the decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupState {
+    pub name: String,
+    pub min: u32,
+    pub max: u32,
+    pub desired: u32,
+    pub instances: Vec<Instance>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// An instance older than this whose id matches no registered runner is
+    /// taken to have failed its boot.
+    pub boot_timeout: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            boot_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// One instance to terminate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reap {
+    pub instance_id: String,
+    /// Terminate with `ShouldDecrementDesiredCapacity`; false only where the
+    /// decrement would take desired below the group's minimum (the group then
+    /// launches a replacement, which the minimum asks for anyway).
+    pub decrement: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    None,
+    ScaleOut,
+    Reap,
+    ReapAndScaleOut,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::None => "none",
+            Action::ScaleOut => "scale-out",
+            Action::Reap => "reap",
+            Action::ReapAndScaleOut => "reap+scale-out",
+        })
+    }
+}
+
+/// What to do, in order: terminate `reap`, then set desired to `set_desired`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub demand: u32,
+    pub target: u32,
+    pub desired_before: u32,
+    /// Desired capacity once the decision is applied.
+    pub desired_after: u32,
+    pub reap: Vec<Reap>,
+    pub set_desired: Option<u32>,
+    pub reason: String,
+}
+
+impl Decision {
+    pub fn action(&self) -> Action {
+        match (self.reap.is_empty(), self.set_desired.is_some()) {
+            (true, false) => Action::None,
+            (true, true) => Action::ScaleOut,
+            (false, false) => Action::Reap,
+            (false, true) => Action::ReapAndScaleOut,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecideError {
+    #[error(
+        "Auto Scaling group '{group}' has min size {min} above max size {max}; fix the group's sizes"
+    )]
+    MinAboveMax { group: String, min: u32, max: u32 },
+}
+
+/// Decide what to do for one poll. Pure: same inputs, same decision.
+pub fn decide(
+    queue: QueueDepth,
+    group: &GroupState,
+    registered: &HashSet<String>,
+    policy: &Policy,
+    now: SystemTime,
+) -> Result<Decision, DecideError> {
+    if group.min > group.max {
+        return Err(DecideError::MinAboveMax {
+            group: group.name.clone(),
+            min: group.min,
+            max: group.max,
+        });
+    }
+    let demand = queue.demand();
+    let target = demand.clamp(group.min, group.max);
+    let mut reasons = Vec::new();
+
+    // Instances that never registered within the boot timeout.
+    let stale: Vec<&Instance> = group
+        .instances
+        .iter()
+        .filter(|i| i.lifecycle.counted_live() && !registered.contains(&i.id))
+        .filter(|i| match i.launch_time {
+            Some(t) => now
+                .duration_since(t)
+                .is_ok_and(|age| age > policy.boot_timeout),
+            None => false,
+        })
+        .collect();
+    let live = group
+        .instances
+        .iter()
+        .filter(|i| i.lifecycle.counted_live())
+        .count() as u32;
+
+    let mut reap = Vec::new();
+    if !stale.is_empty() {
+        // Tasks run only on registered runners. If reaping would leave fewer
+        // live instances than running tasks, the runner list cannot be right
+        // (empty page, wrong filter): never risk a running job on it.
+        let remaining = live - stale.len() as u32;
+        if remaining < queue.running {
+            reasons.push(format!(
+                "{} instance(s) look unregistered but only {} would remain for {} running task(s): \
+                 runner list looks incomplete, nothing reaped",
+                stale.len(),
+                remaining,
+                queue.running
+            ));
+        } else {
+            let mut desired = group.desired;
+            for inst in stale {
+                let decrement = desired > group.min;
+                if decrement {
+                    desired -= 1;
+                }
+                reap.push(Reap {
+                    instance_id: inst.id.clone(),
+                    decrement,
+                });
+            }
+            let ids: Vec<&str> = reap.iter().map(|r| r.instance_id.as_str()).collect();
+            reasons.push(format!(
+                "{} never registered as a runner within {}: terminate{}",
+                ids.join(", "),
+                humantime::format_duration(policy.boot_timeout),
+                if reap.iter().all(|r| r.decrement) {
+                    " with decrement"
+                } else {
+                    " (without decrement where desired is at min)"
+                }
+            ));
+        }
+    }
+    let decremented = reap.iter().filter(|r| r.decrement).count() as u32;
+    let desired_after_reap = group.desired - decremented;
+
+    let queue_text = format!(
+        "demand {demand} ({} unclaimed + {} running)",
+        queue.unclaimed, queue.running
+    );
+    let set_desired = if target > desired_after_reap {
+        let why = if demand > group.max {
+            format!(
+                "{queue_text} above max {}: raise desired to {target}",
+                group.max
+            )
+        } else if demand < group.min {
+            format!(
+                "group min {} above desired {desired_after_reap}: raise desired to {target}",
+                group.min
+            )
+        } else {
+            format!("{queue_text} above desired {desired_after_reap}: raise desired to {target}")
+        };
+        reasons.push(why);
+        Some(target)
+    } else {
+        if group.desired > group.max {
+            reasons.push(format!(
+                "desired {} is already above max {}; left alone",
+                group.desired, group.max
+            ));
+        } else if reap.is_empty() || demand > 0 {
+            reasons.push(format!(
+                "{queue_text} within desired {desired_after_reap}; instances leave on their own when idle"
+            ));
+        }
+        None
+    };
+
+    Ok(Decision {
+        demand,
+        target,
+        desired_before: group.desired,
+        desired_after: set_desired.unwrap_or(desired_after_reap),
+        reap,
+        set_desired,
+        reason: reasons.join("; "),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    /// An instance launched `age` ago.
+    fn inst(id: &str, state: &str, age: Duration) -> Instance {
+        Instance {
+            id: id.to_string(),
+            lifecycle: Lifecycle::parse(state),
+            launch_time: Some(now() - age),
+            protected_from_scale_in: true,
+        }
+    }
+
+    fn group(min: u32, max: u32, desired: u32, instances: Vec<Instance>) -> GroupState {
+        GroupState {
+            name: "runners".into(),
+            min,
+            max,
+            desired,
+            instances,
+        }
+    }
+
+    fn q(unclaimed: u32, running: u32) -> QueueDepth {
+        QueueDepth { unclaimed, running }
+    }
+
+    fn names(ids: &[&str]) -> HashSet<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    struct Case {
+        name: &'static str,
+        queue: QueueDepth,
+        group: GroupState,
+        registered: HashSet<String>,
+        set_desired: Option<u32>,
+        reap: Vec<(&'static str, bool)>,
+        desired_after: u32,
+        reason_has: &'static str,
+    }
+
+    fn cases() -> Vec<Case> {
+        vec![
+            Case {
+                name: "empty queue, empty group: nothing to do",
+                queue: q(0, 0),
+                group: group(0, 10, 0, vec![]),
+                registered: names(&[]),
+                set_desired: None,
+                reap: vec![],
+                desired_after: 0,
+                reason_has: "within desired 0",
+            },
+            Case {
+                name: "3 unclaimed + 2 running with max 10 sets desired 5",
+                queue: q(3, 2),
+                group: group(0, 10, 0, vec![]),
+                registered: names(&[]),
+                set_desired: Some(5),
+                reap: vec![],
+                desired_after: 5,
+                reason_has: "demand 5 (3 unclaimed + 2 running) above desired 0",
+            },
+            Case {
+                name: "queue above max sets max",
+                queue: q(40, 2),
+                group: group(0, 10, 3, vec![]),
+                registered: names(&[]),
+                set_desired: Some(10),
+                reap: vec![],
+                desired_after: 10,
+                reason_has: "above max 10",
+            },
+            Case {
+                name: "shrinking queue never lowers desired",
+                queue: q(0, 1),
+                group: group(0, 10, 6, vec![]),
+                registered: names(&[]),
+                set_desired: None,
+                reap: vec![],
+                desired_after: 6,
+                reason_has: "leave on their own",
+            },
+            Case {
+                name: "booting instances are counted: desired already covers demand",
+                queue: q(4, 0),
+                group: group(
+                    0,
+                    10,
+                    4,
+                    vec![
+                        inst("i-1", "Pending", MIN),
+                        inst("i-2", "Pending", MIN),
+                        inst("i-3", "Pending:Wait", MIN),
+                        inst("i-4", "InService", MIN),
+                    ],
+                ),
+                registered: names(&[]),
+                set_desired: None,
+                reap: vec![],
+                desired_after: 4,
+                reason_has: "within desired 4",
+            },
+            Case {
+                name: "group min above demand raises to min",
+                queue: q(0, 0),
+                group: group(2, 10, 0, vec![]),
+                registered: names(&[]),
+                set_desired: Some(2),
+                reap: vec![],
+                desired_after: 2,
+                reason_has: "group min 2",
+            },
+            Case {
+                name: "desired already above max (bad group) is neither raised nor lowered",
+                queue: q(30, 0),
+                group: group(0, 10, 12, vec![]),
+                registered: names(&[]),
+                set_desired: None,
+                reap: vec![],
+                desired_after: 12,
+                reason_has: "already above max",
+            },
+            Case {
+                name: "max 0 never scales",
+                queue: q(5, 0),
+                group: group(0, 0, 0, vec![]),
+                registered: names(&[]),
+                set_desired: None,
+                reap: vec![],
+                desired_after: 0,
+                reason_has: "within desired 0",
+            },
+            Case {
+                name: "unregistered old instance is reaped with decrement, registered one kept",
+                queue: q(0, 1),
+                group: group(
+                    0,
+                    10,
+                    2,
+                    vec![
+                        inst("i-old", "InService", 11 * MIN),
+                        inst("i-reg", "InService", 30 * MIN),
+                    ],
+                ),
+                registered: names(&["i-reg"]),
+                set_desired: None,
+                reap: vec![("i-old", true)],
+                desired_after: 1,
+                reason_has: "i-old never registered as a runner within 10m",
+            },
+            Case {
+                name: "young unregistered instance is still booting: kept",
+                queue: q(1, 0),
+                group: group(0, 10, 1, vec![inst("i-young", "Pending", 9 * MIN)]),
+                registered: names(&[]),
+                set_desired: None,
+                reap: vec![],
+                desired_after: 1,
+                reason_has: "within desired 1",
+            },
+            Case {
+                name: "unknown launch time is never reaped",
+                queue: q(0, 0),
+                group: group(
+                    0,
+                    10,
+                    1,
+                    vec![Instance {
+                        id: "i-x".into(),
+                        lifecycle: Lifecycle::InService,
+                        launch_time: None,
+                        protected_from_scale_in: true,
+                    }],
+                ),
+                registered: names(&[]),
+                set_desired: None,
+                reap: vec![],
+                desired_after: 1,
+                reason_has: "within desired 1",
+            },
+            Case {
+                name: "terminating instances are not reaped again",
+                queue: q(0, 0),
+                group: group(0, 10, 0, vec![inst("i-t", "Terminating:Wait", 20 * MIN)]),
+                registered: names(&[]),
+                set_desired: None,
+                reap: vec![],
+                desired_after: 0,
+                reason_has: "within desired 0",
+            },
+            Case {
+                name: "reaped instance is replaced when the queue still needs it",
+                queue: q(2, 0),
+                group: group(
+                    0,
+                    10,
+                    2,
+                    vec![
+                        inst("i-stuck", "InService", 15 * MIN),
+                        inst("i-ok", "InService", 15 * MIN),
+                    ],
+                ),
+                registered: names(&["i-ok"]),
+                set_desired: Some(2),
+                reap: vec![("i-stuck", true)],
+                desired_after: 2,
+                reason_has: "above desired 1: raise desired to 2",
+            },
+            Case {
+                name: "reap at min terminates without decrement",
+                queue: q(0, 0),
+                group: group(
+                    1,
+                    10,
+                    2,
+                    vec![
+                        inst("i-a", "InService", 15 * MIN),
+                        inst("i-b", "InService", 15 * MIN),
+                    ],
+                ),
+                registered: names(&[]),
+                set_desired: None,
+                reap: vec![("i-a", true), ("i-b", false)],
+                desired_after: 1,
+                reason_has: "without decrement where desired is at min",
+            },
+            Case {
+                name: "runner list inconsistent with running tasks: nothing reaped",
+                queue: q(0, 2),
+                group: group(
+                    0,
+                    10,
+                    2,
+                    vec![
+                        inst("i-a", "InService", 15 * MIN),
+                        inst("i-b", "InService", 15 * MIN),
+                    ],
+                ),
+                registered: names(&[]),
+                set_desired: None,
+                reap: vec![],
+                desired_after: 2,
+                reason_has: "runner list looks incomplete",
+            },
+            Case {
+                name: "boot timeout boundary: exactly the timeout is not yet stale",
+                queue: q(0, 0),
+                group: group(0, 10, 1, vec![inst("i-edge", "InService", 10 * MIN)]),
+                registered: names(&[]),
+                set_desired: None,
+                reap: vec![],
+                desired_after: 1,
+                reason_has: "within desired 1",
+            },
+            Case {
+                name: "launch time in the future (clock skew) is not stale",
+                queue: q(0, 0),
+                group: group(
+                    0,
+                    10,
+                    1,
+                    vec![Instance {
+                        launch_time: Some(now() + MIN),
+                        ..inst("i-f", "InService", MIN)
+                    }],
+                ),
+                registered: names(&[]),
+                set_desired: None,
+                reap: vec![],
+                desired_after: 1,
+                reason_has: "within desired 1",
+            },
+            Case {
+                name: "huge counts saturate instead of overflowing",
+                queue: q(u32::MAX, u32::MAX),
+                group: group(0, 10, 0, vec![]),
+                registered: names(&[]),
+                set_desired: Some(10),
+                reap: vec![],
+                desired_after: 10,
+                reason_has: "above max 10",
+            },
+        ]
+    }
+
+    #[test]
+    fn decision_table() {
+        let policy = Policy::default();
+        for case in cases() {
+            let d = decide(case.queue, &case.group, &case.registered, &policy, now())
+                .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+            assert_eq!(
+                d.set_desired, case.set_desired,
+                "{}: set_desired",
+                case.name
+            );
+            let reap: Vec<(String, bool)> = d
+                .reap
+                .iter()
+                .map(|r| (r.instance_id.clone(), r.decrement))
+                .collect();
+            let want: Vec<(String, bool)> =
+                case.reap.iter().map(|(i, d)| (i.to_string(), *d)).collect();
+            assert_eq!(reap, want, "{}: reap", case.name);
+            assert_eq!(
+                d.desired_after, case.desired_after,
+                "{}: desired_after",
+                case.name
+            );
+            assert!(
+                d.reason.contains(case.reason_has),
+                "{}: reason {:?} lacks {:?}",
+                case.name,
+                d.reason,
+                case.reason_has
+            );
+            // Invariants that hold for every case.
+            if let Some(s) = d.set_desired {
+                assert!(s <= case.group.max, "{}: above max", case.name);
+                assert!(
+                    s > d.desired_before - d.reap.iter().filter(|r| r.decrement).count() as u32
+                );
+            }
+            assert!(d.desired_after >= case.group.min.min(case.group.desired));
+        }
+    }
+
+    #[test]
+    fn min_above_max_is_an_error() {
+        let err = decide(
+            q(1, 0),
+            &group(5, 3, 0, vec![]),
+            &names(&[]),
+            &Policy::default(),
+            now(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("min size 5 above max size 3"));
+    }
+
+    #[test]
+    fn actions() {
+        let mut d = decide(
+            q(0, 0),
+            &group(0, 1, 0, vec![]),
+            &names(&[]),
+            &Policy::default(),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(d.action(), Action::None);
+        d.set_desired = Some(1);
+        assert_eq!(d.action(), Action::ScaleOut);
+        d.reap.push(Reap {
+            instance_id: "i".into(),
+            decrement: true,
+        });
+        assert_eq!(d.action(), Action::ReapAndScaleOut);
+        d.set_desired = None;
+        assert_eq!(d.action(), Action::Reap);
+    }
+
+    #[test]
+    fn lifecycle_parsing() {
+        assert_eq!(Lifecycle::parse("Pending:Proceed"), Lifecycle::Pending);
+        assert_eq!(Lifecycle::parse("InService"), Lifecycle::InService);
+        assert_eq!(
+            Lifecycle::parse("Standby"),
+            Lifecycle::Other("Standby".into())
+        );
+    }
+}

@@ -1,0 +1,205 @@
+//! The scaling core shared by `cci-scaler scale` and the Lambda: read the queue
+//! and the group at once, decide (pure), apply (or only report, in a dry run).
+
+pub mod decide;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::aws::AwsError;
+use crate::circleci::{CircleCiError, RunnerQueue};
+use decide::{Action, DecideError, GroupState, Policy, QueueDepth, Reap};
+
+/// The Auto Scaling group as the scaling core uses it.
+pub trait GroupApi {
+    /// The group's sizes and instances (launch times not filled in).
+    fn describe(&self, name: &str) -> impl Future<Output = Result<GroupState, AwsError>> + Send;
+    /// Launch times of the given instances; ids not found are left out.
+    fn launch_times(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<HashMap<String, SystemTime>, AwsError>> + Send;
+    fn set_desired(
+        &self,
+        name: &str,
+        desired: u32,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    fn terminate(
+        &self,
+        instance_id: &str,
+        decrement: bool,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+#[derive(Debug, Clone)]
+pub struct ScaleSettings {
+    pub asg: String,
+    pub resource_class: String,
+    pub policy: Policy,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScaleError {
+    #[error(transparent)]
+    CircleCi(#[from] CircleCiError),
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    #[error(transparent)]
+    Decide(#[from] DecideError),
+    #[error("{done}{source}")]
+    Apply {
+        /// What was already changed before the failure, as a sentence prefix.
+        done: String,
+        source: AwsError,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupSummary {
+    pub min: u32,
+    pub max: u32,
+    pub desired_before: u32,
+    pub desired_after: u32,
+    pub instances: usize,
+}
+
+/// One decision, as printed (human line or one JSON object) and logged.
+#[derive(Debug, Clone, Serialize)]
+pub struct Round {
+    pub time: String,
+    pub asg: String,
+    pub resource_class: String,
+    pub queue: QueueDepth,
+    pub registered_runners: usize,
+    pub group: GroupSummary,
+    pub action: Action,
+    pub reaped: Vec<Reap>,
+    pub dry_run: bool,
+    pub reason: String,
+}
+
+impl Round {
+    /// One line for a terminal or a log file.
+    pub fn human(&self) -> String {
+        let verb = if self.dry_run { "would " } else { "" };
+        let action = match self.action {
+            Action::None => "no change".to_string(),
+            a => format!("{verb}{a}"),
+        };
+        let reaped = if self.reaped.is_empty() {
+            String::new()
+        } else {
+            let ids: Vec<&str> = self.reaped.iter().map(|r| r.instance_id.as_str()).collect();
+            format!(" [{}]", ids.join(", "))
+        };
+        format!(
+            "{time} {rc}: queue {u} unclaimed + {r} running | {asg}: desired {b} -> {a} (min {min}, max {max}, {n} instance(s)) | {action}{reaped} | {reason}",
+            time = self.time,
+            rc = self.resource_class,
+            u = self.queue.unclaimed,
+            r = self.queue.running,
+            asg = self.asg,
+            b = self.group.desired_before,
+            a = self.group.desired_after,
+            min = self.group.min,
+            max = self.group.max,
+            n = self.group.instances,
+            reason = self.reason,
+        )
+    }
+}
+
+/// One poll: read, decide, apply. On any error before applying, nothing changes.
+pub async fn run_once<Q: RunnerQueue, G: GroupApi>(
+    queue: &Q,
+    group_api: &G,
+    settings: &ScaleSettings,
+) -> Result<Round, ScaleError> {
+    // Queue and group at once: one round trip to each side.
+    let (snapshot, mut group) = tokio::try_join!(
+        async {
+            queue
+                .snapshot(&settings.resource_class)
+                .await
+                .map_err(ScaleError::from)
+        },
+        async {
+            group_api
+                .describe(&settings.asg)
+                .await
+                .map_err(ScaleError::from)
+        },
+    )?;
+
+    // Launch times only for the instances that could be reaped.
+    let unregistered: Vec<String> = group
+        .instances
+        .iter()
+        .filter(|i| !snapshot.runners.contains(&i.id))
+        .map(|i| i.id.clone())
+        .collect();
+    if !unregistered.is_empty() {
+        let times = group_api.launch_times(&unregistered).await?;
+        for inst in &mut group.instances {
+            if let Some(t) = times.get(&inst.id) {
+                inst.launch_time = Some(*t);
+            }
+        }
+    }
+
+    let now = SystemTime::now();
+    let decision = decide::decide(
+        snapshot.depth,
+        &group,
+        &snapshot.runners,
+        &settings.policy,
+        now,
+    )?;
+
+    if !settings.dry_run {
+        let mut done: Vec<String> = Vec::new();
+        for r in &decision.reap {
+            if let Err(source) = group_api.terminate(&r.instance_id, r.decrement).await {
+                return Err(apply_error(&done, source));
+            }
+            done.push(format!("terminated {}", r.instance_id));
+        }
+        if let Some(n) = decision.set_desired {
+            if let Err(source) = group_api.set_desired(&settings.asg, n).await {
+                return Err(apply_error(&done, source));
+            }
+        }
+    }
+
+    Ok(Round {
+        time: humantime::format_rfc3339_millis(now).to_string(),
+        asg: settings.asg.clone(),
+        resource_class: settings.resource_class.clone(),
+        queue: snapshot.depth,
+        registered_runners: snapshot.runners.len(),
+        group: GroupSummary {
+            min: group.min,
+            max: group.max,
+            desired_before: decision.desired_before,
+            desired_after: decision.desired_after,
+            instances: group.instances.len(),
+        },
+        action: decision.action(),
+        reaped: decision.reap.clone(),
+        dry_run: settings.dry_run,
+        reason: decision.reason,
+    })
+}
+
+fn apply_error(done: &[String], source: AwsError) -> ScaleError {
+    let done = if done.is_empty() {
+        String::new()
+    } else {
+        format!("after {}: ", done.join(", "))
+    };
+    ScaleError::Apply { done, source }
+}
