@@ -10,6 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::error_chain;
 use crate::scale::decide::QueueDepth;
 
 pub const DEFAULT_URL: &str = "https://runner.circleci.com";
@@ -364,20 +365,6 @@ async fn message_of(resp: reqwest::Response) -> String {
         }
         _ => String::new(),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let t = s.to_string();
-        if !out.contains(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
-        src = s.source();
-    }
-    out
 }
 
 /// `namespace/name`, each part of letters, digits, `-`, `_` or `.`.

@@ -21,6 +21,10 @@ pub enum AwsError {
         "no AWS region configured: pass --region, set AWS_REGION, or set a region in the AWS profile"
     )]
     NoRegion,
+    #[error(
+        "AWS profile '{name}' gave no credentials ({detail}): check that it exists in ~/.aws/config or ~/.aws/credentials and holds credentials, a role or SSO settings"
+    )]
+    Profile { name: String, detail: String },
     #[error("Auto Scaling group '{name}' not found in {region}: check --asg and --region")]
     GroupNotFound { name: String, region: String },
     #[error("AWS {operation} for {target} failed: {detail}{hint}")]
@@ -39,10 +43,11 @@ impl AwsError {
         target: impl Into<String>,
         err: &(dyn std::error::Error + 'static),
     ) -> Self {
-        let detail = sdk_error_text(err);
+        let mut detail = crate::error_chain(err);
         let lower = detail.to_ascii_lowercase();
         let hint = if lower.contains("credential") {
-            "; check AWS credentials (AWS_PROFILE or --profile, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, SSO login)"
+            detail = "no AWS credentials could be loaded".into();
+            "; configure credentials as for the AWS CLI (AWS_PROFILE or --profile, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, aws sso login)"
         } else if lower.contains("accessdenied") || lower.contains("not authorized") {
             "; the caller's IAM policy does not allow this action"
         } else if lower.contains("dispatch failure") || lower.contains("connect") {
@@ -59,18 +64,17 @@ impl AwsError {
     }
 }
 
-/// The SDK's error with its cause chain on one line.
-fn sdk_error_text(err: &(dyn std::error::Error + 'static)) -> String {
-    aws_sdk_autoscaling::error::DisplayErrorContext(err)
-        .to_string()
-        .replace('\n', " ")
-}
-
 /// Build the SDK configuration; fails early when no region can be found.
 pub async fn load_config(opts: &AwsOptions) -> Result<SdkConfig, AwsError> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
     if let Some(p) = &opts.profile {
-        loader = loader.profile_name(p);
+        // As in the AWS CLI, an explicit profile wins over credentials in the
+        // environment (AWS_ACCESS_KEY_ID...), which the default chain puts first.
+        loader = loader.profile_name(p).credentials_provider(
+            aws_config::profile::ProfileFileCredentialsProvider::builder()
+                .profile_name(p)
+                .build(),
+        );
     }
     if let Some(r) = &opts.region {
         loader = loader.region(Region::new(r.clone()));
@@ -81,6 +85,17 @@ pub async fn load_config(opts: &AwsOptions) -> Result<SdkConfig, AwsError> {
     let config = loader.load().await;
     if config.region().is_none() {
         return Err(AwsError::NoRegion);
+    }
+    if let (Some(name), Some(provider)) = (&opts.profile, config.credentials_provider()) {
+        // A named profile is read from local files: check it now, so a typo is
+        // reported as such rather than as a failed AWS call.
+        use aws_credential_types::provider::ProvideCredentials;
+        if let Err(e) = provider.provide_credentials().await {
+            return Err(AwsError::Profile {
+                name: name.clone(),
+                detail: crate::error_chain(&e),
+            });
+        }
     }
     Ok(config)
 }

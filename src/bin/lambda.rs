@@ -23,7 +23,7 @@ use cci_scaler::aws::{self, AwsOptions, autoscaling::AsgClient};
 use cci_scaler::circleci::{self, HttpLimits, RunnerApi};
 use cci_scaler::scale::decide::Policy;
 use cci_scaler::scale::{ScaleSettings, run_once};
-use cci_scaler::token;
+use cci_scaler::{error_chain, token};
 
 struct Env {
     secret_id: String,
@@ -172,20 +172,6 @@ impl Scaler {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = c.source();
-    }
-    s
-}
-
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     let env = match Env::from_env() {
@@ -197,9 +183,8 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     };
     let config = aws::load_config(&AwsOptions::default())
         .await
-        .map_err(|e| {
+        .inspect_err(|e| {
             log(json!({"level": "error", "error_type": "ConfigError", "error": e.to_string()}));
-            e
         })?;
     let scaler: &'static Scaler = Box::leak(Box::new(Scaler {
         env,
