@@ -2,10 +2,13 @@
 //! machine runners on AWS.
 //!
 //! The scaling path (`scale`, the Lambda) is [`scale::run_once`] over
-//! [`circleci::RunnerApi`] and [`aws::autoscaling::AsgClient`].
+//! [`circleci::RunnerApi`] and [`aws::autoscaling::AsgClient`]; it never uses
+//! [`render`] or any provisioning code.
 
 pub mod aws;
 pub mod circleci;
+pub mod names;
+pub mod render;
 pub mod scale;
 pub mod token;
 

@@ -1,5 +1,6 @@
 //! Command-line definitions (clap) and dispatch; one file per subcommand.
 
+pub mod render;
 pub mod scale;
 
 use std::process::ExitCode;
@@ -69,10 +70,14 @@ pub enum Output {
 pub enum Command {
     /// Size the Auto Scaling group to the CircleCI runner queue (the Lambda's core).
     Scale(scale::ScaleArgs),
+    /// Render a file the stack uses (the runner user-data script).
+    #[command(subcommand)]
+    Render(render::RenderCommand),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Scale(args) => scale::run(&cli.global, args).await,
+        Command::Render(cmd) => render::run(&cli.global, cmd).await,
     }
 }

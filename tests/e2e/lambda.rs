@@ -1,0 +1,198 @@
+//! The Lambda binary end to end, against a stand-in of the Lambda Runtime API,
+//! moto and the CircleCI runner-API stand-in.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::scale::{Fx, RC};
+use crate::support::circleci::Fault;
+use crate::support::lambda_api::{LambdaApi, Outcome};
+use crate::support::{REGION, TOKEN, command, eventually, run};
+
+struct LambdaFx {
+    fx: Fx,
+    api: LambdaApi,
+    arn: String,
+}
+
+impl LambdaFx {
+    async fn new(max: i32) -> LambdaFx {
+        let fx = Fx::new().await;
+        fx.moto.create_group("fleet", max, 0).await;
+        let arn = fx
+            .moto
+            .create_secret(
+                "cci-scaler/fleet",
+                &serde_json::json!({"resource_class": RC, "circle_token": TOKEN}).to_string(),
+            )
+            .await;
+        LambdaFx {
+            fx,
+            api: LambdaApi::start().await,
+            arn,
+        }
+    }
+
+    fn spawn(&self, interval: &str, window: &str) -> tokio::process::Child {
+        let mut cmd = command("cci-scaler-lambda", self.fx.home.path());
+        self.fx.moto.env(&mut cmd);
+        self.api.env(&mut cmd);
+        cmd.env("CCI_SCALER_SECRET_ID", &self.arn)
+            .env("CCI_SCALER_ASG", "fleet")
+            .env("CCI_SCALER_POLL_INTERVAL", interval)
+            .env("CCI_SCALER_POLL_WINDOW", window)
+            .env("CIRCLECI_RUNNER_API_URL", &self.fx.cci.url)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().expect("spawn lambda")
+    }
+
+    async fn outcome(&self, id: &str) -> Outcome {
+        eventually(id, Duration::from_secs(60), || async {
+            self.api.outcome(id)
+        })
+        .await
+    }
+}
+
+/// Stop the Lambda process and return what it logged.
+async fn finish(mut child: tokio::process::Child) -> (String, String) {
+    let _ = child.start_kill();
+    let out = child.wait_with_output().await.unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn poll_lines(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("poll").is_some())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lambda_scheduled_event_raises_desired_and_reads_secret_once() {
+    let lf = LambdaFx::new(10).await;
+    lf.fx.cci.set_queue(3, 2);
+    let child = lf.spawn("200ms", "600ms");
+    lf.api
+        .push_scheduled_event("inv-1", Duration::from_secs(30));
+    let Outcome::Response(v) = lf.outcome("inv-1").await else {
+        panic!("expected a response")
+    };
+    assert_eq!(v["polls"], 4, "polls at 0, 200, 400, 600 ms: {v}");
+    assert_eq!(v["desired"], 5);
+    assert_eq!(lf.fx.desired().await, 5);
+
+    // The secret is read once per container: gone now, the next run still works.
+    lf.fx.moto.delete_secret("cci-scaler/fleet").await;
+    lf.fx.cci.set_queue(6, 2);
+    lf.api
+        .push_scheduled_event("inv-2", Duration::from_secs(30));
+    assert!(matches!(lf.outcome("inv-2").await, Outcome::Response(_)));
+    assert_eq!(lf.fx.desired().await, 8);
+
+    let (stdout, stderr) = finish(child).await;
+    let polls = poll_lines(&stdout);
+    assert_eq!(
+        polls.len(),
+        8,
+        "one JSON line per poll:\n{stdout}\n{stderr}"
+    );
+    for p in &polls {
+        for key in ["queue", "group", "action", "reason"] {
+            assert!(p.get(key).is_some(), "{key} missing in {p}");
+        }
+    }
+    assert_eq!(polls[0]["action"], "scale-out");
+    assert_eq!(polls[0]["group"]["desired_before"], 0);
+    assert_eq!(polls[0]["group"]["desired_after"], 5);
+    assert_eq!(polls[1]["action"], "none");
+    assert!(!stdout.contains(TOKEN) && !stderr.contains(TOKEN));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lambda_acts_on_a_queue_change_within_one_interval() {
+    let lf = LambdaFx::new(10).await;
+    let child = lf.spawn("500ms", "3s");
+    lf.api
+        .push_scheduled_event("inv-1", Duration::from_secs(30));
+    // Let the first poll finish on an empty queue, then queue two jobs.
+    eventually("first poll", Duration::from_secs(30), || async {
+        (lf.fx.cci.count("/api/v3/runner/tasks") >= 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started_before_change = lf.fx.cci.count("/api/v3/runner/tasks");
+    lf.fx.cci.set_queue(2, 0);
+    assert!(matches!(lf.outcome("inv-1").await, Outcome::Response(_)));
+    let (stdout, _) = finish(child).await;
+    let polls = poll_lines(&stdout);
+    let acted = polls
+        .iter()
+        .find(|p| p["action"] == "scale-out")
+        .unwrap_or_else(|| panic!("no scale-out:\n{stdout}"));
+    // The next poll to start after the change acts on it.
+    let acted_poll = acted["poll"].as_u64().unwrap() as usize;
+    assert!(
+        acted_poll <= started_before_change + 1,
+        "acted at poll {acted_poll}, change after poll {started_before_change}"
+    );
+    assert_eq!(lf.fx.desired().await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lambda_errors_fail_the_invocation_and_change_nothing() {
+    let mut lf = LambdaFx::new(10).await;
+    lf.fx.cci.set_queue(4, 0);
+    lf.fx.cci.set_fault(Some(Fault::Status(500)));
+    let child = lf.spawn("200ms", "600ms");
+    lf.api
+        .push_scheduled_event("inv-err", Duration::from_secs(30));
+    let Outcome::Error(e) = lf.outcome("inv-err").await else {
+        panic!("expected an error report")
+    };
+    let msg = e["errorMessage"].as_str().unwrap_or_default();
+    assert!(msg.contains("HTTP 500"), "{e}");
+    assert!(msg.contains("the group was not changed"), "{e}");
+    assert_eq!(e["errorType"], "ScaleError");
+    assert_eq!(lf.fx.desired().await, 0);
+
+    // The emulator dies mid-window: the invocation fails, it does not hang.
+    lf.fx.cci.set_fault(None);
+    lf.api
+        .push_scheduled_event("inv-dies", Duration::from_secs(30));
+    eventually("a poll", Duration::from_secs(30), || async {
+        (lf.fx.cci.count("/api/v3/runner/tasks") >= 2).then_some(())
+    })
+    .await;
+    lf.fx.moto.kill();
+    let Outcome::Error(e) = lf.outcome("inv-dies").await else {
+        panic!("expected an error report")
+    };
+    assert!(
+        e["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("DescribeAutoScalingGroups"),
+        "{e}"
+    );
+    let (stdout, stderr) = finish(child).await;
+    assert!(!stdout.contains(TOKEN) && !stderr.contains(TOKEN));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lambda_missing_configuration_is_reported() {
+    let home = tempfile::tempdir().unwrap();
+    let api = LambdaApi::start().await;
+    let mut cmd = command("cci-scaler-lambda", home.path());
+    api.env(&mut cmd);
+    cmd.env("AWS_REGION", REGION);
+    let r = run(cmd).await;
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.all().contains("CCI_SCALER_SECRET_ID is not set"), "{r:?}");
+}
