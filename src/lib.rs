@@ -10,6 +10,7 @@ pub mod circleci;
 pub mod names;
 pub mod render;
 pub mod scale;
+pub mod simulate;
 pub mod token;
 
 /// An error and its causes on one line, each cause once: `a: b: c`.

@@ -2,6 +2,9 @@
 
 pub mod render;
 pub mod scale;
+pub mod simulate;
+
+use std::time::Duration;
 
 use std::process::ExitCode;
 
@@ -73,11 +76,19 @@ pub enum Command {
     /// Render a file the stack uses (the runner user-data script).
     #[command(subcommand)]
     Render(render::RenderCommand),
+    /// Replay a day of CI jobs through our policy and the tutorial's: waits and cost.
+    Simulate(simulate::SimulateArgs),
+}
+
+/// A duration flag: `500ms`, `10s`, `5m`, `1h30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 10s, 5m)"))
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Scale(args) => scale::run(&cli.global, args).await,
         Command::Render(cmd) => render::run(&cli.global, cmd).await,
+        Command::Simulate(args) => simulate::run(&cli.global, args).await,
     }
 }

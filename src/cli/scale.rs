@@ -13,7 +13,7 @@ use cci_scaler::scale::decide::Policy;
 use cci_scaler::scale::{ScaleSettings, run_once};
 use cci_scaler::token;
 
-use super::{GlobalArgs, Output};
+use super::{GlobalArgs, Output, parse_duration};
 
 #[derive(Debug, Args)]
 pub struct ScaleArgs {
@@ -45,10 +45,6 @@ pub struct ScaleArgs {
     /// Timeout of each CircleCI request.
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub circleci_timeout: Duration,
-}
-
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 10s, 5m)"))
 }
 
 pub async fn run(global: &GlobalArgs, args: ScaleArgs) -> anyhow::Result<ExitCode> {

@@ -5,5 +5,6 @@
 
 mod lambda;
 mod scale;
+mod simulate;
 mod support;
 mod user_data;

@@ -1,0 +1,370 @@
+//! `cci-scaler simulate`: replay a day of CI jobs through our policy and the
+//! tutorial's; report waits, instance-hours and cost. No AWS, no network.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde_json::json;
+
+use cci_scaler::simulate::workload::{self, Generator, Job};
+use cci_scaler::simulate::{self, Fleet, Policy, Report, chart};
+
+use super::{GlobalArgs, Output, parse_duration};
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Jobs from a CSV file: arrival_s,duration_s[,resource_class] (default: a
+    /// generated working day with morning and afternoon bursts).
+    #[arg(long, value_name = "FILE")]
+    pub jobs: Option<PathBuf>,
+    /// With --jobs: only rows of this resource class.
+    #[arg(long, value_name = "NS/NAME")]
+    pub resource_class: Option<String>,
+    /// Scale the generated day to about this many jobs.
+    #[arg(long, value_name = "N", conflicts_with = "jobs")]
+    pub jobs_per_day: Option<f64>,
+    /// Median duration of generated jobs.
+    #[arg(long, default_value = "6m", value_parser = parse_duration, value_name = "DURATION", conflicts_with = "jobs")]
+    pub median_job: Duration,
+    /// Seed of the generator and of boot times: same seed, same report.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// The group's max size.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub max_instances: u32,
+    /// The group's min size.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub min_instances: u32,
+    /// Launch to registered runner: one duration or a range MIN..MAX (uniform).
+    #[arg(long, default_value = "45s..90s", value_name = "RANGE")]
+    pub boot_time: String,
+    /// Share of launches whose boot fails (0 to 1).
+    #[arg(long, default_value_t = 0.0, value_name = "RATE")]
+    pub launch_failure_rate: f64,
+    /// Runner idle timeout.
+    #[arg(long, default_value = "1m", value_parser = parse_duration, value_name = "DURATION")]
+    pub idle_timeout: Duration,
+    /// Our poll interval (the tutorial polls every 60 s).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub interval: Duration,
+    /// Our reaping of instances that never registered.
+    #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]
+    pub boot_timeout: Duration,
+    /// Price of one instance-hour (default: t3.large on demand, us-east-1).
+    #[arg(long, default_value_t = 0.0832, value_name = "PRICE")]
+    pub price: f64,
+    /// Count the jobs that waited longer than this.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub wait_threshold: Duration,
+    /// Write an SVG chart of queue, desired and in-service over the day.
+    #[arg(long, value_name = "FILE")]
+    pub chart: Option<PathBuf>,
+    /// Compare settings: max_instances=5,10,20 or idle_timeout=1m,5m or interval=10s,30s.
+    #[arg(long, value_name = "KEY=V1,V2,...")]
+    pub sweep: Vec<String>,
+}
+
+fn secs(d: Duration) -> anyhow::Result<u64> {
+    if d.subsec_nanos() != 0 {
+        bail!("durations are simulated in whole seconds; {d:?} is not");
+    }
+    Ok(d.as_secs())
+}
+
+fn boot_range(s: &str) -> anyhow::Result<(u64, u64)> {
+    let parse = |p: &str| -> anyhow::Result<u64> {
+        secs(
+            parse_duration(p.trim())
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("--boot-time {s}"))?,
+        )
+    };
+    let (a, b) = match s.split_once("..") {
+        Some((a, b)) => (parse(a)?, parse(b)?),
+        None => (parse(s)?, parse(s)?),
+    };
+    if a > b {
+        bail!("--boot-time {s}: the range is reversed");
+    }
+    Ok((a, b))
+}
+
+fn fleet(args: &SimulateArgs) -> anyhow::Result<Fleet> {
+    let (boot_min_s, boot_max_s) = boot_range(&args.boot_time)?;
+    let f = Fleet {
+        min: args.min_instances,
+        max: args.max_instances,
+        boot_min_s,
+        boot_max_s,
+        launch_failure_rate: args.launch_failure_rate,
+        idle_timeout_s: secs(args.idle_timeout)?,
+        interval_s: secs(args.interval)?,
+        boot_timeout_s: secs(args.boot_timeout)?,
+        price_per_hour: args.price,
+        wait_threshold_s: secs(args.wait_threshold)?,
+        fail_first_launches: 0,
+    };
+    f.validate()?;
+    Ok(f)
+}
+
+fn jobs(args: &SimulateArgs) -> anyhow::Result<Vec<Job>> {
+    match &args.jobs {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the jobs file {}", path.display()))?;
+            workload::parse_csv(&text, args.resource_class.as_deref())
+                .with_context(|| format!("jobs file {}", path.display()))
+        }
+        None => {
+            let mut g = Generator::working_day();
+            g.median_duration_s = secs(args.median_job)? as f64;
+            if let Some(n) = args.jobs_per_day {
+                if !(n.is_finite() && n > 0.0 && n <= 1e7) {
+                    bail!("--jobs-per-day must be above 0 and at most 10000000");
+                }
+                g = g.scaled_to(n);
+            }
+            Ok(g.generate(args.seed)?)
+        }
+    }
+}
+
+/// One sweep: a setting and its values, each applied to a copy of the fleet.
+fn sweep_fleets(spec: &str, base: &Fleet) -> anyhow::Result<(String, Vec<(String, Fleet)>)> {
+    let (key, values) = spec
+        .split_once('=')
+        .with_context(|| format!("--sweep {spec}: expected KEY=V1,V2,..."))?;
+    let mut out = Vec::new();
+    for v in values.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+        let mut f = base.clone();
+        let dur = |v: &str| -> anyhow::Result<u64> {
+            secs(
+                parse_duration(v)
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("--sweep {key}={v}"))?,
+            )
+        };
+        match key {
+            "max_instances" | "max-instances" => {
+                f.max = v
+                    .parse()
+                    .with_context(|| format!("--sweep {key}={v}: not a count"))?;
+            }
+            "idle_timeout" | "idle-timeout" => f.idle_timeout_s = dur(v)?,
+            "interval" => f.interval_s = dur(v)?,
+            other => bail!("--sweep {other}: can sweep max_instances, idle_timeout or interval"),
+        }
+        f.validate().with_context(|| format!("--sweep {key}={v}"))?;
+        out.push((v.to_string(), f));
+    }
+    if out.is_empty() {
+        bail!("--sweep {spec}: no values");
+    }
+    Ok((key.to_string(), out))
+}
+
+fn hms(s: u64) -> String {
+    if s < 60 {
+        format!("{s}s")
+    } else if s < 3600 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    }
+}
+
+fn table(ours: &Report, tut: &Report, fleet: &Fleet) -> String {
+    let rows: Vec<(String, String, String)> = vec![
+        ("jobs".into(), ours.jobs.to_string(), tut.jobs.to_string()),
+        (
+            "wait p50".into(),
+            hms(ours.waits.p50_s),
+            hms(tut.waits.p50_s),
+        ),
+        (
+            "wait p95".into(),
+            hms(ours.waits.p95_s),
+            hms(tut.waits.p95_s),
+        ),
+        (
+            "wait max".into(),
+            hms(ours.waits.max_s),
+            hms(tut.waits.max_s),
+        ),
+        (
+            format!("jobs waiting over {}", hms(fleet.wait_threshold_s)),
+            ours.waited_over_threshold.to_string(),
+            tut.waited_over_threshold.to_string(),
+        ),
+        (
+            "jobs never run".into(),
+            ours.jobs_not_run.to_string(),
+            tut.jobs_not_run.to_string(),
+        ),
+        (
+            "instance-hours".into(),
+            format!("{:.1}", ours.instance_hours),
+            format!("{:.1}", tut.instance_hours),
+        ),
+        (
+            "  of which idle".into(),
+            format!("{:.1}", ours.idle_instance_hours),
+            format!("{:.1}", tut.idle_instance_hours),
+        ),
+        (
+            "boots".into(),
+            ours.boots.to_string(),
+            tut.boots.to_string(),
+        ),
+        (
+            "boots per job".into(),
+            format!("{:.2}", ours.boots_per_job),
+            format!("{:.2}", tut.boots_per_job),
+        ),
+        (
+            "instances replaced (churn)".into(),
+            ours.replaced.to_string(),
+            tut.replaced.to_string(),
+        ),
+        (
+            "failed boots".into(),
+            ours.failed_boots.to_string(),
+            tut.failed_boots.to_string(),
+        ),
+        (
+            "jobs killed".into(),
+            ours.jobs_killed.to_string(),
+            tut.jobs_killed.to_string(),
+        ),
+        (
+            "left running at the end".into(),
+            ours.left_running.to_string(),
+            tut.left_running.to_string(),
+        ),
+        (
+            format!("cost at {}/instance-hour", fleet.price_per_hour),
+            format!("{:.2}", ours.cost),
+            format!("{:.2}", tut.cost),
+        ),
+    ];
+    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let mut s = format!("{:w$}  {:>12}  {:>12}\n", "", "cci-scaler", "tutorial");
+    for (k, a, b) in rows {
+        s.push_str(&format!("{k:w$}  {a:>12}  {b:>12}\n"));
+    }
+    s
+}
+
+pub async fn run(global: &GlobalArgs, args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    let base = fleet(&args)?;
+    let sweeps = args
+        .sweep
+        .iter()
+        .map(|s| sweep_fleets(s, &base))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let jobs = jobs(&args)?;
+
+    let started = Instant::now();
+    let ours = simulate::simulate(&jobs, &base, Policy::Ours, args.seed)?;
+    let tut = simulate::simulate(&jobs, &base, Policy::Tutorial, args.seed)?;
+    let elapsed = started.elapsed();
+
+    let mut sweep_results = Vec::new();
+    for (key, fleets) in &sweeps {
+        let mut rows = Vec::new();
+        for (value, f) in fleets {
+            let o = simulate::simulate(&jobs, f, Policy::Ours, args.seed)?;
+            let t = simulate::simulate(&jobs, f, Policy::Tutorial, args.seed)?;
+            rows.push((value.clone(), o, t));
+        }
+        sweep_results.push((key.clone(), rows));
+    }
+
+    if let Some(path) = &args.chart {
+        let svg = chart::svg(&[&ours, &tut], &format!("{} jobs", jobs.len()))
+            .map_err(|e| anyhow::anyhow!("drawing the chart failed: {e}"))?;
+        std::fs::write(path, svg).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+
+    let mut out = std::io::stdout().lock();
+    match global.output {
+        Output::Json => {
+            let sweeps: Vec<_> = sweep_results
+                .iter()
+                .map(|(key, rows)| {
+                    json!({
+                        "setting": key,
+                        "rows": rows.iter().map(|(v, o, t)| json!({"value": v, "cci_scaler": o, "tutorial": t})).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            let doc = json!({
+                "seed": args.seed,
+                "settings": base,
+                "reports": [ours, tut],
+                "sweeps": sweeps,
+                "elapsed_ms": elapsed.as_secs_f64() * 1000.0,
+            });
+            writeln!(out, "{doc}")?;
+        }
+        Output::Text => {
+            write!(out, "{}", table(&ours, &tut, &base))?;
+            for (key, rows) in &sweep_results {
+                writeln!(out, "\nsweep {key}:")?;
+                writeln!(
+                    out,
+                    "{:>10}  {:>9} {:>9} {:>8} {:>8} {:>6}  |  {:>9} {:>9} {:>8} {:>8} {:>6}",
+                    key.replace('_', " ").split(' ').next_back().unwrap_or(key),
+                    "p95 wait",
+                    "max wait",
+                    "inst-h",
+                    "cost",
+                    "churn",
+                    "p95 wait",
+                    "max wait",
+                    "inst-h",
+                    "cost",
+                    "churn"
+                )?;
+                writeln!(
+                    out,
+                    "{:>10}  {:^45}  |  {:^45}",
+                    "", "cci-scaler", "tutorial"
+                )?;
+                for (v, o, t) in rows {
+                    writeln!(
+                        out,
+                        "{v:>10}  {:>9} {:>9} {:>8.1} {:>8.2} {:>6}  |  {:>9} {:>9} {:>8.1} {:>8.2} {:>6}",
+                        hms(o.waits.p95_s),
+                        hms(o.waits.max_s),
+                        o.instance_hours,
+                        o.cost,
+                        o.replaced,
+                        hms(t.waits.p95_s),
+                        hms(t.waits.max_s),
+                        t.instance_hours,
+                        t.cost,
+                        t.replaced
+                    )?;
+                }
+            }
+            if let Some(path) = &args.chart {
+                writeln!(out, "\nchart: {}", path.display())?;
+            }
+            writeln!(
+                out,
+                "\nsimulated {} jobs under both policies in {:.0} ms (seed {})",
+                jobs.len(),
+                elapsed.as_secs_f64() * 1000.0,
+                args.seed
+            )?;
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}

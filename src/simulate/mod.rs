@@ -1,0 +1,496 @@
+//! `cci-scaler simulate`: replay CI jobs through a model fleet on a simulated
+//! clock, once with our policy (the real [`crate::scale::decide::decide`]) and
+//! once with the tutorial's, and report waits, instance-hours and cost.
+//!
+//! The model, one tick a second, in this order each tick:
+//! 1. booting instances whose boot time has passed register as runners (unless
+//!    their launch failed: then they never register);
+//! 2. runners whose job ended exit (single-task), idle runners past the idle
+//!    timeout exit; an exiting instance leaves the group: ours with decrement
+//!    (the exit hook), the tutorial's by shutting down while still counted;
+//! 3. jobs arriving now are queued; idle runners claim queued jobs, oldest first;
+//! 4. the scaler polls (ours every `interval`, the tutorial every 60 s);
+//! 5. the group launches instances until it has `desired` (scale-in protection:
+//!    it never terminates one to shrink).
+
+pub mod chart;
+pub mod workload;
+
+use std::collections::{HashSet, VecDeque};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::scale::decide::{self, GroupState, Instance, Lifecycle, QueueDepth};
+use workload::Job;
+
+/// The tutorial's Lambda runs once a minute.
+pub const TUTORIAL_INTERVAL_S: u64 = 60;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// cci-scaler: raise only, instances leave with decrement, failed boots reaped.
+    Ours,
+    /// The CircleCI tutorial: every 60 s set desired to min(demand, max);
+    /// instances shut down while still counted.
+    Tutorial,
+}
+
+impl Policy {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Policy::Ours => "cci-scaler",
+            Policy::Tutorial => "tutorial",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Fleet {
+    pub min: u32,
+    pub max: u32,
+    /// Instance boot time (launch to runner registered), uniform in this range.
+    pub boot_min_s: u64,
+    pub boot_max_s: u64,
+    /// Share of launches whose boot fails (the runner never registers).
+    pub launch_failure_rate: f64,
+    pub idle_timeout_s: u64,
+    /// Our poll interval (the tutorial's is fixed at 60 s).
+    pub interval_s: u64,
+    pub boot_timeout_s: u64,
+    pub price_per_hour: f64,
+    /// Jobs that waited longer than this are counted.
+    pub wait_threshold_s: u64,
+    /// What-if: the first N launches fail their boot (on top of the rate).
+    pub fail_first_launches: u64,
+}
+
+impl Default for Fleet {
+    fn default() -> Self {
+        Fleet {
+            min: 0,
+            max: 10,
+            boot_min_s: 45,
+            boot_max_s: 90,
+            launch_failure_rate: 0.0,
+            idle_timeout_s: 60,
+            interval_s: 10,
+            boot_timeout_s: 600,
+            price_per_hour: 0.0832,
+            wait_threshold_s: 300,
+            fail_first_launches: 0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("invalid simulation setting: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Decide(#[from] decide::DecideError),
+}
+
+impl Fleet {
+    pub fn validate(&self) -> Result<(), SimError> {
+        let bad = |m: &str| Err(SimError::Invalid(m.to_string()));
+        if self.min > self.max {
+            return bad("min above max");
+        }
+        if self.boot_min_s > self.boot_max_s {
+            return bad("boot time range is reversed");
+        }
+        if !(0.0..=1.0).contains(&self.launch_failure_rate) {
+            return bad("launch failure rate must be between 0 and 1");
+        }
+        if self.interval_s == 0 {
+            return bad("interval must be at least 1 s");
+        }
+        if self.idle_timeout_s == 0 {
+            return bad("idle timeout must be at least 1 s");
+        }
+        if !(self.price_per_hour.is_finite() && self.price_per_hour >= 0.0) {
+            return bad("price per hour must be 0 or more");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Waits {
+    pub p50_s: u64,
+    pub p95_s: u64,
+    pub max_s: u64,
+    pub mean_s: f64,
+}
+
+/// One point of the chart (every 60 s of simulated time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Sample {
+    pub t_s: u64,
+    pub queued: u32,
+    pub desired: u32,
+    pub in_service: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub policy: Policy,
+    pub jobs: usize,
+    pub waits: Waits,
+    pub waited_over_threshold: usize,
+    /// Jobs still queued when the simulation ended.
+    pub jobs_not_run: usize,
+    pub instance_hours: f64,
+    pub idle_instance_hours: f64,
+    pub boots: u64,
+    pub boots_per_job: f64,
+    /// Instances the group launched to replace one that left while still counted.
+    pub replaced: u64,
+    /// Instances whose boot failed.
+    pub failed_boots: u64,
+    /// Jobs whose instance was terminated under them.
+    pub jobs_killed: u64,
+    /// Instances still running (billing) when the simulation ended.
+    pub left_running: u32,
+    pub cost: f64,
+    pub simulated_s: u64,
+    #[serde(skip)]
+    pub timeline: Vec<Sample>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    Booting { ready_at: u64, fails: bool },
+    Idle { since: u64 },
+    Busy { until: u64 },
+    Gone,
+}
+
+struct Inst {
+    id: String,
+    launched: u64,
+    state: State,
+    busy_s: u64,
+    gone_at: u64,
+}
+
+struct Sim<'a> {
+    jobs: &'a [Job],
+    fleet: &'a Fleet,
+    policy: Policy,
+    rng: ChaCha8Rng,
+    insts: Vec<Inst>,
+    /// Indices into `insts` of instances not gone.
+    live: Vec<usize>,
+    desired: u32,
+    /// Desired capacity before the scaler's raise this tick (after its reaps).
+    floor: u32,
+    queue: VecDeque<usize>,
+    started: Vec<Option<u64>>,
+    boots: u64,
+    failed_boots: u64,
+    replaced: u64,
+    killed: u64,
+}
+
+impl Sim<'_> {
+    fn launch(&mut self, t: u64) {
+        let boot = self
+            .rng
+            .random_range(self.fleet.boot_min_s..=self.fleet.boot_max_s);
+        let fails = self.boots < self.fleet.fail_first_launches
+            || (self.fleet.launch_failure_rate > 0.0
+                && self.rng.random_bool(self.fleet.launch_failure_rate));
+        self.boots += 1;
+        if fails {
+            self.failed_boots += 1;
+        }
+        self.live.push(self.insts.len());
+        self.insts.push(Inst {
+            id: format!("i-{:08x}", self.boots),
+            launched: t,
+            state: State::Booting {
+                ready_at: t + boot,
+                fails,
+            },
+            busy_s: 0,
+            gone_at: 0,
+        });
+    }
+
+    /// An instance leaves the group at `t`, with decrement where allowed.
+    fn leave(&mut self, idx: usize, t: u64, decrement: bool) {
+        let inst = &mut self.insts[idx];
+        if let State::Busy { until } = inst.state {
+            // Terminated under a running job.
+            self.killed += 1;
+            inst.busy_s -= until.saturating_sub(t);
+        }
+        inst.state = State::Gone;
+        inst.gone_at = t;
+        if decrement && self.desired > self.fleet.min {
+            self.desired -= 1;
+        }
+    }
+
+    fn running(&self) -> u32 {
+        self.live
+            .iter()
+            .filter(|&&i| matches!(self.insts[i].state, State::Busy { .. }))
+            .count() as u32
+    }
+
+    fn poll_ours(&mut self, t: u64) -> Result<(), SimError> {
+        let group = GroupState {
+            name: "simulated".into(),
+            min: self.fleet.min,
+            max: self.fleet.max,
+            desired: self.desired,
+            instances: self
+                .live
+                .iter()
+                .map(|&i| Instance {
+                    id: self.insts[i].id.clone(),
+                    lifecycle: Lifecycle::InService,
+                    launch_time: Some(at(self.insts[i].launched)),
+                    protected_from_scale_in: true,
+                })
+                .collect(),
+        };
+        let registered: HashSet<String> = self
+            .live
+            .iter()
+            .filter(|&&i| matches!(self.insts[i].state, State::Idle { .. } | State::Busy { .. }))
+            .map(|&i| self.insts[i].id.clone())
+            .collect();
+        let queue = QueueDepth {
+            unclaimed: self.queue.len() as u32,
+            running: self.running(),
+        };
+        let policy = decide::Policy {
+            boot_timeout: Duration::from_secs(self.fleet.boot_timeout_s),
+        };
+        let d = decide::decide(queue, &group, &registered, &policy, at(t))?;
+        for r in &d.reap {
+            if let Some(pos) = self
+                .live
+                .iter()
+                .position(|&i| self.insts[i].id == r.instance_id)
+            {
+                let idx = self.live.remove(pos);
+                self.leave(idx, t, r.decrement);
+            }
+        }
+        self.floor = self.desired;
+        if let Some(n) = d.set_desired {
+            self.desired = n;
+        }
+        Ok(())
+    }
+
+    fn poll_tutorial(&mut self) {
+        let demand = self.queue.len() as u32 + self.running();
+        self.desired = demand.min(self.fleet.max).max(self.fleet.min);
+    }
+
+    fn tick(&mut self, t: u64, next_job: &mut usize) -> Result<(), SimError> {
+        // 1-2: boots, job ends, idle timeouts.
+        let mut leaving = Vec::new();
+        for &i in &self.live {
+            let inst = &mut self.insts[i];
+            match inst.state {
+                State::Booting {
+                    ready_at,
+                    fails: false,
+                } if ready_at <= t => {
+                    inst.state = State::Idle { since: t };
+                }
+                State::Busy { until } if until <= t => {
+                    // The job is done: single-task, the runner exits.
+                    inst.state = State::Idle { since: t };
+                    leaving.push(i);
+                }
+                State::Idle { since } if since + self.fleet.idle_timeout_s <= t => leaving.push(i),
+                _ => {}
+            }
+        }
+        if !leaving.is_empty() {
+            self.live.retain(|i| !leaving.contains(i));
+            let decrement = self.policy == Policy::Ours;
+            for i in leaving {
+                self.leave(i, t, decrement);
+            }
+        }
+        // 3: arrivals and claims.
+        while *next_job < self.jobs.len() && self.jobs[*next_job].arrival_s <= t {
+            self.queue.push_back(*next_job);
+            *next_job += 1;
+        }
+        if !self.queue.is_empty() {
+            for &i in &self.live {
+                let Some(&job) = self.queue.front() else {
+                    break;
+                };
+                let inst = &mut self.insts[i];
+                if let State::Idle { .. } = inst.state {
+                    let d = self.jobs[job].duration_s;
+                    inst.state = State::Busy { until: t + d };
+                    inst.busy_s += d;
+                    self.started[job] = Some(t);
+                    self.queue.pop_front();
+                }
+            }
+        }
+        // 4: the scaler.
+        self.floor = self.desired;
+        match self.policy {
+            Policy::Ours if t % self.fleet.interval_s == 0 => self.poll_ours(t)?,
+            Policy::Tutorial if t % TUTORIAL_INTERVAL_S == 0 => self.poll_tutorial(),
+            _ => {}
+        }
+        // 5: the group fills up to desired; launches beyond what the scaler
+        // just asked for replace instances that left while counted.
+        let live = self.live.len() as u32;
+        if live < self.desired {
+            let n = self.desired - live;
+            let asked = self.desired.saturating_sub(self.floor.max(live));
+            self.replaced += u64::from(n - asked.min(n));
+            for _ in 0..n {
+                self.launch(t);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn at(t: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(t)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Replay `jobs` (sorted by arrival) under `policy`. Runs until the last job is
+/// done and the fleet has had time to drain, or two days past the last arrival.
+pub fn simulate(
+    jobs: &[Job],
+    fleet: &Fleet,
+    policy: Policy,
+    seed: u64,
+) -> Result<Report, SimError> {
+    fleet.validate()?;
+    let mut sim = Sim {
+        jobs,
+        fleet,
+        policy,
+        rng: ChaCha8Rng::seed_from_u64(seed),
+        insts: Vec::new(),
+        live: Vec::new(),
+        desired: fleet.min,
+        floor: fleet.min,
+        queue: VecDeque::new(),
+        started: vec![None; jobs.len()],
+        boots: 0,
+        failed_boots: 0,
+        replaced: 0,
+        killed: 0,
+    };
+    let last_arrival = jobs.iter().map(|j| j.arrival_s).max().unwrap_or(0);
+    let drain = fleet.boot_max_s
+        + fleet.idle_timeout_s
+        + fleet.interval_s.max(TUTORIAL_INTERVAL_S) * 2
+        + fleet.boot_timeout_s;
+    let hard_end = last_arrival + 2 * 86_400;
+    let mut next_job = 0;
+    let mut timeline = Vec::new();
+    let mut t = 0;
+    let mut quiet_since: Option<u64> = None;
+    loop {
+        sim.tick(t, &mut next_job)?;
+        if t % 60 == 0 {
+            timeline.push(Sample {
+                t_s: t,
+                queued: sim.queue.len() as u32,
+                desired: sim.desired,
+                in_service: sim.live.len() as u32,
+            });
+        }
+        let all_done = next_job == jobs.len() && sim.queue.is_empty() && sim.running() == 0;
+        match (all_done, quiet_since) {
+            (true, None) => quiet_since = Some(t),
+            (false, _) => quiet_since = None,
+            _ => {}
+        }
+        if quiet_since.is_some_and(|q| t >= q + drain) || t >= hard_end {
+            break;
+        }
+        t += 1;
+    }
+    let end = t;
+
+    let mut waits: Vec<u64> = jobs
+        .iter()
+        .zip(&sim.started)
+        .filter_map(|(j, s)| s.map(|s| s - j.arrival_s))
+        .collect();
+    waits.sort_unstable();
+    let run = waits.len();
+    let mut total_s = 0u64;
+    let mut busy_s = 0u64;
+    for inst in &sim.insts {
+        let until = if inst.state == State::Gone {
+            inst.gone_at
+        } else {
+            end
+        };
+        total_s += until - inst.launched;
+        busy_s += inst.busy_s.min(until - inst.launched);
+    }
+    let instance_hours = total_s as f64 / 3600.0;
+    Ok(Report {
+        policy,
+        jobs: jobs.len(),
+        waits: Waits {
+            p50_s: percentile(&waits, 50.0),
+            p95_s: percentile(&waits, 95.0),
+            max_s: waits.last().copied().unwrap_or(0),
+            mean_s: if run == 0 {
+                0.0
+            } else {
+                waits.iter().sum::<u64>() as f64 / run as f64
+            },
+        },
+        waited_over_threshold: waits
+            .iter()
+            .filter(|w| **w > fleet.wait_threshold_s)
+            .count(),
+        jobs_not_run: jobs.len() - run,
+        instance_hours,
+        idle_instance_hours: (total_s - busy_s) as f64 / 3600.0,
+        boots: sim.boots,
+        boots_per_job: if jobs.is_empty() {
+            0.0
+        } else {
+            sim.boots as f64 / jobs.len() as f64
+        },
+        replaced: sim.replaced,
+        failed_boots: sim.failed_boots,
+        jobs_killed: sim.killed,
+        left_running: sim.live.len() as u32,
+        cost: instance_hours * fleet.price_per_hour,
+        simulated_s: end,
+        timeline,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,136 @@
+//! `cci-scaler simulate` end to end: no AWS, no network, no emulator.
+
+use serde_json::Value;
+
+use crate::support::{command, run};
+
+fn simulate(home: &std::path::Path, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = command("cci-scaler", home);
+    cmd.arg("simulate").args(args);
+    cmd
+}
+
+#[tokio::test]
+async fn simulate_reports_both_policies_with_a_chart() {
+    let home = tempfile::tempdir().unwrap();
+    let chart = home.path().join("day.svg");
+    let r = run(simulate(
+        home.path(),
+        &["--seed", "3", "--chart", chart.to_str().unwrap()],
+    ))
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    for row in [
+        "wait p95",
+        "instance-hours",
+        "instances replaced (churn)",
+        "jobs killed",
+        "left running at the end",
+        "cost at",
+    ] {
+        assert!(r.stdout.contains(row), "{row}: {r:?}");
+    }
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(
+        svg.starts_with("<svg") || svg.starts_with("<?xml"),
+        "{}",
+        &svg[..100]
+    );
+    for label in [
+        "cci-scaler",
+        "tutorial",
+        "queued jobs",
+        "desired capacity",
+        "in-service instances",
+    ] {
+        assert!(svg.contains(label), "{label} missing from the chart");
+    }
+    // Same seed, same figures.
+    let again = run(simulate(home.path(), &["--seed", "3"])).await;
+    let strip = |s: &str| {
+        s.lines()
+            .filter(|l| !l.starts_with("simulated ") && !l.starts_with("chart:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+            .trim()
+            .to_string()
+    };
+    assert_eq!(strip(&again.stdout), strip(&r.stdout));
+}
+
+#[tokio::test]
+async fn simulate_json_csv_and_sweep() {
+    let home = tempfile::tempdir().unwrap();
+    let csv = home.path().join("jobs.csv");
+    std::fs::write(
+        &csv,
+        "arrival_s,duration_s,resource_class\n5,100,acme/a\n7,50,acme/b\n",
+    )
+    .unwrap();
+    let r = run(simulate(
+        home.path(),
+        &[
+            "--jobs",
+            csv.to_str().unwrap(),
+            "--resource-class",
+            "acme/a",
+            "--boot-time",
+            "60s",
+            "--output",
+            "json",
+            "--sweep",
+            "max_instances=1,2",
+            "--sweep",
+            "idle_timeout=1m,5m",
+        ],
+    ))
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let v: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(v["reports"][0]["policy"], "ours");
+    assert_eq!(v["reports"][0]["jobs"], 1);
+    assert_eq!(v["reports"][0]["waits"]["max_s"], 65);
+    assert_eq!(v["reports"][1]["policy"], "tutorial");
+    assert_eq!(v["reports"][1]["waits"]["max_s"], 115);
+    assert_eq!(v["reports"][1]["replaced"], 1);
+    assert_eq!(v["sweeps"][0]["setting"], "max_instances");
+    assert_eq!(v["sweeps"][0]["rows"].as_array().unwrap().len(), 2);
+    assert_eq!(v["sweeps"][1]["rows"][1]["value"], "5m");
+
+    let r = run(simulate(home.path(), &["--sweep", "max_instances=1,2"])).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("sweep max_instances:"), "{r:?}");
+}
+
+#[tokio::test]
+async fn simulate_refuses_bad_input() {
+    let home = tempfile::tempdir().unwrap();
+    let bad = home.path().join("bad.csv");
+    std::fs::write(&bad, "1,60\n2,sixty\n").unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--jobs", bad.to_str().unwrap()],
+            "line 2: duration_s \"sixty\" is not a number",
+        ),
+        (
+            vec!["--jobs", "/nonexistent.csv"],
+            "cannot read the jobs file /nonexistent.csv",
+        ),
+        (
+            vec!["--sweep", "colour=red"],
+            "can sweep max_instances, idle_timeout or interval",
+        ),
+        (vec!["--sweep", "max_instances"], "expected KEY=V1,V2"),
+        (vec!["--boot-time", "90s..30s"], "reversed"),
+        (
+            vec!["--min-instances", "5", "--max-instances", "2"],
+            "min above max",
+        ),
+        (vec!["--launch-failure-rate", "2"], "between 0 and 1"),
+    ];
+    for (args, want) in cases {
+        let r = run(simulate(home.path(), &args)).await;
+        assert_eq!(r.code, 1, "{args:?}: {r:?}");
+        assert!(r.stderr.contains(want), "{args:?}: want {want:?}: {r:?}");
+    }
+}
