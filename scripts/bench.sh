@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/test-env.sh)"
 cargo bench --bench scale
+cargo bench --bench simulate
 cargo build --release --bins
 dir="${CARGO_TARGET_DIR:-target}/release"
 work=$(mktemp -d)
