@@ -7,9 +7,15 @@ use cci_scaler::simulate::workload::Generator;
 use cci_scaler::simulate::{Fleet, Policy, simulate};
 
 fn main() {
-    let jobs = Generator::working_day().scaled_to(10_000.0).generate(1).unwrap();
+    let jobs = Generator::working_day()
+        .scaled_to(10_000.0)
+        .generate(1)
+        .unwrap();
     for max in [50, 200] {
-        let fleet = Fleet { max, ..Fleet::default() };
+        let fleet = Fleet {
+            max,
+            ..Fleet::default()
+        };
         let mut times: Vec<Duration> = (0..7)
             .map(|_| {
                 let start = Instant::now();

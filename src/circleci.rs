@@ -193,6 +193,11 @@ impl RunnerApi {
         })
     }
 
+    /// The API's base URL (with a trailing slash).
+    pub fn base_url(&self) -> &str {
+        self.base.as_str()
+    }
+
     pub async fn unclaimed_tasks(&self, resource_class: &str) -> Result<u32, CircleCiError> {
         let r: Unclaimed = self
             .get("api/v3/runner/tasks", resource_class, "unclaimed tasks")
@@ -224,26 +229,52 @@ impl RunnerApi {
         resource_class: &str,
         noun: &str,
     ) -> Result<T, CircleCiError> {
-        let what = format!("{noun} of {resource_class} (GET /{path})");
+        self.call(
+            reqwest::Method::GET,
+            path,
+            &[("resource-class", resource_class)],
+            None,
+            format!("{noun} of {resource_class} (GET /{path})"),
+        )
+        .await
+    }
+
+    /// One API call with bounded retries: 429 always, 5xx and connection
+    /// failures only where repeating cannot create a second resource (not POST).
+    /// An empty success body reads as JSON `null`.
+    pub(crate) async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&serde_json::Value>,
+        what: String,
+    ) -> Result<T, CircleCiError> {
         let mut url = self.base.join(path).map_err(|e| CircleCiError::BadUrl {
             url: self.base.to_string(),
             detail: e.to_string(),
         })?;
-        url.query_pairs_mut()
-            .append_pair("resource-class", resource_class);
+        if !query.is_empty() {
+            let mut q = url.query_pairs_mut();
+            for (k, v) in query {
+                q.append_pair(k, v);
+            }
+        }
+        let idempotent = method != reqwest::Method::POST;
 
         let mut attempt = 0;
         loop {
             attempt += 1;
             let last = attempt >= self.limits.attempts;
-            let sent = self
+            let mut req = self
                 .http
-                .get(url.clone())
+                .request(method.clone(), url.clone())
                 .header("Circle-Token", self.token.expose_secret())
-                .header("Accept", "application/json")
-                .send()
-                .await;
-            let resp = match sent {
+                .header("Accept", "application/json");
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) if e.is_timeout() => {
                     return Err(CircleCiError::Timeout {
@@ -252,7 +283,7 @@ impl RunnerApi {
                     });
                 }
                 Err(e) => {
-                    if last {
+                    if last || !(idempotent || e.is_connect()) {
                         return Err(CircleCiError::Unreachable {
                             what,
                             attempts: attempt,
@@ -281,12 +312,18 @@ impl RunnerApi {
                         });
                     }
                 };
-                return serde_json::from_slice(&body).map_err(|e| CircleCiError::Malformed {
+                let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+                    b"null"
+                } else {
+                    &body
+                };
+                return serde_json::from_slice(body).map_err(|e| CircleCiError::Malformed {
                     what,
                     detail: e.to_string(),
                 });
             }
-            let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+            let retryable =
+                status == StatusCode::TOO_MANY_REQUESTS || (status.is_server_error() && idempotent);
             if retryable && !last {
                 let retry_after = resp
                     .headers()

@@ -7,7 +7,9 @@
 
 pub mod aws;
 pub mod circleci;
+pub mod config;
 pub mod names;
+pub mod provision;
 pub mod render;
 pub mod scale;
 pub mod simulate;

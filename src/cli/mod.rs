@@ -1,8 +1,12 @@
 //! Command-line definitions (clap) and dispatch; one file per subcommand.
 
+pub mod init;
 pub mod render;
 pub mod scale;
 pub mod simulate;
+pub mod stack;
+pub mod status;
+pub mod teardown;
 
 use std::time::Duration;
 
@@ -71,6 +75,12 @@ pub enum Output {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Create the whole stack (or converge it to the settings), idempotently.
+    Init(Box<init::InitArgs>),
+    /// Remove everything the stack created, and nothing else.
+    Teardown(teardown::TeardownArgs),
+    /// The stack's resources, the queue, the group's capacity and runners.
+    Status(status::StatusArgs),
     /// Size the Auto Scaling group to the CircleCI runner queue (the Lambda's core).
     Scale(scale::ScaleArgs),
     /// Render a file the stack uses (the runner user-data script).
@@ -87,6 +97,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Init(args) => init::run(&cli.global, *args).await,
+        Command::Teardown(args) => teardown::run(&cli.global, args).await,
+        Command::Status(args) => status::run(&cli.global, args).await,
         Command::Scale(args) => scale::run(&cli.global, args).await,
         Command::Render(cmd) => render::run(&cli.global, cmd).await,
         Command::Simulate(args) => simulate::run(&cli.global, args).await,

@@ -1,0 +1,138 @@
+//! `cci-scaler init`: create the whole stack, or converge it to the settings.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use cci_scaler::config::{RunnerFile, StackFile};
+use cci_scaler::provision::{self, artifact};
+
+use super::stack::{CliProgress, StackArgs, connect, print_items};
+use super::{GlobalArgs, Output};
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub stack: StackArgs,
+    /// Resource class description (when it is created).
+    #[arg(long)]
+    pub description: Option<String>,
+    /// The group's max size [default: 10].
+    #[arg(long, value_name = "N")]
+    pub max_instances: Option<u32>,
+    /// EC2 instance type [default: t3.medium].
+    #[arg(long, value_name = "TYPE")]
+    pub instance_type: Option<String>,
+    /// AMI id, or the name of an SSM parameter holding one [default: Canonical's
+    /// Ubuntu 22.04 LTS public parameter].
+    #[arg(long, value_name = "AMI|PARAMETER")]
+    pub image: Option<String>,
+    /// Subnet to launch into (repeatable) [default: the default VPC's default subnets].
+    #[arg(long = "subnet", value_name = "SUBNET")]
+    pub subnets: Vec<String>,
+    /// EC2 key pair for SSH access [default: none].
+    #[arg(long, value_name = "NAME")]
+    pub key_pair: Option<String>,
+    /// Root volume size (encrypted gp3) [default: 30].
+    #[arg(long, value_name = "GB")]
+    pub root_volume_gb: Option<u32>,
+    /// IMDSv2 hop limit [default: 1].
+    #[arg(long, value_name = "N")]
+    pub imds_hop_limit: Option<u32>,
+    /// Lambda poll interval [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub poll_interval: Option<String>,
+    /// Lambda poll window per invocation [default: 50s].
+    #[arg(long, value_name = "DURATION")]
+    pub poll_window: Option<String>,
+    /// Reap instances not registered after this [default: 10m].
+    #[arg(long, value_name = "DURATION")]
+    pub boot_timeout: Option<String>,
+    /// Runner idle timeout [default: 1m].
+    #[arg(long, value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+    /// Runner max run time [default: 5h].
+    #[arg(long, value_name = "DURATION")]
+    pub max_run_time: Option<String>,
+    /// Runner working directory.
+    #[arg(long, value_name = "PATH")]
+    pub working_directory: Option<String>,
+    /// Environment setup script run before the runner starts.
+    #[arg(long, value_name = "FILE")]
+    pub setup_script: Option<PathBuf>,
+    /// Extra Debian package for the runners (repeatable).
+    #[arg(long = "apt-package", value_name = "NAME")]
+    pub apt_packages: Vec<String>,
+    /// The Lambda binary to deploy [default: cci-scaler-lambda beside cci-scaler].
+    #[arg(long, value_name = "FILE", conflicts_with = "lambda_zip")]
+    pub lambda_binary: Option<PathBuf>,
+    /// A ready Lambda zip holding `bootstrap`.
+    #[arg(long, value_name = "FILE")]
+    pub lambda_zip: Option<PathBuf>,
+    /// Print the plan (create/update/keep per resource); write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub async fn run(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<ExitCode> {
+    let flags = StackFile {
+        description: args.description.clone(),
+        max_instances: args.max_instances,
+        instance_type: args.instance_type.clone(),
+        image: args.image.clone(),
+        subnets: (!args.subnets.is_empty()).then(|| args.subnets.clone()),
+        key_pair: args.key_pair.clone(),
+        root_volume_gb: args.root_volume_gb,
+        imds_hop_limit: args.imds_hop_limit,
+        poll_interval: args.poll_interval.clone(),
+        poll_window: args.poll_window.clone(),
+        boot_timeout: args.boot_timeout.clone(),
+        runner: RunnerFile {
+            idle_timeout: args.idle_timeout.clone(),
+            max_run_time: args.max_run_time.clone(),
+            working_directory: args.working_directory.clone(),
+            setup_script: args.setup_script.clone(),
+            apt_packages: (!args.apt_packages.is_empty()).then(|| args.apt_packages.clone()),
+        },
+        ..StackFile::default()
+    };
+    // Everything local is checked before the first call.
+    let file = args.stack.file(flags, global)?;
+    let settings = file.settings()?;
+    let artifact = match (&args.lambda_zip, &args.lambda_binary) {
+        (Some(z), _) => artifact::from_zip(z)?,
+        (None, Some(b)) => artifact::from_binary(b)?,
+        (None, None) => artifact::from_binary(&artifact::default_binary()?)?,
+    };
+
+    let progress = CliProgress::new(global.output, args.dry_run);
+    let mut api = None;
+    let ctx = connect(
+        global,
+        &file,
+        &settings.stack,
+        &args.stack.circleci_url,
+        args.dry_run,
+        &progress,
+        &mut api,
+    )
+    .await?;
+    let items = provision::init(&ctx, &settings, &artifact).await?;
+    let snippet = format!(
+        "version: 2.1\njobs:\n  build:\n    machine: true\n    resource_class: {}\n    steps:\n      - checkout\n",
+        settings.resource_class
+    );
+    print_items(
+        global.output,
+        &settings.stack,
+        &ctx.region,
+        args.dry_run,
+        &items,
+        Some(serde_json::json!({"circleci_config": snippet, "settings": settings})),
+    )?;
+    if global.output == Output::Text && !args.dry_run {
+        println!("\nSend jobs to the fleet with this in .circleci/config.yml:\n\n{snippet}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,223 @@
+//! What `init`, `teardown` and `status` share: the stack's identity, the AWS and
+//! CircleCI connections, and the progress display.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use cci_scaler::aws;
+use cci_scaler::circleci::{self, HttpLimits, RunnerApi};
+use cci_scaler::config::{DEFAULT_STACK_FILE, StackFile};
+use cci_scaler::provision::{Action, Clients, Ctx, Item, Names, Progress};
+use cci_scaler::token;
+
+use super::{GlobalArgs, Output};
+
+#[derive(Debug, Clone, Args)]
+pub struct StackArgs {
+    /// Stack file (TOML); flags win over it [default: ./cci-scaler.toml if present].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Stack name: prefixes and tags every resource.
+    #[arg(long, value_name = "NAME")]
+    pub stack: Option<String>,
+    /// Runner resource class NAMESPACE/NAME.
+    #[arg(long, value_name = "NS/NAME")]
+    pub resource_class: Option<String>,
+    /// CircleCI runner API base URL.
+    #[arg(long, env = "CIRCLECI_RUNNER_API_URL", default_value = circleci::DEFAULT_URL, value_name = "URL")]
+    pub circleci_url: String,
+}
+
+impl StackArgs {
+    /// The stack file (if any) merged under the flags.
+    pub fn file(&self, flags: StackFile, global: &GlobalArgs) -> anyhow::Result<StackFile> {
+        let path = match &self.config {
+            Some(p) => Some(p.clone()),
+            None => Some(PathBuf::from(DEFAULT_STACK_FILE)).filter(|p| p.is_file()),
+        };
+        let file = match path {
+            Some(p) => StackFile::load(&p)?,
+            None => StackFile::default(),
+        };
+        let flags = StackFile {
+            stack: self.stack.clone(),
+            resource_class: self.resource_class.clone(),
+            region: global.aws.region.clone(),
+            profile: global.aws.profile.clone(),
+            ..flags
+        };
+        Ok(file.merged(flags))
+    }
+}
+
+/// Connections for a stack command. The personal token comes from
+/// CIRCLECI_TOKEN / CIRCLECI_CLI_TOKEN, as for `scale`.
+pub async fn connect<'a>(
+    global: &GlobalArgs,
+    file: &StackFile,
+    stack: &str,
+    circleci_url: &str,
+    dry_run: bool,
+    progress: &'a dyn Progress,
+    api: &'a mut Option<RunnerApi>,
+) -> anyhow::Result<Ctx<'a>> {
+    let personal = token::token_from_env().ok_or(token::TokenError::Missing)?;
+    let options = aws::AwsOptions {
+        profile: file.profile.clone(),
+        region: file.region.clone(),
+        endpoint_url: global.aws.endpoint_url.clone(),
+    };
+    let config = aws::load_config(&options).await?;
+    let region = config.region().map(|r| r.to_string()).unwrap_or_default();
+    *api = Some(RunnerApi::new(
+        circleci_url,
+        personal.clone(),
+        HttpLimits::default(),
+    )?);
+    Ok(Ctx {
+        aws: Clients::new(&config),
+        region,
+        names: Names::new(stack),
+        circleci: api.as_ref().expect("set above"),
+        personal_token: personal,
+        dry_run,
+        progress,
+    })
+}
+
+/// Spinners with elapsed time on a terminal; plain lines otherwise. Always on
+/// stderr: stdout carries the result.
+pub struct CliProgress {
+    bar: Mutex<Option<(ProgressBar, Instant)>>,
+    terminal: bool,
+    dry_run: bool,
+}
+
+impl CliProgress {
+    pub fn new(output: Output, dry_run: bool) -> CliProgress {
+        CliProgress {
+            bar: Mutex::new(None),
+            terminal: output == Output::Text && std::io::stderr().is_terminal(),
+            dry_run,
+        }
+    }
+}
+
+pub fn describe(item: &Item, dry_run: bool) -> String {
+    let mut s = format!(
+        "{:<20} {:<17} {}",
+        item.action.verb(dry_run),
+        item.kind,
+        item.name
+    );
+    if let Some(id) = &item.id {
+        if id != &item.name {
+            s.push_str(&format!(" ({id})"));
+        }
+    }
+    if let Some(d) = &item.detail {
+        s.push_str(&format!(" [{d}]"));
+    }
+    s
+}
+
+impl Progress for CliProgress {
+    fn start(&self, step: &str) {
+        let mut bar = self.bar.lock().unwrap();
+        if self.terminal {
+            let pb = ProgressBar::new_spinner();
+            pb.set_style(
+                ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            pb.set_message(step.to_string());
+            pb.enable_steady_tick(Duration::from_millis(100));
+            *bar = Some((pb, Instant::now()));
+        } else {
+            *bar = Some((ProgressBar::hidden(), Instant::now()));
+        }
+    }
+
+    fn note(&self, message: &str) {
+        match &*self.bar.lock().unwrap() {
+            Some((pb, _)) if self.terminal => pb.set_message(message.to_string()),
+            _ => eprintln!("  ... {message}"),
+        }
+    }
+
+    fn done(&self, item: &Item) {
+        let taken = self.bar.lock().unwrap().take();
+        let elapsed = taken.as_ref().map(|(_, t)| t.elapsed()).unwrap_or_default();
+        let line = format!(
+            "{} ({:.1}s)",
+            describe(item, self.dry_run),
+            elapsed.as_secs_f64()
+        );
+        match taken {
+            Some((pb, _)) if self.terminal => pb.finish_with_message(line),
+            _ => eprintln!("{line}"),
+        }
+    }
+}
+
+/// Print the resources (text) or the JSON summary.
+pub fn print_items(
+    output: Output,
+    stack: &str,
+    region: &str,
+    dry_run: bool,
+    items: &[Item],
+    extra: Option<serde_json::Value>,
+) -> anyhow::Result<()> {
+    let changed = items.iter().any(|i| i.action.changes());
+    match output {
+        Output::Json => {
+            let mut v = serde_json::json!({
+                "stack": stack, "region": region, "dry_run": dry_run, "changed": changed, "resources": items,
+            });
+            if let (Some(extra), Some(obj)) = (extra, v.as_object_mut()) {
+                if let Some(e) = extra.as_object() {
+                    obj.extend(e.clone());
+                }
+            }
+            println!("{v}");
+        }
+        Output::Text => {
+            for i in items {
+                println!("{}", describe(i, dry_run));
+            }
+            let n = items.iter().filter(|i| i.action.changes()).count();
+            if dry_run {
+                println!("dry run: {n} change(s) planned, nothing was changed");
+            } else if changed {
+                println!("{n} change(s) made");
+            } else {
+                println!("no changes: everything is as configured");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn any_foreign(items: &[Item]) -> bool {
+    items.iter().any(|i| i.action == Action::Foreign)
+}
+
+pub fn require_stack(file: &StackFile) -> anyhow::Result<(String, String)> {
+    let stack = file
+        .stack
+        .clone()
+        .context("no stack name: pass --stack or set `stack` in the stack file")?;
+    cci_scaler::render::validate_stack(&stack)?;
+    let rc = file.resource_class.clone().context(
+        "no resource class: pass --resource-class or set `resource_class` in the stack file",
+    )?;
+    circleci::validate_resource_class(&rc).map_err(anyhow::Error::msg)?;
+    Ok((stack, rc))
+}

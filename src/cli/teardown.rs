@@ -1,0 +1,76 @@
+//! `cci-scaler teardown`: remove everything the stack created, and nothing else.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::Args;
+
+use cci_scaler::config::StackFile;
+use cci_scaler::provision;
+
+use super::GlobalArgs;
+use super::stack::{CliProgress, StackArgs, any_foreign, connect, print_items, require_stack};
+
+#[derive(Debug, Args)]
+pub struct TeardownArgs {
+    #[command(flatten)]
+    pub stack: StackArgs,
+    /// Do not ask for confirmation.
+    #[arg(long, short)]
+    pub yes: bool,
+    /// Keep the CircleCI resource class (its tokens are still deleted).
+    #[arg(long)]
+    pub keep_resource_class: bool,
+    /// Print what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub async fn run(global: &GlobalArgs, args: TeardownArgs) -> anyhow::Result<ExitCode> {
+    let file = args.stack.file(StackFile::default(), global)?;
+    let (stack, rc) = require_stack(&file)?;
+    if !args.yes && !args.dry_run {
+        if !std::io::stdin().is_terminal() {
+            bail!(
+                "teardown removes stack {stack} and its instances: pass --yes to confirm (stdin is not a terminal)"
+            );
+        }
+        eprint!(
+            "Remove stack {stack} ({rc}), terminating its instances? Type the stack name to confirm: "
+        );
+        std::io::stderr().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if answer.trim() != stack {
+            bail!("not confirmed; nothing was removed");
+        }
+    }
+    let progress = CliProgress::new(global.output, args.dry_run);
+    let mut api = None;
+    let ctx = connect(
+        global,
+        &file,
+        &stack,
+        &args.stack.circleci_url,
+        args.dry_run,
+        &progress,
+        &mut api,
+    )
+    .await?;
+    let items = provision::teardown(&ctx, &rc, args.keep_resource_class).await?;
+    print_items(
+        global.output,
+        &stack,
+        &ctx.region,
+        args.dry_run,
+        &items,
+        None,
+    )?;
+    if any_foreign(&items) {
+        eprintln!(
+            "warning: some resources carry the stack's names but not its tag; they were left alone"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

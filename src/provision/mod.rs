@@ -1,0 +1,260 @@
+//! `init`, `teardown` and `status`: the stack's resources, found by name and
+//! owned only when tagged `cci-scaler:stack = <stack>`. Never linked into the
+//! scaling path.
+//!
+//! Every step reads first, compares, and writes only what differs; in a dry run
+//! it only reads and reports the action it would take.
+
+pub mod artifact;
+pub mod circleci_admin;
+mod steps;
+mod teardown;
+
+use std::future::Future;
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use secrecy::SecretString;
+use serde::Serialize;
+
+use crate::aws::AwsError;
+use crate::circleci::{CircleCiError, RunnerApi};
+use crate::config::StackSettings;
+
+pub use steps::init;
+pub use teardown::{status, teardown};
+
+/// The tag that marks a resource as this stack's.
+pub const STACK_TAG: &str = "cci-scaler:stack";
+
+/// Resource names, all derived from the stack name.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub stack: String,
+}
+
+impl Names {
+    pub fn new(stack: &str) -> Names {
+        Names {
+            stack: stack.to_string(),
+        }
+    }
+    pub fn group(&self) -> String {
+        crate::names::group(&self.stack)
+    }
+    pub fn runner_token_secret(&self) -> String {
+        crate::names::runner_token_secret(&self.stack)
+    }
+    pub fn scaler_secret(&self) -> String {
+        crate::names::scaler_secret(&self.stack)
+    }
+    pub fn prefixed(&self, what: &str) -> String {
+        format!("cci-scaler-{}{what}", self.stack)
+    }
+    pub fn launch_template(&self) -> String {
+        self.prefixed("-runner")
+    }
+    pub fn security_group(&self) -> String {
+        self.prefixed("-runner")
+    }
+    pub fn runner_role(&self) -> String {
+        self.prefixed("-runner")
+    }
+    pub fn scaler_role(&self) -> String {
+        self.prefixed("-scaler")
+    }
+    pub fn function(&self) -> String {
+        self.prefixed("-scaler")
+    }
+    pub fn rule(&self) -> String {
+        self.prefixed("-schedule")
+    }
+    pub fn token_nickname(&self) -> String {
+        self.prefixed("")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Create,
+    Update,
+    Keep,
+    Delete,
+    /// Nothing there (teardown, status).
+    Absent,
+    /// There, but not tagged as this stack's: left alone.
+    Foreign,
+}
+
+impl Action {
+    pub fn verb(&self, dry_run: bool) -> &'static str {
+        match (self, dry_run) {
+            (Action::Create, false) => "created",
+            (Action::Create, true) => "would create",
+            (Action::Update, false) => "updated",
+            (Action::Update, true) => "would update",
+            (Action::Keep, _) => "unchanged",
+            (Action::Delete, false) => "deleted",
+            (Action::Delete, true) => "would delete",
+            (Action::Absent, _) => "absent",
+            (Action::Foreign, _) => "not ours, left alone",
+        }
+    }
+    pub fn changes(&self) -> bool {
+        matches!(self, Action::Create | Action::Update | Action::Delete)
+    }
+}
+
+/// One resource and what was (or would be) done to it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Item {
+    pub kind: &'static str,
+    pub name: String,
+    pub id: Option<String>,
+    pub action: Action,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Item {
+    pub fn new(kind: &'static str, name: impl Into<String>, action: Action) -> Item {
+        Item {
+            kind,
+            name: name.into(),
+            id: None,
+            action,
+            detail: None,
+        }
+    }
+    pub fn id(mut self, id: impl Into<String>) -> Item {
+        self.id = Some(id.into());
+        self
+    }
+    pub fn detail(mut self, d: impl Into<String>) -> Item {
+        self.detail = Some(d.into());
+        self
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error(
+        "{kind} '{name}' exists but is not tagged {STACK_TAG}={stack}; refusing to adopt or change it (rename the stack, or remove that resource)"
+    )]
+    NotOurs {
+        kind: &'static str,
+        name: String,
+        stack: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    #[error(transparent)]
+    CircleCi(#[from] CircleCiError),
+    #[error(transparent)]
+    Render(#[from] crate::render::RenderError),
+    #[error(transparent)]
+    Artifact(#[from] artifact::ArtifactError),
+    #[error("{step}: {source}")]
+    Step {
+        step: &'static str,
+        #[source]
+        source: Box<ProvisionError>,
+    },
+}
+
+/// Progress of the steps, shown by the command line (spinners or lines).
+pub trait Progress: Sync {
+    fn start(&self, step: &str);
+    fn note(&self, message: &str);
+    fn done(&self, item: &Item);
+}
+
+/// No progress display.
+pub struct Quiet;
+impl Progress for Quiet {
+    fn start(&self, _: &str) {}
+    fn note(&self, _: &str) {}
+    fn done(&self, _: &Item) {}
+}
+
+pub struct Clients {
+    pub ec2: aws_sdk_ec2::Client,
+    pub asg: aws_sdk_autoscaling::Client,
+    pub iam: aws_sdk_iam::Client,
+    pub lambda: aws_sdk_lambda::Client,
+    pub events: aws_sdk_eventbridge::Client,
+    pub secrets: aws_sdk_secretsmanager::Client,
+    pub ssm: aws_sdk_ssm::Client,
+    pub sts: aws_sdk_sts::Client,
+}
+
+impl Clients {
+    pub fn new(config: &SdkConfig) -> Clients {
+        Clients {
+            ec2: aws_sdk_ec2::Client::new(config),
+            asg: aws_sdk_autoscaling::Client::new(config),
+            iam: aws_sdk_iam::Client::new(config),
+            lambda: aws_sdk_lambda::Client::new(config),
+            events: aws_sdk_eventbridge::Client::new(config),
+            secrets: aws_sdk_secretsmanager::Client::new(config),
+            ssm: aws_sdk_ssm::Client::new(config),
+            sts: aws_sdk_sts::Client::new(config),
+        }
+    }
+}
+
+/// What every step needs.
+pub struct Ctx<'a> {
+    pub aws: Clients,
+    pub region: String,
+    pub names: Names,
+    pub circleci: &'a RunnerApi,
+    /// The personal token, stored into the scaler's secret.
+    pub personal_token: SecretString,
+    pub dry_run: bool,
+    pub progress: &'a dyn Progress,
+}
+
+/// Retry `f` while `retryable` says so, for up to `budget`, telling the user why.
+pub(crate) async fn with_patience<T, E, F, Fut>(
+    progress: &dyn Progress,
+    waiting_for: &str,
+    budget: Duration,
+    retryable: impl Fn(&E) -> bool,
+    mut f: F,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let start = std::time::Instant::now();
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match f().await {
+            Err(e) if retryable(&e) && start.elapsed() + delay < budget => {
+                progress.note(&format!(
+                    "waiting for {waiting_for} ({}s so far)",
+                    start.elapsed().as_secs()
+                ));
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(8));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The settings a stack was created with, for the JSON summary.
+#[derive(Debug, Serialize)]
+pub struct Summary<'a> {
+    pub stack: &'a str,
+    pub region: &'a str,
+    pub dry_run: bool,
+    pub changed: bool,
+    pub resources: &'a [Item],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settings: Option<&'a StackSettings>,
+}

@@ -1,0 +1,574 @@
+//! `teardown` (remove everything tagged as this stack's, in dependency order,
+//! idempotently) and `status` (what exists, and the fleet's state).
+
+use std::time::Duration;
+
+use aws_sdk_ec2::types as ec2t;
+use serde::Serialize;
+
+use super::circleci_admin as cci;
+use super::steps::{
+    R, aws_err, find_group, find_launch_template, find_security_group, group_tagged, is_not_found,
+};
+use super::{Action, Ctx, Item, STACK_TAG};
+use crate::circleci::RunnerQueue;
+
+fn tagged_kv<'a>(mut tags: impl Iterator<Item = (&'a str, &'a str)>, stack: &str) -> bool {
+    tags.any(|(k, v)| k == STACK_TAG && v == stack)
+}
+
+/// Remove the stack. Resources without our tag are reported and left alone.
+pub async fn teardown(
+    ctx: &Ctx<'_>,
+    resource_class: &str,
+    keep_resource_class: bool,
+) -> R<Vec<Item>> {
+    let mut items = Vec::new();
+    macro_rules! run {
+        ($name:literal, $e:expr) => {{
+            ctx.progress.start($name);
+            let item = $e.await?;
+            ctx.progress.done(&item);
+            items.push(item);
+        }};
+    }
+    // The schedule first, so nothing raises capacity while we remove it.
+    run!("schedule", delete_rule(ctx));
+    run!("scaling lambda", delete_function(ctx));
+    run!("auto scaling group", delete_group(ctx));
+    run!("launch template", delete_launch_template(ctx));
+    run!("instance profile", delete_instance_profile(ctx));
+    run!("runner role", delete_role(ctx, ctx.names.runner_role()));
+    run!("scaler role", delete_role(ctx, ctx.names.scaler_role()));
+    run!(
+        "runner token secret",
+        delete_secret(ctx, ctx.names.runner_token_secret())
+    );
+    run!(
+        "scaler secret",
+        delete_secret(ctx, ctx.names.scaler_secret())
+    );
+    run!("security group", delete_security_group(ctx));
+    run!("runner tokens", delete_tokens(ctx, resource_class));
+    if keep_resource_class {
+        items.push(
+            Item::new("resource class", resource_class, Action::Keep)
+                .detail("--keep-resource-class"),
+        );
+    } else {
+        run!("resource class", delete_resource_class(ctx, resource_class));
+    }
+    Ok(items)
+}
+
+async fn delete_rule(ctx: &Ctx<'_>) -> R<Item> {
+    let name = ctx.names.rule();
+    let ev = &ctx.aws.events;
+    let rule = match ev.describe_rule().name(&name).send().await {
+        Ok(r) => r,
+        Err(e) if is_not_found(&e) => {
+            return Ok(Item::new("EventBridge rule", &name, Action::Absent));
+        }
+        Err(e) => return Err(aws_err("events:DescribeRule", &name)(e)),
+    };
+    let arn = rule.arn().unwrap_or_default().to_string();
+    let tags = ev
+        .list_tags_for_resource()
+        .resource_arn(&arn)
+        .send()
+        .await
+        .map_err(aws_err("events:ListTagsForResource", &name))?;
+    if !tagged_kv(
+        tags.tags().iter().map(|t| (t.key(), t.value())),
+        &ctx.names.stack,
+    ) {
+        return Ok(Item::new("EventBridge rule", &name, Action::Foreign).id(arn));
+    }
+    if !ctx.dry_run {
+        ev.disable_rule()
+            .name(&name)
+            .send()
+            .await
+            .map_err(aws_err("events:DisableRule", &name))?;
+        let targets = ev
+            .list_targets_by_rule()
+            .rule(&name)
+            .send()
+            .await
+            .map_err(aws_err("events:ListTargetsByRule", &name))?;
+        let ids: Vec<String> = targets
+            .targets()
+            .iter()
+            .map(|t| t.id().to_string())
+            .collect();
+        if !ids.is_empty() {
+            ev.remove_targets()
+                .rule(&name)
+                .set_ids(Some(ids))
+                .send()
+                .await
+                .map_err(aws_err("events:RemoveTargets", &name))?;
+        }
+        ev.delete_rule()
+            .name(&name)
+            .send()
+            .await
+            .map_err(aws_err("events:DeleteRule", &name))?;
+    }
+    Ok(Item::new("EventBridge rule", &name, Action::Delete).id(arn))
+}
+
+async fn delete_function(ctx: &Ctx<'_>) -> R<Item> {
+    let name = ctx.names.function();
+    let out = match ctx
+        .aws
+        .lambda
+        .get_function()
+        .function_name(&name)
+        .send()
+        .await
+    {
+        Ok(o) => o,
+        Err(e) if is_not_found(&e) => {
+            return Ok(Item::new("Lambda function", &name, Action::Absent));
+        }
+        Err(e) => return Err(aws_err("lambda:GetFunction", &name)(e)),
+    };
+    let arn = out
+        .configuration()
+        .and_then(|c| c.function_arn())
+        .unwrap_or_default()
+        .to_string();
+    if !out
+        .tags()
+        .is_some_and(|t| t.get(STACK_TAG) == Some(&ctx.names.stack))
+    {
+        return Ok(Item::new("Lambda function", &name, Action::Foreign).id(arn));
+    }
+    if !ctx.dry_run {
+        ctx.aws
+            .lambda
+            .delete_function()
+            .function_name(&name)
+            .send()
+            .await
+            .map_err(aws_err("lambda:DeleteFunction", &name))?;
+    }
+    Ok(Item::new("Lambda function", &name, Action::Delete).id(arn))
+}
+
+/// Capacity to 0, terminate what is left (protection does not stop an explicit
+/// terminate), wait for it, delete the group.
+async fn delete_group(ctx: &Ctx<'_>) -> R<Item> {
+    let name = ctx.names.group();
+    let Some(g) = find_group(ctx).await? else {
+        return Ok(Item::new("Auto Scaling group", &name, Action::Absent));
+    };
+    if !group_tagged(&g, &ctx.names.stack) {
+        return Ok(Item::new("Auto Scaling group", &name, Action::Foreign));
+    }
+    let ids: Vec<String> = g
+        .instances()
+        .iter()
+        .filter_map(|i| i.instance_id().map(String::from))
+        .collect();
+    let detail = format!("{} instance(s) terminated", ids.len());
+    if ctx.dry_run {
+        return Ok(Item::new("Auto Scaling group", &name, Action::Delete)
+            .detail(format!("{} instance(s) to terminate", ids.len())));
+    }
+    let asg = &ctx.aws.asg;
+    asg.update_auto_scaling_group()
+        .auto_scaling_group_name(&name)
+        .min_size(0)
+        .max_size(0)
+        .desired_capacity(0)
+        .send()
+        .await
+        .map_err(aws_err("autoscaling:UpdateAutoScalingGroup", &name))?;
+    if !ids.is_empty() {
+        ctx.aws
+            .ec2
+            .terminate_instances()
+            .set_instance_ids(Some(ids.clone()))
+            .send()
+            .await
+            .map_err(aws_err("ec2:TerminateInstances", &name))?;
+        wait_terminated(ctx, &ids).await?;
+    }
+    asg.delete_auto_scaling_group()
+        .auto_scaling_group_name(&name)
+        .force_delete(true)
+        .send()
+        .await
+        .map_err(aws_err("autoscaling:DeleteAutoScalingGroup", &name))?;
+    Ok(Item::new("Auto Scaling group", &name, Action::Delete).detail(detail))
+}
+
+async fn wait_terminated(ctx: &Ctx<'_>, ids: &[String]) -> R<()> {
+    let start = std::time::Instant::now();
+    loop {
+        let out = ctx
+            .aws
+            .ec2
+            .describe_instances()
+            .filters(
+                ec2t::Filter::builder()
+                    .name("instance-id")
+                    .set_values(Some(ids.to_vec()))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(aws_err("ec2:DescribeInstances", "the group's instances"))?;
+        let left = out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter(|i| {
+                !matches!(
+                    i.state().and_then(|s| s.name()),
+                    Some(ec2t::InstanceStateName::Terminated)
+                )
+            })
+            .count();
+        if left == 0 {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            return Err(super::ProvisionError::Invalid(format!(
+                "{left} instance(s) still not terminated after 10 minutes; run teardown again later"
+            )));
+        }
+        ctx.progress
+            .note(&format!("waiting for {left} instance(s) to terminate"));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+async fn delete_launch_template(ctx: &Ctx<'_>) -> R<Item> {
+    let name = ctx.names.launch_template();
+    let Some(t) = find_launch_template(ctx).await? else {
+        return Ok(Item::new("launch template", &name, Action::Absent));
+    };
+    let id = t.launch_template_id().unwrap_or_default().to_string();
+    if !tagged_kv(
+        t.tags()
+            .iter()
+            .map(|t| (t.key().unwrap_or(""), t.value().unwrap_or(""))),
+        &ctx.names.stack,
+    ) {
+        return Ok(Item::new("launch template", &name, Action::Foreign).id(id));
+    }
+    if !ctx.dry_run {
+        ctx.aws
+            .ec2
+            .delete_launch_template()
+            .launch_template_id(&id)
+            .send()
+            .await
+            .map_err(aws_err("ec2:DeleteLaunchTemplate", &name))?;
+    }
+    Ok(Item::new("launch template", &name, Action::Delete).id(id))
+}
+
+async fn delete_instance_profile(ctx: &Ctx<'_>) -> R<Item> {
+    let iam = &ctx.aws.iam;
+    let name = ctx.names.runner_role();
+    let p = match iam
+        .get_instance_profile()
+        .instance_profile_name(&name)
+        .send()
+        .await
+    {
+        Ok(p) => p.instance_profile().cloned(),
+        Err(e) if is_not_found(&e) => None,
+        Err(e) => return Err(aws_err("iam:GetInstanceProfile", &name)(e)),
+    };
+    let Some(p) = p else {
+        return Ok(Item::new("instance profile", &name, Action::Absent));
+    };
+    if !tagged_kv(
+        p.tags().iter().map(|t| (t.key(), t.value())),
+        &ctx.names.stack,
+    ) {
+        return Ok(Item::new("instance profile", &name, Action::Foreign));
+    }
+    if !ctx.dry_run {
+        for r in p.roles() {
+            iam.remove_role_from_instance_profile()
+                .instance_profile_name(&name)
+                .role_name(r.role_name())
+                .send()
+                .await
+                .map_err(aws_err("iam:RemoveRoleFromInstanceProfile", &name))?;
+        }
+        iam.delete_instance_profile()
+            .instance_profile_name(&name)
+            .send()
+            .await
+            .map_err(aws_err("iam:DeleteInstanceProfile", &name))?;
+    }
+    Ok(Item::new("instance profile", &name, Action::Delete).id(p.arn()))
+}
+
+async fn delete_role(ctx: &Ctx<'_>, name: String) -> R<Item> {
+    let iam = &ctx.aws.iam;
+    let role = match iam.get_role().role_name(&name).send().await {
+        Ok(r) => r,
+        Err(e) if is_not_found(&e) => return Ok(Item::new("IAM role", &name, Action::Absent)),
+        Err(e) => return Err(aws_err("iam:GetRole", &name)(e)),
+    };
+    let arn = role.role().map(|r| r.arn().to_string()).unwrap_or_default();
+    let tags = iam
+        .list_role_tags()
+        .role_name(&name)
+        .send()
+        .await
+        .map_err(aws_err("iam:ListRoleTags", &name))?;
+    if !tagged_kv(
+        tags.tags().iter().map(|t| (t.key(), t.value())),
+        &ctx.names.stack,
+    ) {
+        return Ok(Item::new("IAM role", &name, Action::Foreign).id(arn));
+    }
+    if !ctx.dry_run {
+        let policies = iam
+            .list_role_policies()
+            .role_name(&name)
+            .send()
+            .await
+            .map_err(aws_err("iam:ListRolePolicies", &name))?;
+        for p in policies.policy_names() {
+            iam.delete_role_policy()
+                .role_name(&name)
+                .policy_name(p)
+                .send()
+                .await
+                .map_err(aws_err("iam:DeleteRolePolicy", &name))?;
+        }
+        let attached = iam
+            .list_attached_role_policies()
+            .role_name(&name)
+            .send()
+            .await
+            .map_err(aws_err("iam:ListAttachedRolePolicies", &name))?;
+        for p in attached.attached_policies() {
+            iam.detach_role_policy()
+                .role_name(&name)
+                .set_policy_arn(p.policy_arn().map(String::from))
+                .send()
+                .await
+                .map_err(aws_err("iam:DetachRolePolicy", &name))?;
+        }
+        iam.delete_role()
+            .role_name(&name)
+            .send()
+            .await
+            .map_err(aws_err("iam:DeleteRole", &name))?;
+    }
+    Ok(Item::new("IAM role", &name, Action::Delete).id(arn))
+}
+
+async fn delete_secret(ctx: &Ctx<'_>, name: String) -> R<Item> {
+    let sm = &ctx.aws.secrets;
+    let d = match sm.describe_secret().secret_id(&name).send().await {
+        Ok(d) => d,
+        Err(e) if is_not_found(&e) => return Ok(Item::new("secret", &name, Action::Absent)),
+        Err(e) => return Err(aws_err("secretsmanager:DescribeSecret", &name)(e)),
+    };
+    let arn = d.arn().unwrap_or_default().to_string();
+    if !tagged_kv(
+        d.tags()
+            .iter()
+            .map(|t| (t.key().unwrap_or(""), t.value().unwrap_or(""))),
+        &ctx.names.stack,
+    ) {
+        return Ok(Item::new("secret", &name, Action::Foreign).id(arn));
+    }
+    if !ctx.dry_run {
+        sm.delete_secret()
+            .secret_id(&name)
+            .force_delete_without_recovery(true)
+            .send()
+            .await
+            .map_err(aws_err("secretsmanager:DeleteSecret", &name))?;
+    }
+    Ok(Item::new("secret", &name, Action::Delete).id(arn))
+}
+
+async fn delete_security_group(ctx: &Ctx<'_>) -> R<Item> {
+    let name = ctx.names.security_group();
+    let Some(sg) = find_security_group(ctx, None).await? else {
+        return Ok(Item::new("security group", &name, Action::Absent));
+    };
+    let id = sg.group_id().unwrap_or_default().to_string();
+    if !tagged_kv(
+        sg.tags()
+            .iter()
+            .map(|t| (t.key().unwrap_or(""), t.value().unwrap_or(""))),
+        &ctx.names.stack,
+    ) {
+        return Ok(Item::new("security group", &name, Action::Foreign).id(id));
+    }
+    if !ctx.dry_run {
+        // Network interfaces of terminated instances can hold it a little while.
+        super::with_patience(
+            ctx.progress,
+            "the security group to be free of network interfaces",
+            Duration::from_secs(300),
+            |e: &aws_sdk_ec2::error::SdkError<_, _>| super::steps::code(e) == "DependencyViolation",
+            || ctx.aws.ec2.delete_security_group().group_id(&id).send(),
+        )
+        .await
+        .map_err(aws_err("ec2:DeleteSecurityGroup", &name))?;
+    }
+    Ok(Item::new("security group", &name, Action::Delete).id(id))
+}
+
+async fn delete_tokens(ctx: &Ctx<'_>, rc: &str) -> R<Item> {
+    let nickname = ctx.names.token_nickname();
+    let tokens = match cci::list_tokens(ctx.circleci, rc).await {
+        Ok(t) => t,
+        Err(crate::circleci::CircleCiError::NotFound { .. }) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let ours: Vec<_> = tokens
+        .into_iter()
+        .filter(|t| t.nickname == nickname)
+        .collect();
+    if ours.is_empty() {
+        return Ok(Item::new("runner tokens", &nickname, Action::Absent));
+    }
+    if !ctx.dry_run {
+        for t in &ours {
+            cci::delete_token(ctx.circleci, &t.id).await?;
+        }
+    }
+    Ok(Item::new("runner tokens", &nickname, Action::Delete)
+        .detail(format!("{} token(s)", ours.len())))
+}
+
+async fn delete_resource_class(ctx: &Ctx<'_>, rc: &str) -> R<Item> {
+    let Some(class) = cci::find_resource_class(ctx.circleci, rc).await? else {
+        return Ok(Item::new("resource class", rc, Action::Absent));
+    };
+    if !ctx.dry_run {
+        cci::delete_resource_class(ctx.circleci, &class).await?;
+    }
+    Ok(Item::new("resource class", rc, Action::Delete).id(class.id))
+}
+
+/// The fleet as `status` reports it.
+#[derive(Debug, Serialize)]
+pub struct Fleet {
+    pub min: i32,
+    pub max: i32,
+    pub desired: i32,
+    pub instances: Vec<FleetInstance>,
+    pub unclaimed_tasks: Option<u32>,
+    pub running_tasks: Option<u32>,
+    pub registered_runners: Option<Vec<String>>,
+    pub circleci_error: Option<String>,
+    pub schedule_enabled: Option<bool>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FleetInstance {
+    pub id: String,
+    pub lifecycle: String,
+    pub health: String,
+    pub protected: bool,
+    pub registered: bool,
+}
+
+/// What exists (read only) and the fleet's state.
+pub async fn status(ctx: &Ctx<'_>, resource_class: &str) -> R<(Vec<Item>, Option<Fleet>)> {
+    let dry = Ctx {
+        dry_run: true,
+        ..clone_ctx(ctx)
+    };
+    // A dry-run teardown lists what exists, and whether it is ours.
+    let mut items = teardown(&dry, resource_class, false).await?;
+    for i in &mut items {
+        if i.action == Action::Delete {
+            i.action = Action::Keep;
+            i.detail = None;
+        }
+    }
+    let Some(g) = find_group(ctx).await? else {
+        return Ok((items, None));
+    };
+    let snapshot = ctx.circleci.snapshot(resource_class).await;
+    let (unclaimed, running, runners, err) = match snapshot {
+        Ok(s) => {
+            let mut r: Vec<String> = s.runners.into_iter().collect();
+            r.sort();
+            (
+                Some(s.depth.unclaimed),
+                Some(s.depth.running),
+                Some(r),
+                None,
+            )
+        }
+        Err(e) => (None, None, None, Some(e.to_string())),
+    };
+    let rule = ctx
+        .aws
+        .events
+        .describe_rule()
+        .name(ctx.names.rule())
+        .send()
+        .await
+        .ok();
+    let fleet = Fleet {
+        min: g.min_size().unwrap_or(0),
+        max: g.max_size().unwrap_or(0),
+        desired: g.desired_capacity().unwrap_or(0),
+        instances: g
+            .instances()
+            .iter()
+            .map(|i| {
+                let id = i.instance_id().unwrap_or_default().to_string();
+                FleetInstance {
+                    registered: runners.as_ref().is_some_and(|r| r.contains(&id)),
+                    id,
+                    lifecycle: i
+                        .lifecycle_state()
+                        .map(|l| l.as_str().to_string())
+                        .unwrap_or_default(),
+                    health: i.health_status().unwrap_or_default().to_string(),
+                    protected: i.protected_from_scale_in().unwrap_or(false),
+                }
+            })
+            .collect(),
+        unclaimed_tasks: unclaimed,
+        running_tasks: running,
+        registered_runners: runners,
+        circleci_error: err,
+        schedule_enabled: rule
+            .map(|r| r.state() == Some(&aws_sdk_eventbridge::types::RuleState::Enabled)),
+    };
+    Ok((items, Some(fleet)))
+}
+
+fn clone_ctx<'a>(ctx: &Ctx<'a>) -> Ctx<'a> {
+    Ctx {
+        aws: super::Clients {
+            ec2: ctx.aws.ec2.clone(),
+            asg: ctx.aws.asg.clone(),
+            iam: ctx.aws.iam.clone(),
+            lambda: ctx.aws.lambda.clone(),
+            events: ctx.aws.events.clone(),
+            secrets: ctx.aws.secrets.clone(),
+            ssm: ctx.aws.ssm.clone(),
+            sts: ctx.aws.sts.clone(),
+        },
+        region: ctx.region.clone(),
+        names: ctx.names.clone(),
+        circleci: ctx.circleci,
+        personal_token: ctx.personal_token.clone(),
+        dry_run: ctx.dry_run,
+        progress: ctx.progress,
+    }
+}
