@@ -139,9 +139,9 @@ async fn delete_function(ctx: &Ctx<'_>) -> R<Item> {
         .and_then(|c| c.function_arn())
         .unwrap_or_default()
         .to_string();
-    if !out
+    if out
         .tags()
-        .is_some_and(|t| t.get(STACK_TAG) == Some(&ctx.names.stack))
+        .is_none_or(|t| t.get(STACK_TAG) != Some(&ctx.names.stack))
     {
         return Ok(Item::new("Lambda function", &name, Action::Foreign).id(arn));
     }
@@ -178,6 +178,22 @@ async fn delete_group(ctx: &Ctx<'_>) -> R<Item> {
             .detail(format!("{} instance(s) to terminate", ids.len())));
     }
     let asg = &ctx.aws.asg;
+    // Each instance leaves with decrement (protection does not stop an explicit
+    // terminate); one that cannot (already leaving, or a race at min) is
+    // terminated through EC2 once the group is at 0.
+    let mut fallback = Vec::new();
+    for id in &ids {
+        if let Err(e) = asg
+            .terminate_instance_in_auto_scaling_group()
+            .instance_id(id)
+            .should_decrement_desired_capacity(true)
+            .send()
+            .await
+        {
+            tracing::debug!("terminate {id} in group: {}", super::steps::code(&e));
+            fallback.push(id.clone());
+        }
+    }
     asg.update_auto_scaling_group()
         .auto_scaling_group_name(&name)
         .min_size(0)
@@ -186,14 +202,16 @@ async fn delete_group(ctx: &Ctx<'_>) -> R<Item> {
         .send()
         .await
         .map_err(aws_err("autoscaling:UpdateAutoScalingGroup", &name))?;
-    if !ids.is_empty() {
+    if !fallback.is_empty() {
         ctx.aws
             .ec2
             .terminate_instances()
-            .set_instance_ids(Some(ids.clone()))
+            .set_instance_ids(Some(fallback))
             .send()
             .await
             .map_err(aws_err("ec2:TerminateInstances", &name))?;
+    }
+    if !ids.is_empty() {
         wait_terminated(ctx, &ids).await?;
     }
     asg.delete_auto_scaling_group()

@@ -5,10 +5,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::extract::Path;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get};
 use serde_json::json;
 
 use super::TOKEN;
@@ -41,6 +42,11 @@ pub struct Queue {
     pub fault: Option<Fault>,
     pub delay: Duration,
     pub requests: Vec<Request>,
+    /// Resource classes: (id, resource_class, description).
+    pub classes: Vec<(String, String, String)>,
+    /// Runner tokens: (id, resource_class, nickname, token).
+    pub tokens: Vec<(String, String, String, String)>,
+    pub next_id: u32,
 }
 
 type Shared = Arc<Mutex<Queue>>;
@@ -58,6 +64,14 @@ impl CircleCi {
             .route("/api/v3/runner/tasks", get(unclaimed))
             .route("/api/v3/runner/tasks/running", get(running))
             .route("/api/v3/runner", get(runners))
+            .route(
+                "/api/v3/runner/resource",
+                get(list_classes).post(create_class),
+            )
+            .route("/api/v3/runner/resource/{id}", delete(delete_class))
+            .route("/api/v3/runner/resource/{id}/force", delete(delete_class))
+            .route("/api/v3/runner/token", get(list_tokens).post(create_token))
+            .route("/api/v3/runner/token/{id}", delete(delete_token))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -89,6 +103,27 @@ impl CircleCi {
         self.state.lock().unwrap().requests.clone()
     }
 
+    pub fn classes(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .classes
+            .iter()
+            .map(|c| c.1.clone())
+            .collect()
+    }
+
+    /// (nickname, token value) of every runner token.
+    pub fn tokens(&self) -> Vec<(String, String)> {
+        self.state
+            .lock()
+            .unwrap()
+            .tokens
+            .iter()
+            .map(|t| (t.2.clone(), t.3.clone()))
+            .collect()
+    }
+
     pub fn count(&self, path: &str) -> usize {
         self.requests().iter().filter(|r| r.path == path).count()
     }
@@ -100,10 +135,11 @@ impl Drop for CircleCi {
     }
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, Default)]
 struct Params {
     #[serde(rename = "resource-class")]
     resource_class: Option<String>,
+    namespace: Option<String>,
 }
 
 /// Record, wait, apply a fault; `None` means answer normally.
@@ -112,6 +148,16 @@ async fn gate(
     path: &str,
     headers: &HeaderMap,
     params: &Params,
+) -> Option<Response> {
+    gate_with(state, path, headers, params, true).await
+}
+
+async fn gate_with(
+    state: &Shared,
+    path: &str,
+    headers: &HeaderMap,
+    params: &Params,
+    needs_class: bool,
 ) -> Option<Response> {
     let token_ok = headers.get("Circle-Token").and_then(|v| v.to_str().ok()) == Some(TOKEN);
     let (delay, fault) = {
@@ -166,7 +212,7 @@ async fn gate(
                 .into_response(),
         );
     }
-    if params.resource_class.is_none() {
+    if needs_class && params.resource_class.is_none() {
         return Some(
             (
                 StatusCode::BAD_REQUEST,
@@ -213,4 +259,158 @@ async fn runners(State(s): State<Shared>, h: HeaderMap, Query(p): Query<Params>)
         })
         .collect();
     axum::Json(json!({ "items": items })).into_response()
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({ "message": message }))).into_response()
+}
+
+async fn list_classes(State(s): State<Shared>, h: HeaderMap, Query(p): Query<Params>) -> Response {
+    if let Some(r) = gate_with(&s, "/api/v3/runner/resource", &h, &p, false).await {
+        return r;
+    }
+    let Some(ns) = p.namespace else {
+        return error(StatusCode::BAD_REQUEST, "namespace is required");
+    };
+    let items: Vec<_> = s
+        .lock()
+        .unwrap()
+        .classes
+        .iter()
+        .filter(|c| c.1.starts_with(&format!("{ns}/")))
+        .map(|c| json!({"id": c.0, "resource_class": c.1, "description": c.2}))
+        .collect();
+    axum::Json(json!({ "items": items })).into_response()
+}
+
+async fn create_class(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    body: axum::Json<serde_json::Value>,
+) -> Response {
+    if let Some(r) = gate_with(
+        &s,
+        "POST /api/v3/runner/resource",
+        &h,
+        &Params::default(),
+        false,
+    )
+    .await
+    {
+        return r;
+    }
+    let rc = body["resource_class"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let desc = body["description"].as_str().unwrap_or_default().to_string();
+    let mut st = s.lock().unwrap();
+    if st.classes.iter().any(|c| c.1 == rc) {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "resource class already exists",
+        );
+    }
+    st.next_id += 1;
+    let id = format!("rc-{:04}", st.next_id);
+    st.classes.push((id.clone(), rc.clone(), desc.clone()));
+    axum::Json(json!({"id": id, "resource_class": rc, "description": desc})).into_response()
+}
+
+async fn delete_class(State(s): State<Shared>, h: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Some(r) = gate_with(
+        &s,
+        "DELETE /api/v3/runner/resource",
+        &h,
+        &Params::default(),
+        false,
+    )
+    .await
+    {
+        return r;
+    }
+    let mut st = s.lock().unwrap();
+    let Some(pos) = st.classes.iter().position(|c| c.0 == id) else {
+        return error(StatusCode::NOT_FOUND, "resource class not found");
+    };
+    let (_, rc, _) = st.classes.remove(pos);
+    st.tokens.retain(|t| t.1 != rc);
+    axum::Json(json!({})).into_response()
+}
+
+async fn list_tokens(State(s): State<Shared>, h: HeaderMap, Query(p): Query<Params>) -> Response {
+    if let Some(r) = gate(&s, "/api/v3/runner/token", &h, &p).await {
+        return r;
+    }
+    let rc = p.resource_class.unwrap_or_default();
+    let items: Vec<_> = s
+        .lock()
+        .unwrap()
+        .tokens
+        .iter()
+        .filter(|t| t.1 == rc)
+        .map(|t| json!({"id": t.0, "resource_class": t.1, "nickname": t.2, "created_at": "2026-11-28T00:00:00Z"}))
+        .collect();
+    axum::Json(json!({ "items": items })).into_response()
+}
+
+async fn create_token(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    body: axum::Json<serde_json::Value>,
+) -> Response {
+    if let Some(r) = gate_with(
+        &s,
+        "POST /api/v3/runner/token",
+        &h,
+        &Params::default(),
+        false,
+    )
+    .await
+    {
+        return r;
+    }
+    let rc = body["resource_class"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let nickname = body["nickname"].as_str().unwrap_or_default().to_string();
+    let mut st = s.lock().unwrap();
+    if !st.classes.iter().any(|c| c.1 == rc) {
+        return error(StatusCode::NOT_FOUND, "resource class not found");
+    }
+    st.next_id += 1;
+    let id = format!("tok-{:04}", st.next_id);
+    let token = format!(
+        "runner-token-{:04}-5f2c9a8e7d6b4c3a2e1f0d9c8b7a6f5e",
+        st.next_id
+    );
+    st.tokens
+        .push((id.clone(), rc.clone(), nickname.clone(), token.clone()));
+    axum::Json(
+        json!({"id": id, "token": token, "resource_class": rc, "nickname": nickname,
+        "created_at": "2026-11-28T00:00:00Z"}),
+    )
+    .into_response()
+}
+
+async fn delete_token(State(s): State<Shared>, h: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Some(r) = gate_with(
+        &s,
+        "DELETE /api/v3/runner/token",
+        &h,
+        &Params::default(),
+        false,
+    )
+    .await
+    {
+        return r;
+    }
+    let mut st = s.lock().unwrap();
+    let before = st.tokens.len();
+    st.tokens.retain(|t| t.0 != id);
+    if st.tokens.len() == before {
+        return error(StatusCode::NOT_FOUND, "token not found");
+    }
+    axum::Json(json!({})).into_response()
 }

@@ -15,6 +15,7 @@ pub struct Moto {
     child: Child,
     pub url: String,
     log: Arc<Mutex<Vec<String>>>,
+    requests: Arc<std::sync::atomic::AtomicUsize>,
     pub config: SdkConfig,
 }
 
@@ -42,6 +43,8 @@ impl Moto {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let log2 = log.clone();
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let requests2 = requests.clone();
         // Drain stderr for the server's whole life, or it blocks on a full pipe.
         std::thread::spawn(move || {
             let mut tx = Some(tx);
@@ -50,6 +53,9 @@ impl Moto {
                     if let Some(t) = tx.take() {
                         let _ = t.send(rest.trim().to_string());
                     }
+                }
+                if line.contains(" HTTP/1.1") {
+                    requests2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
                 let mut l = log2.lock().unwrap();
                 if l.len() > 200 {
@@ -75,9 +81,17 @@ impl Moto {
             child,
             url,
             log,
+            requests,
             config,
         };
         moto.wait_ready().await;
+        // Lambda functions are stored, never run (no Docker here).
+        reqwest::Client::new()
+            .post(format!("{}/moto-api/config", moto.url))
+            .json(&serde_json::json!({"lambda": {"use_docker": false}}))
+            .send()
+            .await
+            .expect("configure moto");
         moto
     }
 
@@ -101,6 +115,11 @@ impl Moto {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Requests moto has served so far (from its access log).
+    pub fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn log_tail(&self) -> String {

@@ -1,0 +1,758 @@
+//! `init`, `teardown` and `status` end to end against moto and the CircleCI
+//! stand-in; every property is read back through the AWS API.
+
+use std::io::Write;
+use std::time::Instant;
+
+use base64::Engine;
+use serde_json::Value;
+
+use crate::support::circleci::{CircleCi, Fault};
+use crate::support::moto::Moto;
+use crate::support::{REGION, Run, TOKEN, command, run};
+
+const RC: &str = "acme/fleet";
+const IMAGE: &str = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64";
+
+struct Stack {
+    moto: Moto,
+    cci: CircleCi,
+    home: tempfile::TempDir,
+    zip: std::path::PathBuf,
+}
+
+/// A small stand-in for the Lambda zip: an x86-64 ELF header asking for glibc
+/// 2.34 (moto stores functions, never runs them).
+fn fake_zip(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut elf = vec![0u8; 64];
+    elf[..4].copy_from_slice(b"\x7fELF");
+    elf[4] = 2;
+    elf[18] = 0x3e;
+    elf.extend_from_slice(b"GLIBC_2.34\0cci-scaler-lambda");
+    let path = dir.join("lambda.zip");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+    zip.start_file(
+        "bootstrap",
+        zip::write::SimpleFileOptions::default().unix_permissions(0o755),
+    )
+    .unwrap();
+    zip.write_all(&elf).unwrap();
+    zip.finish().unwrap();
+    path
+}
+
+impl Stack {
+    async fn new() -> Stack {
+        let home = tempfile::tempdir().unwrap();
+        let zip = fake_zip(home.path());
+        Stack {
+            moto: Moto::start().await,
+            cci: CircleCi::start().await,
+            home,
+            zip,
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = command("cci-scaler", self.home.path());
+        self.moto.env(&mut cmd);
+        cmd.env("CIRCLECI_TOKEN", TOKEN)
+            .env("CIRCLECI_RUNNER_API_URL", &self.cci.url)
+            .current_dir(self.home.path())
+            .args(args);
+        cmd
+    }
+
+    async fn init(&self, extra: &[&str]) -> Run {
+        let zip = self.zip.to_str().unwrap().to_string();
+        let mut args = vec![
+            "--output",
+            "json",
+            "init",
+            "--stack",
+            "demo",
+            "--resource-class",
+            RC,
+            "--image",
+            IMAGE,
+            "--max-instances",
+            "6",
+            "--lambda-zip",
+            &zip,
+        ];
+        args.extend_from_slice(extra);
+        run(self.cmd(&args)).await
+    }
+
+    async fn teardown(&self) -> Run {
+        run(self.cmd(&[
+            "--output",
+            "json",
+            "teardown",
+            "--stack",
+            "demo",
+            "--resource-class",
+            RC,
+            "--yes",
+        ]))
+        .await
+    }
+}
+
+fn json(r: &Run) -> Value {
+    serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {r:?}"))
+}
+
+fn actions(v: &Value) -> Vec<(String, String)> {
+    v["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["kind"].as_str().unwrap().to_string(),
+                i["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn assert_no_secrets(r: &Run, stack: &Stack) {
+    let all = r.all();
+    assert!(!all.contains(TOKEN), "personal token leaked: {r:?}");
+    for (_, t) in stack.cci.tokens() {
+        assert!(!all.contains(&t), "runner token leaked: {r:?}");
+    }
+}
+
+/// Every statement that allows a mutating action names a resource, not `*`.
+fn assert_least_privilege(policy: &Value) {
+    for st in policy["Statement"].as_array().unwrap() {
+        let actions: Vec<&str> = match &st["Action"] {
+            Value::String(a) => vec![a.as_str()],
+            Value::Array(a) => a.iter().filter_map(|x| x.as_str()).collect(),
+            _ => panic!("{st}"),
+        };
+        assert!(
+            actions.iter().all(|a| !a.contains('*')),
+            "wildcard action in {st}"
+        );
+        if st["Resource"] == "*" {
+            assert!(
+                actions.iter().all(|a| a
+                    .split(':')
+                    .nth(1)
+                    .is_some_and(|n| n.starts_with("Describe"))),
+                "mutating action on *: {st}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_creates_everything_converges_and_teardown_removes_it() {
+    let s = Stack::new().await;
+    let cfg = &s.moto.config;
+
+    // Dry run first: a plan, and nothing written.
+    let r = s.init(&["--dry-run"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let plan = json(&r);
+    assert!(actions(&plan).iter().all(|(_, a)| a == "create"), "{plan}");
+    assert!(s.cci.classes().is_empty() && s.cci.tokens().is_empty());
+
+    // A fresh init.
+    let before = s.moto.requests();
+    let started = Instant::now();
+    let r = s.init(&[]).await;
+    let fresh = (s.moto.requests() - before, started.elapsed());
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_no_secrets(&r, &s);
+    let v = json(&r);
+    assert_eq!(v["changed"], true);
+    assert!(actions(&v).iter().all(|(_, a)| a == "create"), "{v}");
+    assert!(
+        v["circleci_config"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("resource_class: {RC}"))
+    );
+
+    // CircleCI: the class and one token, stored in its secret.
+    assert_eq!(s.cci.classes(), vec![RC.to_string()]);
+    let tokens = s.cci.tokens();
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(tokens[0].0, "cci-scaler-demo");
+    let sm = aws_sdk_secretsmanager::Client::new(cfg);
+    let stored = sm
+        .get_secret_value()
+        .secret_id("cci-scaler/demo/runner-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.secret_string(), Some(tokens[0].1.as_str()));
+    let scaler = sm
+        .get_secret_value()
+        .secret_id("cci-scaler/demo/scaler")
+        .send()
+        .await
+        .unwrap();
+    let scaler: Value = serde_json::from_str(scaler.secret_string().unwrap()).unwrap();
+    assert_eq!(scaler["circle_token"], TOKEN);
+    assert_eq!(scaler["resource_class"], RC);
+
+    // Security group: no ingress.
+    let ec2 = aws_sdk_ec2::Client::new(cfg);
+    let sgs = ec2
+        .describe_security_groups()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("group-name")
+                .values("cci-scaler-demo-runner")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let sg = &sgs.security_groups()[0];
+    assert!(
+        sg.ip_permissions().is_empty(),
+        "ingress: {:?}",
+        sg.ip_permissions()
+    );
+    let sg_id = sg.group_id().unwrap().to_string();
+
+    // IAM: least privilege, no `*` on a mutating action.
+    let iam = aws_sdk_iam::Client::new(cfg);
+    for (role, service) in [
+        ("cci-scaler-demo-runner", "ec2.amazonaws.com"),
+        ("cci-scaler-demo-scaler", "lambda.amazonaws.com"),
+    ] {
+        let r = iam.get_role().role_name(role).send().await.unwrap();
+        let trust = percent_encoding::percent_decode_str(
+            r.role().unwrap().assume_role_policy_document().unwrap(),
+        )
+        .decode_utf8_lossy()
+        .to_string();
+        assert!(trust.contains(service), "{trust}");
+        let p = iam
+            .get_role_policy()
+            .role_name(role)
+            .policy_name("cci-scaler")
+            .send()
+            .await
+            .unwrap();
+        let doc: Value = serde_json::from_str(
+            &percent_encoding::percent_decode_str(p.policy_document()).decode_utf8_lossy(),
+        )
+        .unwrap();
+        assert_least_privilege(&doc);
+        let text = doc.to_string();
+        if role.ends_with("runner") {
+            assert!(
+                text.contains("secretsmanager:GetSecretValue")
+                    && text.contains("cci-scaler/demo/runner-token"),
+                "{text}"
+            );
+            assert!(
+                text.contains("autoscaling:TerminateInstanceInAutoScalingGroup")
+                    && text.contains("autoScalingGroupName/demo-runners"),
+                "{text}"
+            );
+            assert!(text.contains("autoscaling:SetInstanceHealth"), "{text}");
+        } else {
+            assert!(
+                text.contains("autoscaling:SetDesiredCapacity")
+                    && text.contains("cci-scaler/demo/scaler"),
+                "{text}"
+            );
+            assert!(
+                text.contains("log-group:/aws/lambda/cci-scaler-demo-scaler"),
+                "{text}"
+            );
+        }
+    }
+    let profile = iam
+        .get_instance_profile()
+        .instance_profile_name("cci-scaler-demo-runner")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        profile.instance_profile().unwrap().roles()[0].role_name(),
+        "cci-scaler-demo-runner"
+    );
+
+    // Launch template.
+    let lt = ec2
+        .describe_launch_template_versions()
+        .launch_template_name("cci-scaler-demo-runner")
+        .versions("$Latest")
+        .send()
+        .await
+        .unwrap();
+    let ver = &lt.launch_template_versions()[0];
+    assert_eq!(ver.version_number(), Some(1));
+    let d = ver.launch_template_data().unwrap();
+    let user_data = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(d.user_data().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(user_data.starts_with("#!/bin/bash\n"));
+    assert!(user_data.contains("readonly TOKEN_SECRET_ID='cci-scaler/demo/runner-token'"));
+    assert!(
+        !user_data.contains(&tokens[0].1),
+        "the runner token is not in the user data"
+    );
+    let md = d.metadata_options().unwrap();
+    assert_eq!(md.http_tokens().map(|t| t.as_str()), Some("required"));
+    assert_eq!(md.http_put_response_hop_limit(), Some(1));
+    assert_eq!(
+        d.instance_initiated_shutdown_behavior().map(|b| b.as_str()),
+        Some("terminate")
+    );
+    assert_eq!(
+        d.iam_instance_profile().and_then(|p| p.name()),
+        Some("cci-scaler-demo-runner")
+    );
+    assert_eq!(d.security_group_ids(), std::slice::from_ref(&sg_id));
+    assert_eq!(d.instance_type().map(|t| t.as_str()), Some("t3.medium"));
+    let ebs = d.block_device_mappings()[0].ebs().unwrap();
+    assert_eq!((ebs.encrypted(), ebs.volume_size()), (Some(true), Some(30)));
+    assert_eq!(ebs.volume_type().map(|t| t.as_str()), Some("gp3"));
+    let specs: Vec<&str> = d
+        .tag_specifications()
+        .iter()
+        .filter_map(|t| t.resource_type())
+        .map(|r| r.as_str())
+        .collect();
+    assert!(
+        specs.contains(&"instance") && specs.contains(&"volume"),
+        "{specs:?}"
+    );
+
+    // The group.
+    let (desired, _) = s.moto.group("demo-runners").await;
+    assert_eq!(desired, 0);
+    let g = s
+        .moto
+        .asg()
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names("demo-runners")
+        .send()
+        .await
+        .unwrap();
+    let g = &g.auto_scaling_groups()[0];
+    assert_eq!((g.min_size(), g.max_size()), (Some(0), Some(6)));
+    assert_eq!(g.new_instances_protected_from_scale_in(), Some(true));
+    assert!(
+        g.suspended_processes()
+            .iter()
+            .any(|p| p.process_name() == Some("AZRebalance"))
+    );
+    assert_eq!(
+        g.launch_template().and_then(|l| l.version()),
+        Some("$Latest")
+    );
+    assert!(
+        g.tags()
+            .iter()
+            .any(|t| t.key() == Some("cci-scaler:stack") && t.propagate_at_launch() == Some(true))
+    );
+
+    // The Lambda and its schedule.
+    let lambda = aws_sdk_lambda::Client::new(cfg);
+    let f = lambda
+        .get_function()
+        .function_name("cci-scaler-demo-scaler")
+        .send()
+        .await
+        .unwrap();
+    let c = f.configuration().unwrap();
+    assert_eq!(c.runtime().map(|r| r.as_str()), Some("provided.al2023"));
+    assert_eq!(c.handler(), Some("bootstrap"));
+    assert_eq!(c.timeout(), Some(60));
+    let env = c.environment().unwrap().variables().unwrap();
+    assert_eq!(env["CCI_SCALER_ASG"], "demo-runners");
+    assert_eq!(env["CCI_SCALER_POLL_INTERVAL"], "10s");
+    assert_eq!(env["CCI_SCALER_POLL_WINDOW"], "50s");
+    assert!(env["CCI_SCALER_SECRET_ID"].contains("cci-scaler/demo/scaler"));
+    assert!(!env.values().any(|v| v.contains(TOKEN)));
+    let conc = lambda
+        .get_function_concurrency()
+        .function_name("cci-scaler-demo-scaler")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(conc.reserved_concurrent_executions(), Some(1));
+    let events = aws_sdk_eventbridge::Client::new(cfg);
+    let rule = events
+        .describe_rule()
+        .name("cci-scaler-demo-schedule")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rule.schedule_expression(), Some("rate(1 minute)"));
+    assert_eq!(rule.state().map(|s| s.as_str()), Some("ENABLED"));
+    let targets = events
+        .list_targets_by_rule()
+        .rule("cci-scaler-demo-schedule")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(Some(targets.targets()[0].arn()), c.function_arn());
+    let policy = lambda
+        .get_policy()
+        .function_name("cci-scaler-demo-scaler")
+        .send()
+        .await
+        .unwrap();
+    assert!(policy.policy().unwrap().contains("events.amazonaws.com"));
+
+    // A second init changes nothing.
+    let before = s.moto.requests();
+    let started = Instant::now();
+    let r = s.init(&[]).await;
+    let rerun = (s.moto.requests() - before, started.elapsed());
+    assert_eq!(r.code, 0, "{r:?}");
+    let v = json(&r);
+    assert_eq!(v["changed"], false, "{v}");
+    assert!(actions(&v).iter().all(|(_, a)| a == "keep"), "{v}");
+    assert_eq!(s.cci.tokens().len(), 1, "no new token");
+    eprintln!(
+        "fresh init: {} AWS calls, {:.2} s; no-change re-run: {} AWS calls, {:.2} s",
+        fresh.0,
+        fresh.1.as_secs_f64(),
+        rerun.0,
+        rerun.1.as_secs_f64()
+    );
+
+    // Scale-out from the template (before a second version exists: moto 5.2.5
+    // crashes launching from a version created by CreateLaunchTemplateVersion).
+    // Teardown must terminate these instances.
+    s.cci.set_queue(2, 0);
+    let r = run(s.cmd(&[
+        "scale",
+        "--once",
+        "--asg",
+        "demo-runners",
+        "--resource-class",
+        RC,
+    ]))
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(s.moto.group("demo-runners").await.1.len(), 2);
+
+    // A changed instance type: a new template version, nothing else.
+    let r = s.init(&["--instance-type", "t3.large"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let changed: Vec<_> = actions(&json(&r))
+        .into_iter()
+        .filter(|(_, a)| a != "keep")
+        .collect();
+    assert_eq!(
+        changed,
+        vec![("launch template".to_string(), "update".to_string())]
+    );
+    let lt = ec2
+        .describe_launch_template_versions()
+        .launch_template_name("cci-scaler-demo-runner")
+        .versions("$Latest")
+        .send()
+        .await
+        .unwrap();
+    let ver = &lt.launch_template_versions()[0];
+    assert_eq!(ver.version_number(), Some(2));
+    let d = ver.launch_template_data().unwrap();
+    assert_eq!(d.instance_type().map(|t| t.as_str()), Some("t3.large"));
+    assert!(
+        d.user_data().is_some() && d.iam_instance_profile().is_some(),
+        "full data in the new version"
+    );
+
+    // Status.
+    let r = run(s.cmd(&["status", "--stack", "demo", "--resource-class", RC])).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .contains("group: desired 2 (min 0, max 6), 2 instance(s)"),
+        "{r:?}"
+    );
+    assert!(r.stdout.contains("queue: 2 unclaimed, 0 running"), "{r:?}");
+    assert!(r.stdout.contains("schedule: enabled"), "{r:?}");
+
+    let r = s.teardown().await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_no_secrets(&r, &s);
+    assert!(r.stdout.contains("2 instance(s) terminated"), "{r:?}");
+    let v = json(&r);
+    assert!(actions(&v).iter().all(|(_, a)| a == "delete"), "{v}");
+    assert_no_stack_left(&s).await;
+    // Idempotent.
+    let r = s.teardown().await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        actions(&json(&r)).iter().all(|(_, a)| a == "absent"),
+        "{r:?}"
+    );
+}
+
+async fn assert_no_stack_left(s: &Stack) {
+    let cfg = &s.moto.config;
+    let ec2 = aws_sdk_ec2::Client::new(cfg);
+    let tagged = |name: &str| {
+        aws_sdk_ec2::types::Filter::builder()
+            .name(name)
+            .values("demo")
+            .build()
+    };
+    let sgs = ec2
+        .describe_security_groups()
+        .filters(tagged("tag:cci-scaler:stack"))
+        .send()
+        .await
+        .unwrap();
+    assert!(sgs.security_groups().is_empty(), "security group left");
+    let lts = ec2
+        .describe_launch_templates()
+        .filters(tagged("tag:cci-scaler:stack"))
+        .send()
+        .await
+        .unwrap();
+    assert!(lts.launch_templates().is_empty(), "launch template left");
+    let running = ec2
+        .describe_instances()
+        .filters(tagged("tag:cci-scaler:stack"))
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("instance-state-name")
+                .values("running")
+                .values("pending")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        running
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .count(),
+        0,
+        "instances left running"
+    );
+    let groups = s
+        .moto
+        .asg()
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names("demo-runners")
+        .send()
+        .await
+        .unwrap();
+    assert!(groups.auto_scaling_groups().is_empty(), "group left");
+    let iam = aws_sdk_iam::Client::new(cfg);
+    for role in ["cci-scaler-demo-runner", "cci-scaler-demo-scaler"] {
+        assert!(
+            iam.get_role().role_name(role).send().await.is_err(),
+            "{role} left"
+        );
+    }
+    assert!(
+        iam.get_instance_profile()
+            .instance_profile_name("cci-scaler-demo-runner")
+            .send()
+            .await
+            .is_err()
+    );
+    let sm = aws_sdk_secretsmanager::Client::new(cfg);
+    let secrets = sm.list_secrets().send().await.unwrap();
+    assert!(
+        secrets.secret_list().is_empty(),
+        "secrets left: {:?}",
+        secrets.secret_list()
+    );
+    let lambda = aws_sdk_lambda::Client::new(cfg);
+    assert!(
+        lambda
+            .get_function()
+            .function_name("cci-scaler-demo-scaler")
+            .send()
+            .await
+            .is_err()
+    );
+    let events = aws_sdk_eventbridge::Client::new(cfg);
+    assert!(
+        events
+            .describe_rule()
+            .name("cci-scaler-demo-schedule")
+            .send()
+            .await
+            .is_err()
+    );
+    assert!(s.cci.tokens().is_empty(), "runner token left");
+    assert!(s.cci.classes().is_empty(), "resource class left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_resource_is_refused_and_teardown_cleans_a_partial_init() {
+    let s = Stack::new().await;
+    // A launch template with our name, not tagged as ours.
+    aws_sdk_ec2::Client::new(&s.moto.config)
+        .create_launch_template()
+        .launch_template_name("cci-scaler-demo-runner")
+        .launch_template_data(
+            aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+                .image_id("ami-12c6146b")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let r = s.init(&[]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("launch template 'cci-scaler-demo-runner' exists but is not tagged cci-scaler:stack=demo"),
+        "{r:?}"
+    );
+    // The steps before it ran: a partial stack.
+    assert_eq!(s.cci.tokens().len(), 1);
+    let r = s.teardown().await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let v = json(&r);
+    let lt = actions(&v)
+        .into_iter()
+        .find(|(k, _)| k == "launch template")
+        .unwrap();
+    assert_eq!(lt.1, "foreign", "left alone");
+    assert!(r.stderr.contains("left alone"), "{r:?}");
+    let lts = aws_sdk_ec2::Client::new(&s.moto.config)
+        .describe_launch_templates()
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        lts.launch_templates().len(),
+        1,
+        "the foreign template is untouched"
+    );
+    // Everything tagged is gone.
+    let sm = aws_sdk_secretsmanager::Client::new(&s.moto.config);
+    assert!(
+        sm.list_secrets()
+            .send()
+            .await
+            .unwrap()
+            .secret_list()
+            .is_empty()
+    );
+    assert!(s.cci.tokens().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_errors_are_clear_and_write_nothing() {
+    let s = Stack::new().await;
+    let nothing_written = || async {
+        let sm = aws_sdk_secretsmanager::Client::new(&s.moto.config);
+        assert!(
+            sm.list_secrets()
+                .send()
+                .await
+                .unwrap()
+                .secret_list()
+                .is_empty()
+        );
+        assert!(s.cci.classes().is_empty() && s.cci.tokens().is_empty());
+    };
+
+    s.cci.set_fault(Some(Fault::Status(401)));
+    let r = s.init(&[]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("rejected the personal API token (HTTP 401)"),
+        "{r:?}"
+    );
+    nothing_written().await;
+    s.cci.set_fault(None);
+
+    let r = s.init(&["--subnet", "subnet-0badbad0"]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("subnet subnet-0badbad0 not found in us-east-1"),
+        "{r:?}"
+    );
+    nothing_written().await;
+
+    let mut cmd = s.cmd(&[
+        "init",
+        "--stack",
+        "demo",
+        "--resource-class",
+        RC,
+        "--lambda-zip",
+        s.zip.to_str().unwrap(),
+    ]);
+    cmd.env_remove("AWS_REGION");
+    let r = run(cmd).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("no AWS region configured"), "{r:?}");
+
+    let mut cmd = s.cmd(&[
+        "init",
+        "--stack",
+        "demo",
+        "--resource-class",
+        RC,
+        "--lambda-zip",
+        s.zip.to_str().unwrap(),
+    ]);
+    cmd.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY");
+    let r = run(cmd).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("no AWS credentials could be loaded"),
+        "{r:?}"
+    );
+
+    for (args, want) in [
+        (vec!["--root-volume-gb", "2"], "root volume 2 GB"),
+        (vec!["--instance-type", "big"], "instance type \"big\""),
+        (vec!["--idle-timeout", "soon"], "invalid idle timeout"),
+    ] {
+        let r = s.init(&args).await;
+        assert_eq!(r.code, 1, "{args:?}: {r:?}");
+        assert!(r.stderr.contains(want), "{args:?}: {r:?}");
+    }
+    nothing_written().await;
+
+    // The stack file, with flags winning over it.
+    std::fs::write(
+        s.home.path().join("cci-scaler.toml"),
+        format!(
+            "stack = \"filed\"\nresource_class = \"{RC}\"\nimage = \"{IMAGE}\"\nmax_instances = 3\n"
+        ),
+    )
+    .unwrap();
+    let r = run(s.cmd(&[
+        "--output",
+        "json",
+        "init",
+        "--dry-run",
+        "--max-instances",
+        "4",
+        "--lambda-zip",
+        s.zip.to_str().unwrap(),
+    ]))
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let v = json(&r);
+    assert_eq!(v["stack"], "filed");
+    assert_eq!(v["settings"]["max_instances"], 4);
+    nothing_written().await;
+    let _ = REGION;
+}
