@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use cci_scaler::config::{RunnerFile, StackFile};
-use cci_scaler::provision::{self, artifact};
+use cci_scaler::provision::{self, StepName, artifact};
 
 use super::stack::{CliProgress, StackArgs, connect, print_items};
 use super::{GlobalArgs, Output};
@@ -75,7 +75,29 @@ pub struct InitArgs {
     pub dry_run: bool,
 }
 
+/// `cci-scaler step NAME`: one piece of `init`, for bootstrap scripts.
+#[derive(Debug, Args)]
+pub struct StepArgs {
+    /// The step to run (or repeat); the others are only read.
+    #[arg(value_enum)]
+    pub name: StepName,
+    #[command(flatten)]
+    pub init: InitArgs,
+}
+
+pub async fn run_step(global: &GlobalArgs, args: StepArgs) -> anyhow::Result<ExitCode> {
+    converge(global, args.init, Some(args.name)).await
+}
+
 pub async fn run(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<ExitCode> {
+    converge(global, args, None).await
+}
+
+async fn converge(
+    global: &GlobalArgs,
+    args: InitArgs,
+    only: Option<StepName>,
+) -> anyhow::Result<ExitCode> {
     let flags = StackFile {
         description: args.description.clone(),
         max_instances: args.max_instances,
@@ -118,7 +140,7 @@ pub async fn run(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<ExitCode
         &mut api,
     )
     .await?;
-    let items = provision::init(&ctx, &settings, &artifact).await?;
+    let items = provision::init(&ctx, &settings, &artifact, only).await?;
     let snippet = format!(
         "version: 2.1\njobs:\n  build:\n    machine: true\n    resource_class: {}\n    steps:\n      - checkout\n",
         settings.resource_class
@@ -131,7 +153,7 @@ pub async fn run(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<ExitCode
         &items,
         Some(serde_json::json!({"circleci_config": snippet, "settings": settings})),
     )?;
-    if global.output == Output::Text && !args.dry_run {
+    if global.output == Output::Text && !args.dry_run && only.is_none() {
         println!("\nSend jobs to the fleet with this in .circleci/config.yml:\n\n{snippet}");
     }
     Ok(ExitCode::SUCCESS)

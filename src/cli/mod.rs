@@ -77,6 +77,9 @@ pub enum Output {
 pub enum Command {
     /// Create the whole stack (or converge it to the settings), idempotently.
     Init(Box<init::InitArgs>),
+    /// Run (or repeat) one step of init: resource-class, secrets, iam,
+    /// launch-template, group, lambda or schedule.
+    Step(Box<init::StepArgs>),
     /// Remove everything the stack created, and nothing else.
     Teardown(teardown::TeardownArgs),
     /// The stack's resources, the queue, the group's capacity and runners.
@@ -98,6 +101,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Init(args) => init::run(&cli.global, *args).await,
+        Command::Step(args) => init::run_step(&cli.global, *args).await,
         Command::Teardown(args) => teardown::run(&cli.global, args).await,
         Command::Status(args) => status::run(&cli.global, args).await,
         Command::Scale(args) => scale::run(&cli.global, args).await,

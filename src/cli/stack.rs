@@ -189,9 +189,7 @@ pub fn print_items(
             println!("{v}");
         }
         Output::Text => {
-            for i in items {
-                println!("{}", describe(i, dry_run));
-            }
+            // The resources were listed as each step finished (on stderr).
             let n = items.iter().filter(|i| i.action.changes()).count();
             if dry_run {
                 println!("dry run: {n} change(s) planned, nothing was changed");

@@ -21,7 +21,7 @@ use crate::aws::AwsError;
 use crate::circleci::{CircleCiError, RunnerApi};
 use crate::config::StackSettings;
 
-pub use steps::init;
+pub use steps::{StepName, init};
 pub use teardown::{status, teardown};
 
 /// The tag that marks a resource as this stack's.
@@ -180,6 +180,7 @@ impl Progress for Quiet {
     fn done(&self, _: &Item) {}
 }
 
+#[derive(Clone)]
 pub struct Clients {
     pub ec2: aws_sdk_ec2::Client,
     pub asg: aws_sdk_autoscaling::Client,
@@ -207,6 +208,7 @@ impl Clients {
 }
 
 /// What every step needs.
+#[derive(Clone)]
 pub struct Ctx<'a> {
     pub aws: Clients,
     pub region: String,

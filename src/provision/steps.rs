@@ -80,18 +80,119 @@ struct Found {
 
 const PENDING: &str = "(pending)";
 
-/// Create or converge the whole stack. Returns one item per resource.
-pub async fn init(ctx: &Ctx<'_>, s: &StackSettings, artifact: &Artifact) -> R<Vec<Item>> {
+/// A piece of `init` that can be run (or repeated) on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepName {
+    /// The CircleCI resource class and its runner token (stored in its secret).
+    ResourceClass,
+    /// The scaler's secret (CircleCI personal token and resource class).
+    Secrets,
+    /// The runner role, its instance profile and the scaler's role.
+    Iam,
+    /// The runners' security group and launch template.
+    LaunchTemplate,
+    /// The Auto Scaling group.
+    Group,
+    /// The scaling Lambda.
+    Lambda,
+    /// The EventBridge schedule that runs the Lambda.
+    Schedule,
+}
+
+impl StepName {
+    fn flag(&self) -> &'static str {
+        match self {
+            StepName::ResourceClass => "resource-class",
+            StepName::Secrets => "secrets",
+            StepName::Iam => "iam",
+            StepName::LaunchTemplate => "launch-template",
+            StepName::Group => "group",
+            StepName::Lambda => "lambda",
+            StepName::Schedule => "schedule",
+        }
+    }
+}
+
+fn need(have: &Option<String>, step: StepName, what: &str, prereq: StepName) -> R<()> {
+    match have {
+        Some(v) if v != PENDING => Ok(()),
+        _ => Err(ProvisionError::Invalid(format!(
+            "step {} needs the {what}: run `cci-scaler step {}` (or `cci-scaler init`) first",
+            step.flag(),
+            prereq.flag()
+        ))),
+    }
+}
+
+/// Create or converge the whole stack (`only: None`), or one step of it: the
+/// other steps then only read, to find what the step builds on. Returns one
+/// item per resource touched.
+pub async fn init(
+    ctx: &Ctx<'_>,
+    s: &StackSettings,
+    artifact: &Artifact,
+    only: Option<StepName>,
+) -> R<Vec<Item>> {
     let mut items = Vec::new();
     let mut f = Found::default();
+    let reader = Ctx {
+        dry_run: true,
+        ..ctx.clone()
+    };
     macro_rules! run {
-        ($name:literal, $e:expr) => {{
-            ctx.progress.start($name);
+        ($group:expr, $name:literal, |$c:ident| $e:expr) => {{
+            let selected = only.is_none_or(|o| o == $group);
+            let $c: &Ctx<'_> = if selected { ctx } else { &reader };
+            if selected {
+                ctx.progress.start($name);
+            }
             let item = step($name, $e.await)?;
-            ctx.progress.done(&item);
-            items.push(item);
+            if selected {
+                ctx.progress.done(&item);
+                items.push(item);
+            }
         }};
     }
+    let requires = |step: StepName, f: &Found| -> R<()> {
+        if only != Some(step) {
+            return Ok(());
+        }
+        match step {
+            StepName::Iam => {
+                need(
+                    &f.runner_token_secret_arn,
+                    step,
+                    "runner token secret",
+                    StepName::ResourceClass,
+                )?;
+                need(
+                    &f.scaler_secret_arn,
+                    step,
+                    "scaler secret",
+                    StepName::Secrets,
+                )?;
+                need(&f.group_arn, step, "Auto Scaling group", StepName::Group)
+            }
+            StepName::Group => need(
+                &f.launch_template_id,
+                step,
+                "launch template",
+                StepName::LaunchTemplate,
+            ),
+            StepName::Lambda => {
+                need(&f.scaler_role_arn, step, "scaler role", StepName::Iam)?;
+                need(
+                    &f.scaler_secret_arn,
+                    step,
+                    "scaler secret",
+                    StepName::Secrets,
+                )
+            }
+            StepName::Schedule => need(&f.function_arn, step, "Lambda function", StepName::Lambda),
+            _ => Ok(()),
+        }
+    };
 
     // Reads that fail fast on bad settings, before anything is written.
     ctx.progress.start("checking settings against AWS");
@@ -118,20 +219,38 @@ pub async fn init(ctx: &Ctx<'_>, s: &StackSettings, artifact: &Artifact) -> R<Ve
             .map_err(Into::into),
     )?;
 
-    run!("resource class", resource_class(ctx, s, class));
-    run!("runner token", runner_token(ctx, s, &mut f));
-    run!("scaler secret", scaler_secret(ctx, s, &mut f));
-    run!("security group", security_group(ctx, &mut f));
-    run!("runner role", runner_role(ctx, &f));
-    run!("instance profile", instance_profile(ctx));
-    run!(
-        "launch template",
-        launch_template(ctx, s, &user_data, &mut f)
-    );
-    run!("auto scaling group", group(ctx, s, &mut f));
-    run!("scaler role", scaler_role(ctx, &mut f));
-    run!("scaling lambda", function(ctx, s, artifact, &mut f));
-    run!("schedule", schedule(ctx, &f));
+    use StepName as S;
+    run!(S::ResourceClass, "resource class", |c| resource_class(
+        c, s, class
+    ));
+    run!(S::ResourceClass, "runner token", |c| runner_token(
+        c, s, &mut f
+    ));
+    run!(S::Secrets, "scaler secret", |c| scaler_secret(c, s, &mut f));
+    run!(S::LaunchTemplate, "security group", |c| security_group(
+        c, &mut f
+    ));
+    // The group's ARN is known before IAM runs only when the group exists.
+    if only == Some(S::Iam) {
+        f.group_arn = find_group(ctx)
+            .await?
+            .and_then(|g| g.auto_scaling_group_arn().map(String::from));
+    }
+    requires(S::Iam, &f)?;
+    run!(S::Iam, "runner role", |c| runner_role(c, &f));
+    run!(S::Iam, "instance profile", |c| instance_profile(c));
+    run!(S::LaunchTemplate, "launch template", |c| launch_template(
+        c, s, &user_data, &mut f
+    ));
+    requires(S::Group, &f)?;
+    run!(S::Group, "auto scaling group", |c| group(c, s, &mut f));
+    run!(S::Iam, "scaler role", |c| scaler_role(c, &mut f));
+    requires(S::Lambda, &f)?;
+    run!(S::Lambda, "scaling lambda", |c| function(
+        c, s, artifact, &mut f
+    ));
+    requires(S::Schedule, &f)?;
+    run!(S::Schedule, "schedule", |c| schedule(c, &f));
     Ok(items)
 }
 

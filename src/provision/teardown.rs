@@ -504,7 +504,7 @@ pub struct FleetInstance {
 pub async fn status(ctx: &Ctx<'_>, resource_class: &str) -> R<(Vec<Item>, Option<Fleet>)> {
     let dry = Ctx {
         dry_run: true,
-        ..clone_ctx(ctx)
+        ..ctx.clone()
     };
     // A dry-run teardown lists what exists, and whether it is ours.
     let mut items = teardown(&dry, resource_class, false).await?;
@@ -568,25 +568,4 @@ pub async fn status(ctx: &Ctx<'_>, resource_class: &str) -> R<(Vec<Item>, Option
             .map(|r| r.state() == Some(&aws_sdk_eventbridge::types::RuleState::Enabled)),
     };
     Ok((items, Some(fleet)))
-}
-
-fn clone_ctx<'a>(ctx: &Ctx<'a>) -> Ctx<'a> {
-    Ctx {
-        aws: super::Clients {
-            ec2: ctx.aws.ec2.clone(),
-            asg: ctx.aws.asg.clone(),
-            iam: ctx.aws.iam.clone(),
-            lambda: ctx.aws.lambda.clone(),
-            events: ctx.aws.events.clone(),
-            secrets: ctx.aws.secrets.clone(),
-            ssm: ctx.aws.ssm.clone(),
-            sts: ctx.aws.sts.clone(),
-        },
-        region: ctx.region.clone(),
-        names: ctx.names.clone(),
-        circleci: ctx.circleci,
-        personal_token: ctx.personal_token.clone(),
-        dry_run: ctx.dry_run,
-        progress: ctx.progress,
-    }
 }

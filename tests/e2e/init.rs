@@ -756,3 +756,69 @@ async fn init_errors_are_clear_and_write_nothing() {
     nothing_written().await;
     let _ = REGION;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_run_one_at_a_time_and_add_up_to_init() {
+    let s = Stack::new().await;
+    let zip = s.zip.to_str().unwrap().to_string();
+    let step = |name: &'static str| {
+        let zip = zip.clone();
+        let cmd = s.cmd(&[
+            "--output",
+            "json",
+            "step",
+            name,
+            "--stack",
+            "demo",
+            "--resource-class",
+            RC,
+            "--image",
+            IMAGE,
+            "--max-instances",
+            "6",
+            "--lambda-zip",
+            &zip,
+        ]);
+        async move { run(cmd).await }
+    };
+    // A step whose prerequisite is missing says which step to run first.
+    let r = step("group").await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains(
+            "step group needs the launch template: run `cci-scaler step launch-template`"
+        ),
+        "{r:?}"
+    );
+
+    let expect = [
+        (
+            "resource-class",
+            vec!["resource class", "runner token secret"],
+        ),
+        ("secrets", vec!["scaler secret"]),
+        ("launch-template", vec!["security group", "launch template"]),
+        ("group", vec!["Auto Scaling group"]),
+        ("iam", vec!["IAM role", "instance profile", "IAM role"]),
+        ("lambda", vec!["Lambda function"]),
+        ("schedule", vec!["EventBridge rule"]),
+    ];
+    for (name, kinds) in expect {
+        let r = step(name).await;
+        assert_eq!(r.code, 0, "{name}: {r:?}");
+        let v = json(&r);
+        let got: Vec<(String, String)> = actions(&v);
+        assert_eq!(
+            got.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            kinds,
+            "{name}"
+        );
+        assert!(got.iter().all(|(_, a)| a == "create"), "{name}: {got:?}");
+        // Repeating a step changes nothing.
+        let again = json(&step(name).await);
+        assert_eq!(again["changed"], false, "{name} again: {again}");
+    }
+    // The steps add up to the whole stack: init has nothing left to do.
+    let v = json(&s.init(&[]).await);
+    assert_eq!(v["changed"], false, "{v}");
+}
