@@ -7,6 +7,7 @@
 
 pub mod artifact;
 pub mod circleci_admin;
+mod find;
 mod steps;
 mod teardown;
 

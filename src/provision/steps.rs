@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::artifact::Artifact;
 use super::circleci_admin as cci;
+use super::find::{self, Owned};
 use super::{Action, Ctx, Item, ProvisionError, STACK_TAG, with_patience};
 use crate::aws::AwsError;
 use crate::config::{ImageSource, StackSettings};
@@ -45,10 +46,6 @@ fn not_ours(kind: &'static str, name: &str, ctx: &Ctx) -> ProvisionError {
         name: name.to_string(),
         stack: ctx.names.stack.clone(),
     }
-}
-
-fn tagged<'a>(mut tags: impl Iterator<Item = (&'a str, &'a str)>, stack: &str) -> bool {
-    tags.any(|(k, v)| k == STACK_TAG && v == stack)
 }
 
 fn step<T>(name: &'static str, r: R<T>) -> R<T> {
@@ -232,9 +229,9 @@ pub async fn init(
     ));
     // The group's ARN is known before IAM runs only when the group exists.
     if only == Some(S::Iam) {
-        f.group_arn = find_group(ctx)
+        f.group_arn = find::group(ctx)
             .await?
-            .and_then(|g| g.auto_scaling_group_arn().map(String::from));
+            .and_then(|g| g.it.auto_scaling_group_arn().map(String::from));
     }
     requires(S::Iam, &f)?;
     run!(S::Iam, "runner role", |c| runner_role(c, &f));
@@ -414,30 +411,6 @@ async fn resource_class(
     Ok(Item::new("resource class", &s.resource_class, Action::Create).id(c.id))
 }
 
-/// Describe a secret: its ARN, whether it is ours, whether it holds a value.
-async fn secret_state(ctx: &Ctx<'_>, name: &str) -> R<Option<(String, bool)>> {
-    match ctx
-        .aws
-        .secrets
-        .describe_secret()
-        .secret_id(name)
-        .send()
-        .await
-    {
-        Ok(d) => {
-            let ours = tagged(
-                d.tags()
-                    .iter()
-                    .map(|t| (t.key().unwrap_or(""), t.value().unwrap_or(""))),
-                &ctx.names.stack,
-            );
-            Ok(Some((d.arn().unwrap_or_default().to_string(), ours)))
-        }
-        Err(e) if is_not_found(&e) => Ok(None),
-        Err(e) => Err(aws_err("secretsmanager:DescribeSecret", name)(e)),
-    }
-}
-
 async fn secret_value(ctx: &Ctx<'_>, name: &str) -> R<Option<String>> {
     match ctx
         .aws
@@ -492,7 +465,9 @@ async fn write_secret(
 
 async fn runner_token(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
     let name = ctx.names.runner_token_secret();
-    let state = secret_state(ctx, &name).await?;
+    let state = find::secret(ctx, &name)
+        .await?
+        .map(|Owned { it, ours }| (it, ours));
     if let Some((_, false)) = &state {
         return Err(not_ours("secret", &name, ctx));
     }
@@ -536,7 +511,9 @@ async fn runner_token(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item
 async fn scaler_secret(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
     let name = ctx.names.scaler_secret();
     let want = json!({"resource_class": s.resource_class, "circle_token": ctx.personal_token.expose_secret()});
-    let state = secret_state(ctx, &name).await?;
+    let state = find::secret(ctx, &name)
+        .await?
+        .map(|Owned { it, ours }| (it, ours));
     let action = match &state {
         Some((_, false)) => return Err(not_ours("secret", &name, ctx)),
         Some((arn, true)) => {
@@ -580,39 +557,10 @@ fn ec2_tags(ctx: &Ctx<'_>, name: &str) -> Vec<ec2t::Tag> {
     ]
 }
 
-fn ec2_tagged(tags: &[ec2t::Tag], stack: &str) -> bool {
-    tagged(
-        tags.iter()
-            .map(|t| (t.key().unwrap_or(""), t.value().unwrap_or(""))),
-        stack,
-    )
-}
-
-pub(crate) async fn find_security_group(
-    ctx: &Ctx<'_>,
-    vpc: Option<&str>,
-) -> R<Option<ec2t::SecurityGroup>> {
-    let name = ctx.names.security_group();
-    let mut req = ctx.aws.ec2.describe_security_groups().filters(
-        ec2t::Filter::builder()
-            .name("group-name")
-            .values(&name)
-            .build(),
-    );
-    if let Some(v) = vpc {
-        req = req.filters(ec2t::Filter::builder().name("vpc-id").values(v).build());
-    }
-    let out = req
-        .send()
-        .await
-        .map_err(aws_err("ec2:DescribeSecurityGroups", &name))?;
-    Ok(out.security_groups().first().cloned())
-}
-
 async fn security_group(ctx: &Ctx<'_>, f: &mut Found) -> R<Item> {
     let name = ctx.names.security_group();
-    if let Some(sg) = find_security_group(ctx, Some(&f.vpc)).await? {
-        if !ec2_tagged(sg.tags(), &ctx.names.stack) {
+    if let Some(Owned { it: sg, ours }) = find::security_group(ctx, Some(&f.vpc)).await? {
+        if !ours {
             return Err(not_ours("security group", &name, ctx));
         }
         let id = sg.group_id().unwrap_or_default().to_string();
@@ -726,28 +674,10 @@ async fn role(
     policy: Option<Value>,
 ) -> R<(Item, Option<String>)> {
     let iam = &ctx.aws.iam;
-    let existing = match iam.get_role().role_name(name).send().await {
-        Ok(r) => r.role().cloned(),
-        Err(e) if is_not_found(&e) => None,
-        Err(e) => return Err(aws_err("iam:GetRole", name)(e)),
-    };
     let mut action = Action::Keep;
-    let arn = match existing {
-        Some(r) => {
-            let tags = iam
-                .list_role_tags()
-                .role_name(name)
-                .send()
-                .await
-                .map_err(aws_err("iam:ListRoleTags", name))?;
-            if !tagged(
-                tags.tags().iter().map(|t| (t.key(), t.value())),
-                &ctx.names.stack,
-            ) {
-                return Err(not_ours("IAM role", name, ctx));
-            }
-            Some(r.arn().to_string())
-        }
+    let arn = match find::role(ctx, name).await? {
+        Some(Owned { ours: false, .. }) => return Err(not_ours("IAM role", name, ctx)),
+        Some(Owned { it: r, .. }) => Some(r.arn().to_string()),
         None => {
             action = Action::Create;
             if ctx.dry_run {
@@ -823,24 +753,9 @@ async fn runner_role(ctx: &Ctx<'_>, f: &Found) -> R<Item> {
 async fn instance_profile(ctx: &Ctx<'_>) -> R<Item> {
     let iam = &ctx.aws.iam;
     let name = ctx.names.runner_role();
-    let existing = match iam
-        .get_instance_profile()
-        .instance_profile_name(&name)
-        .send()
-        .await
-    {
-        Ok(p) => p.instance_profile().cloned(),
-        Err(e) if is_not_found(&e) => None,
-        Err(e) => return Err(aws_err("iam:GetInstanceProfile", &name)(e)),
-    };
-    let (mut action, arn, has_role) = match existing {
-        Some(p) => {
-            if !tagged(
-                p.tags().iter().map(|t| (t.key(), t.value())),
-                &ctx.names.stack,
-            ) {
-                return Err(not_ours("instance profile", &name, ctx));
-            }
+    let (mut action, arn, has_role) = match find::instance_profile(ctx).await? {
+        Some(Owned { ours: false, .. }) => return Err(not_ours("instance profile", &name, ctx)),
+        Some(Owned { it: p, .. }) => {
             let has = p.roles().iter().any(|r| r.role_name() == name);
             (Action::Keep, Some(p.arn().to_string()), has)
         }
@@ -961,28 +876,6 @@ fn fingerprint_response(d: &ec2t::ResponseLaunchTemplateData) -> Value {
     })
 }
 
-pub(crate) async fn find_launch_template(ctx: &Ctx<'_>) -> R<Option<ec2t::LaunchTemplate>> {
-    let name = ctx.names.launch_template();
-    let out = ctx
-        .aws
-        .ec2
-        .describe_launch_templates()
-        .filters(
-            ec2t::Filter::builder()
-                .name("launch-template-name")
-                .values(&name)
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(aws_err("ec2:DescribeLaunchTemplates", &name))?;
-    Ok(out
-        .launch_templates()
-        .iter()
-        .find(|t| t.launch_template_name() == Some(name.as_str()))
-        .cloned())
-}
-
 async fn launch_template(
     ctx: &Ctx<'_>,
     s: &StackSettings,
@@ -992,11 +885,9 @@ async fn launch_template(
     let name = ctx.names.launch_template();
     let ec2 = &ctx.aws.ec2;
     let data = template_data(ctx, s, user_data, f);
-    match find_launch_template(ctx).await? {
-        Some(t) => {
-            if !ec2_tagged(t.tags(), &ctx.names.stack) {
-                return Err(not_ours("launch template", &name, ctx));
-            }
+    match find::launch_template(ctx).await? {
+        Some(Owned { ours: false, .. }) => Err(not_ours("launch template", &name, ctx)),
+        Some(Owned { it: t, .. }) => {
             let id = t.launch_template_id().unwrap_or_default().to_string();
             f.launch_template_id = Some(id.clone());
             let latest = ec2
@@ -1076,34 +967,6 @@ async fn launch_template(
     }
 }
 
-pub(crate) async fn find_group(
-    ctx: &Ctx<'_>,
-) -> R<Option<aws_sdk_autoscaling::types::AutoScalingGroup>> {
-    let name = ctx.names.group();
-    let out = ctx
-        .aws
-        .asg
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names(&name)
-        .send()
-        .await
-        .map_err(aws_err("autoscaling:DescribeAutoScalingGroups", &name))?;
-    Ok(out
-        .auto_scaling_groups()
-        .iter()
-        .find(|g| g.auto_scaling_group_name() == Some(name.as_str()))
-        .cloned())
-}
-
-pub(crate) fn group_tagged(g: &aws_sdk_autoscaling::types::AutoScalingGroup, stack: &str) -> bool {
-    tagged(
-        g.tags()
-            .iter()
-            .map(|t| (t.key().unwrap_or(""), t.value().unwrap_or(""))),
-        stack,
-    )
-}
-
 async fn group(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
     use aws_sdk_autoscaling::types as at;
     let name = ctx.names.group();
@@ -1114,11 +977,9 @@ async fn group(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
         .version("$Latest")
         .build();
     let max = s.max_instances as i32;
-    let item = match find_group(ctx).await? {
-        Some(g) => {
-            if !group_tagged(&g, &ctx.names.stack) {
-                return Err(not_ours("Auto Scaling group", &name, ctx));
-            }
+    let item = match find::group(ctx).await? {
+        Some(Owned { ours: false, .. }) => return Err(not_ours("Auto Scaling group", &name, ctx)),
+        Some(Owned { it: g, .. }) => {
             f.group_arn = g.auto_scaling_group_arn().map(String::from);
             let mut current_subnets: Vec<&str> =
                 g.vpc_zone_identifier().unwrap_or("").split(',').collect();
@@ -1185,9 +1046,9 @@ async fn group(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
                 .await
                 .map_err(aws_err("autoscaling:CreateAutoScalingGroup", &name))?;
             suspend_rebalance(ctx, &name).await?;
-            f.group_arn = find_group(ctx)
+            f.group_arn = find::group(ctx)
                 .await?
-                .and_then(|g| g.auto_scaling_group_arn().map(String::from));
+                .and_then(|g| g.it.auto_scaling_group_arn().map(String::from));
             Item::new("Auto Scaling group", &name, Action::Create)
         }
     };
@@ -1260,19 +1121,9 @@ async fn function(ctx: &Ctx<'_>, s: &StackSettings, artifact: &Artifact, f: &mut
     let lambda = &ctx.aws.lambda;
     let env = lambda_env(ctx, s, f);
     let timeout = lambda_timeout(s);
-    let existing = match lambda.get_function().function_name(&name).send().await {
-        Ok(out) => Some(out),
-        Err(e) if is_not_found(&e) => None,
-        Err(e) => return Err(aws_err("lambda:GetFunction", &name)(e)),
-    };
-    let item = match existing {
-        Some(out) => {
-            let ours = out
-                .tags()
-                .is_some_and(|t| t.get(STACK_TAG) == Some(&ctx.names.stack));
-            if !ours {
-                return Err(not_ours("Lambda function", &name, ctx));
-            }
+    let item = match find::function(ctx).await? {
+        Some(Owned { ours: false, .. }) => return Err(not_ours("Lambda function", &name, ctx)),
+        Some(Owned { it: out, .. }) => {
             let c = out
                 .configuration()
                 .cloned()
@@ -1421,27 +1272,11 @@ async fn schedule(ctx: &Ctx<'_>, f: &Found) -> R<Item> {
     use aws_sdk_eventbridge::types as et;
     let name = ctx.names.rule();
     let events = &ctx.aws.events;
-    let existing = match events.describe_rule().name(&name).send().await {
-        Ok(r) => Some(r),
-        Err(e) if is_not_found(&e) => None,
-        Err(e) => return Err(aws_err("events:DescribeRule", &name)(e)),
-    };
     let mut action = Action::Keep;
-    let rule_arn = match existing {
-        Some(r) => {
+    let rule_arn = match find::rule(ctx).await? {
+        Some(Owned { ours: false, .. }) => return Err(not_ours("EventBridge rule", &name, ctx)),
+        Some(Owned { it: r, .. }) => {
             let arn = r.arn().unwrap_or_default().to_string();
-            let tags = events
-                .list_tags_for_resource()
-                .resource_arn(&arn)
-                .send()
-                .await
-                .map_err(aws_err("events:ListTagsForResource", &name))?;
-            if !tagged(
-                tags.tags().iter().map(|t| (t.key(), t.value())),
-                &ctx.names.stack,
-            ) {
-                return Err(not_ours("EventBridge rule", &name, ctx));
-            }
             if r.schedule_expression() != Some(SCHEDULE)
                 || r.state() != Some(&et::RuleState::Enabled)
             {

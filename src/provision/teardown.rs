@@ -7,15 +7,10 @@ use aws_sdk_ec2::types as ec2t;
 use serde::Serialize;
 
 use super::circleci_admin as cci;
-use super::steps::{
-    R, aws_err, find_group, find_launch_template, find_security_group, group_tagged, is_not_found,
-};
-use super::{Action, Ctx, Item, STACK_TAG};
+use super::find::{self, Owned};
+use super::steps::{R, aws_err};
+use super::{Action, Ctx, Item};
 use crate::circleci::RunnerQueue;
-
-fn tagged_kv<'a>(mut tags: impl Iterator<Item = (&'a str, &'a str)>, stack: &str) -> bool {
-    tags.any(|(k, v)| k == STACK_TAG && v == stack)
-}
 
 /// Remove the stack. Resources without our tag are reported and left alone.
 pub async fn teardown(
@@ -64,24 +59,12 @@ pub async fn teardown(
 async fn delete_rule(ctx: &Ctx<'_>) -> R<Item> {
     let name = ctx.names.rule();
     let ev = &ctx.aws.events;
-    let rule = match ev.describe_rule().name(&name).send().await {
-        Ok(r) => r,
-        Err(e) if is_not_found(&e) => {
-            return Ok(Item::new("EventBridge rule", &name, Action::Absent));
-        }
-        Err(e) => return Err(aws_err("events:DescribeRule", &name)(e)),
+    let rule = match find::rule(ctx).await? {
+        None => return Ok(Item::new("EventBridge rule", &name, Action::Absent)),
+        Some(r) => r,
     };
-    let arn = rule.arn().unwrap_or_default().to_string();
-    let tags = ev
-        .list_tags_for_resource()
-        .resource_arn(&arn)
-        .send()
-        .await
-        .map_err(aws_err("events:ListTagsForResource", &name))?;
-    if !tagged_kv(
-        tags.tags().iter().map(|t| (t.key(), t.value())),
-        &ctx.names.stack,
-    ) {
+    let arn = rule.it.arn().unwrap_or_default().to_string();
+    if !rule.ours {
         return Ok(Item::new("EventBridge rule", &name, Action::Foreign).id(arn));
     }
     if !ctx.dry_run {
@@ -120,29 +103,15 @@ async fn delete_rule(ctx: &Ctx<'_>) -> R<Item> {
 
 async fn delete_function(ctx: &Ctx<'_>) -> R<Item> {
     let name = ctx.names.function();
-    let out = match ctx
-        .aws
-        .lambda
-        .get_function()
-        .function_name(&name)
-        .send()
-        .await
-    {
-        Ok(o) => o,
-        Err(e) if is_not_found(&e) => {
-            return Ok(Item::new("Lambda function", &name, Action::Absent));
-        }
-        Err(e) => return Err(aws_err("lambda:GetFunction", &name)(e)),
+    let Some(f) = find::function(ctx).await? else {
+        return Ok(Item::new("Lambda function", &name, Action::Absent));
     };
-    let arn = out
-        .configuration()
-        .and_then(|c| c.function_arn())
-        .unwrap_or_default()
-        .to_string();
-    if out
-        .tags()
-        .is_none_or(|t| t.get(STACK_TAG) != Some(&ctx.names.stack))
-    {
+    let arn =
+        f.it.configuration()
+            .and_then(|c| c.function_arn())
+            .unwrap_or_default()
+            .to_string();
+    if !f.ours {
         return Ok(Item::new("Lambda function", &name, Action::Foreign).id(arn));
     }
     if !ctx.dry_run {
@@ -161,10 +130,10 @@ async fn delete_function(ctx: &Ctx<'_>) -> R<Item> {
 /// terminate), wait for it, delete the group.
 async fn delete_group(ctx: &Ctx<'_>) -> R<Item> {
     let name = ctx.names.group();
-    let Some(g) = find_group(ctx).await? else {
+    let Some(Owned { it: g, ours }) = find::group(ctx).await? else {
         return Ok(Item::new("Auto Scaling group", &name, Action::Absent));
     };
-    if !group_tagged(&g, &ctx.names.stack) {
+    if !ours {
         return Ok(Item::new("Auto Scaling group", &name, Action::Foreign));
     }
     let ids: Vec<String> = g
@@ -266,16 +235,11 @@ async fn wait_terminated(ctx: &Ctx<'_>, ids: &[String]) -> R<()> {
 
 async fn delete_launch_template(ctx: &Ctx<'_>) -> R<Item> {
     let name = ctx.names.launch_template();
-    let Some(t) = find_launch_template(ctx).await? else {
+    let Some(Owned { it: t, ours }) = find::launch_template(ctx).await? else {
         return Ok(Item::new("launch template", &name, Action::Absent));
     };
     let id = t.launch_template_id().unwrap_or_default().to_string();
-    if !tagged_kv(
-        t.tags()
-            .iter()
-            .map(|t| (t.key().unwrap_or(""), t.value().unwrap_or(""))),
-        &ctx.names.stack,
-    ) {
+    if !ours {
         return Ok(Item::new("launch template", &name, Action::Foreign).id(id));
     }
     if !ctx.dry_run {
@@ -293,23 +257,10 @@ async fn delete_launch_template(ctx: &Ctx<'_>) -> R<Item> {
 async fn delete_instance_profile(ctx: &Ctx<'_>) -> R<Item> {
     let iam = &ctx.aws.iam;
     let name = ctx.names.runner_role();
-    let p = match iam
-        .get_instance_profile()
-        .instance_profile_name(&name)
-        .send()
-        .await
-    {
-        Ok(p) => p.instance_profile().cloned(),
-        Err(e) if is_not_found(&e) => None,
-        Err(e) => return Err(aws_err("iam:GetInstanceProfile", &name)(e)),
-    };
-    let Some(p) = p else {
+    let Some(Owned { it: p, ours }) = find::instance_profile(ctx).await? else {
         return Ok(Item::new("instance profile", &name, Action::Absent));
     };
-    if !tagged_kv(
-        p.tags().iter().map(|t| (t.key(), t.value())),
-        &ctx.names.stack,
-    ) {
+    if !ours {
         return Ok(Item::new("instance profile", &name, Action::Foreign));
     }
     if !ctx.dry_run {
@@ -332,22 +283,11 @@ async fn delete_instance_profile(ctx: &Ctx<'_>) -> R<Item> {
 
 async fn delete_role(ctx: &Ctx<'_>, name: String) -> R<Item> {
     let iam = &ctx.aws.iam;
-    let role = match iam.get_role().role_name(&name).send().await {
-        Ok(r) => r,
-        Err(e) if is_not_found(&e) => return Ok(Item::new("IAM role", &name, Action::Absent)),
-        Err(e) => return Err(aws_err("iam:GetRole", &name)(e)),
+    let Some(Owned { it: role, ours }) = find::role(ctx, &name).await? else {
+        return Ok(Item::new("IAM role", &name, Action::Absent));
     };
-    let arn = role.role().map(|r| r.arn().to_string()).unwrap_or_default();
-    let tags = iam
-        .list_role_tags()
-        .role_name(&name)
-        .send()
-        .await
-        .map_err(aws_err("iam:ListRoleTags", &name))?;
-    if !tagged_kv(
-        tags.tags().iter().map(|t| (t.key(), t.value())),
-        &ctx.names.stack,
-    ) {
+    let arn = role.arn().to_string();
+    if !ours {
         return Ok(Item::new("IAM role", &name, Action::Foreign).id(arn));
     }
     if !ctx.dry_run {
@@ -390,18 +330,10 @@ async fn delete_role(ctx: &Ctx<'_>, name: String) -> R<Item> {
 
 async fn delete_secret(ctx: &Ctx<'_>, name: String) -> R<Item> {
     let sm = &ctx.aws.secrets;
-    let d = match sm.describe_secret().secret_id(&name).send().await {
-        Ok(d) => d,
-        Err(e) if is_not_found(&e) => return Ok(Item::new("secret", &name, Action::Absent)),
-        Err(e) => return Err(aws_err("secretsmanager:DescribeSecret", &name)(e)),
+    let Some(Owned { it: arn, ours }) = find::secret(ctx, &name).await? else {
+        return Ok(Item::new("secret", &name, Action::Absent));
     };
-    let arn = d.arn().unwrap_or_default().to_string();
-    if !tagged_kv(
-        d.tags()
-            .iter()
-            .map(|t| (t.key().unwrap_or(""), t.value().unwrap_or(""))),
-        &ctx.names.stack,
-    ) {
+    if !ours {
         return Ok(Item::new("secret", &name, Action::Foreign).id(arn));
     }
     if !ctx.dry_run {
@@ -417,16 +349,11 @@ async fn delete_secret(ctx: &Ctx<'_>, name: String) -> R<Item> {
 
 async fn delete_security_group(ctx: &Ctx<'_>) -> R<Item> {
     let name = ctx.names.security_group();
-    let Some(sg) = find_security_group(ctx, None).await? else {
+    let Some(Owned { it: sg, ours }) = find::security_group(ctx, None).await? else {
         return Ok(Item::new("security group", &name, Action::Absent));
     };
     let id = sg.group_id().unwrap_or_default().to_string();
-    if !tagged_kv(
-        sg.tags()
-            .iter()
-            .map(|t| (t.key().unwrap_or(""), t.value().unwrap_or(""))),
-        &ctx.names.stack,
-    ) {
+    if !ours {
         return Ok(Item::new("security group", &name, Action::Foreign).id(id));
     }
     if !ctx.dry_run {
@@ -514,7 +441,7 @@ pub async fn status(ctx: &Ctx<'_>, resource_class: &str) -> R<(Vec<Item>, Option
             i.detail = None;
         }
     }
-    let Some(g) = find_group(ctx).await? else {
+    let Some(Owned { it: g, .. }) = find::group(ctx).await? else {
         return Ok((items, None));
     };
     let snapshot = ctx.circleci.snapshot(resource_class).await;
