@@ -483,6 +483,33 @@ async fn init_creates_everything_converges_and_teardown_removes_it() {
     assert!(r.stdout.contains("queue: 2 unclaimed, 0 running"), "{r:?}");
     assert!(r.stdout.contains("schedule: enabled"), "{r:?}");
 
+    // A dry-run teardown: the plan, nothing removed.
+    let r = run(s.cmd(&[
+        "--output",
+        "json",
+        "teardown",
+        "--stack",
+        "demo",
+        "--resource-class",
+        RC,
+        "--dry-run",
+    ]))
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let plan = json(&r);
+    assert_eq!(plan["dry_run"], true);
+    assert!(actions(&plan).iter().all(|(_, a)| a == "delete"), "{plan}");
+    assert_eq!(
+        s.moto.group("demo-runners").await.1.len(),
+        2,
+        "nothing removed"
+    );
+    assert_eq!(s.cci.tokens().len(), 1);
+    // Without --yes and without a terminal, teardown refuses.
+    let r = run(s.cmd(&["teardown", "--stack", "demo", "--resource-class", RC])).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("pass --yes to confirm"), "{r:?}");
+
     let r = s.teardown().await;
     assert_eq!(r.code, 0, "{r:?}");
     assert_no_secrets(&r, &s);
