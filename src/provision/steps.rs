@@ -850,30 +850,21 @@ fn template_data(
 }
 
 /// What we compare between the wanted data and the template's latest version.
-fn fingerprint_request(d: &ec2t::RequestLaunchTemplateData) -> Value {
-    let m = d.metadata_options();
-    let ebs = d.block_device_mappings().first().and_then(|b| b.ebs());
-    json!({
-        "image": d.image_id(), "type": d.instance_type().map(|t| t.as_str()), "key": d.key_name(),
-        "user_data": d.user_data(), "profile": d.iam_instance_profile().and_then(|p| p.name()),
-        "sg": d.security_group_ids(), "tokens": m.and_then(|m| m.http_tokens()).map(|t| t.as_str()),
-        "hops": m.and_then(|m| m.http_put_response_hop_limit()),
-        "shutdown": d.instance_initiated_shutdown_behavior().map(|b| b.as_str()),
-        "volume": ebs.and_then(|e| e.volume_size()), "encrypted": ebs.and_then(|e| e.encrypted()),
-    })
-}
-
-fn fingerprint_response(d: &ec2t::ResponseLaunchTemplateData) -> Value {
-    let m = d.metadata_options();
-    let ebs = d.block_device_mappings().first().and_then(|b| b.ebs());
-    json!({
-        "image": d.image_id(), "type": d.instance_type().map(|t| t.as_str()), "key": d.key_name(),
-        "user_data": d.user_data(), "profile": d.iam_instance_profile().and_then(|p| p.name()),
-        "sg": d.security_group_ids(), "tokens": m.and_then(|m| m.http_tokens()).map(|t| t.as_str()),
-        "hops": m.and_then(|m| m.http_put_response_hop_limit()),
-        "shutdown": d.instance_initiated_shutdown_behavior().map(|b| b.as_str()),
-        "volume": ebs.and_then(|e| e.volume_size()), "encrypted": ebs.and_then(|e| e.encrypted()),
-    })
+/// The request and response types differ but share their accessors.
+macro_rules! fingerprint {
+    ($d:expr) => {{
+        let d = $d;
+        let m = d.metadata_options();
+        let ebs = d.block_device_mappings().first().and_then(|b| b.ebs());
+        json!({
+            "image": d.image_id(), "type": d.instance_type().map(|t| t.as_str()), "key": d.key_name(),
+            "user_data": d.user_data(), "profile": d.iam_instance_profile().and_then(|p| p.name()),
+            "sg": d.security_group_ids(), "tokens": m.and_then(|m| m.http_tokens()).map(|t| t.as_str()),
+            "hops": m.and_then(|m| m.http_put_response_hop_limit()),
+            "shutdown": d.instance_initiated_shutdown_behavior().map(|b| b.as_str()),
+            "volume": ebs.and_then(|e| e.volume_size()), "encrypted": ebs.and_then(|e| e.encrypted()),
+        })
+    }};
 }
 
 async fn launch_template(
@@ -901,8 +892,8 @@ async fn launch_template(
                 .launch_template_versions()
                 .first()
                 .and_then(|v| v.launch_template_data())
-                .map(fingerprint_response);
-            if current.as_ref() == Some(&fingerprint_request(&data)) {
+                .map(|d| fingerprint!(d));
+            if current.as_ref() == Some(&fingerprint!(&data)) {
                 let v = t.latest_version_number().unwrap_or(1);
                 return Ok(Item::new("launch template", &name, Action::Keep)
                     .id(id)

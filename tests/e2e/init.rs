@@ -63,12 +63,12 @@ impl Stack {
         cmd
     }
 
-    async fn init(&self, extra: &[&str]) -> Run {
-        let zip = self.zip.to_str().unwrap().to_string();
-        let mut args = vec![
-            "--output",
-            "json",
-            "init",
+    /// `init` (or `step NAME`) with the test's stack settings, JSON output.
+    fn converge(&self, command: &[&str], extra: &[&str]) -> tokio::process::Command {
+        let zip = self.zip.to_str().unwrap();
+        let mut args = vec!["--output", "json"];
+        args.extend_from_slice(command);
+        args.extend_from_slice(&[
             "--stack",
             "demo",
             "--resource-class",
@@ -78,10 +78,14 @@ impl Stack {
             "--max-instances",
             "6",
             "--lambda-zip",
-            &zip,
-        ];
+            zip,
+        ]);
         args.extend_from_slice(extra);
-        run(self.cmd(&args)).await
+        self.cmd(&args)
+    }
+
+    async fn init(&self, extra: &[&str]) -> Run {
+        run(self.converge(&["init"], extra)).await
     }
 
     async fn teardown(&self) -> Run {
@@ -787,27 +791,7 @@ async fn init_errors_are_clear_and_write_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steps_run_one_at_a_time_and_add_up_to_init() {
     let s = Stack::new().await;
-    let zip = s.zip.to_str().unwrap().to_string();
-    let step = |name: &'static str| {
-        let zip = zip.clone();
-        let cmd = s.cmd(&[
-            "--output",
-            "json",
-            "step",
-            name,
-            "--stack",
-            "demo",
-            "--resource-class",
-            RC,
-            "--image",
-            IMAGE,
-            "--max-instances",
-            "6",
-            "--lambda-zip",
-            &zip,
-        ]);
-        async move { run(cmd).await }
-    };
+    let step = |name: &'static str| run(s.converge(&["step", name], &[]));
     // A step whose prerequisite is missing says which step to run first.
     let r = step("group").await;
     assert_eq!(r.code, 1, "{r:?}");
