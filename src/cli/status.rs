@@ -35,8 +35,7 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<ExitCo
         Output::Json => {
             println!(
                 "{}",
-                serde_json::json!({"stack": stack, "region": ctx.region, "resources": items, "fleet": fleet,
-                    "lambda_last_runs": "not read: needs CloudWatch Logs, not yet supported"})
+                serde_json::json!({"stack": stack, "region": ctx.region, "resources": items, "fleet": fleet})
             );
         }
         Output::Text => {
@@ -91,9 +90,22 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<ExitCo
                         Some(false) => println!("schedule: DISABLED"),
                         None => println!("schedule: missing"),
                     }
-                    println!(
-                        "last Lambda runs: not read (needs CloudWatch Logs; not yet supported)"
-                    );
+                    let runs = &f.lambda_runs;
+                    match &runs.unreadable {
+                        Some(why) => println!("Lambda runs: {why}"),
+                        None => {
+                            println!(
+                                "Lambda runs (last 15 minutes): {} poll(s), {} failed invocation(s)",
+                                runs.polls, runs.errors
+                            );
+                            if let Some(p) = &runs.last_poll {
+                                println!("  last poll: {p}");
+                            }
+                            if let Some(e) = &runs.last_error {
+                                println!("  last error: {e}");
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -416,6 +416,73 @@ pub struct Fleet {
     pub registered_runners: Option<Vec<String>>,
     pub circleci_error: Option<String>,
     pub schedule_enabled: Option<bool>,
+    pub lambda_runs: LambdaRuns,
+}
+
+/// The scaling Lambda's recent polls, from its CloudWatch log group.
+#[derive(Debug, Default, Serialize)]
+pub struct LambdaRuns {
+    /// Polls logged in the window.
+    pub polls: usize,
+    /// Failed invocations logged in the window.
+    pub errors: usize,
+    pub last_poll: Option<String>,
+    pub last_error: Option<String>,
+    /// Why the logs could not be read, if they could not.
+    pub unreadable: Option<String>,
+}
+
+/// The Lambda's log lines of the last `window`: one JSON line per poll, and
+/// one `"level": "error"` line per failed invocation.
+async fn lambda_runs(ctx: &Ctx<'_>, window: Duration) -> LambdaRuns {
+    let group = format!("/aws/lambda/{}", ctx.names.function());
+    let since = std::time::SystemTime::now()
+        .checked_sub(window)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let mut runs = LambdaRuns::default();
+    let mut pages = ctx
+        .aws
+        .logs
+        .filter_log_events()
+        .log_group_name(&group)
+        .start_time(since)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = match page {
+            Ok(p) => p,
+            Err(e) => {
+                runs.unreadable = Some(if super::steps::is_not_found(&e) {
+                    format!("no log group {group} yet: the Lambda has not run")
+                } else {
+                    crate::aws::AwsError::call("logs:FilterLogEvents", &group, &e).to_string()
+                });
+                return runs;
+            }
+        };
+        for ev in page.events() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(ev.message().unwrap_or(""))
+            else {
+                continue;
+            };
+            if v.get("poll").is_some() {
+                runs.polls += 1;
+                runs.last_poll = Some(format!(
+                    "{} {} (desired {} -> {})",
+                    v["time"].as_str().unwrap_or(""),
+                    v["action"].as_str().unwrap_or(""),
+                    v["group"]["desired_before"],
+                    v["group"]["desired_after"]
+                ));
+            } else if v["level"] == "error" {
+                runs.errors += 1;
+                runs.last_error = v["error"].as_str().map(String::from);
+            }
+        }
+    }
+    runs
 }
 
 #[derive(Debug, Serialize)]
@@ -493,6 +560,7 @@ pub async fn status(ctx: &Ctx<'_>, resource_class: &str) -> R<(Vec<Item>, Option
         circleci_error: err,
         schedule_enabled: rule
             .map(|r| r.state() == Some(&aws_sdk_eventbridge::types::RuleState::Enabled)),
+        lambda_runs: lambda_runs(ctx, Duration::from_secs(15 * 60)).await,
     };
     Ok((items, Some(fleet)))
 }

@@ -476,9 +476,55 @@ async fn init_creates_everything_converges_and_teardown_removes_it() {
         "full data in the new version"
     );
 
-    // Status.
+    // Status, with two polls and a failed invocation in the Lambda's logs.
+    let logs = aws_sdk_cloudwatchlogs::Client::new(cfg);
+    let group = "/aws/lambda/cci-scaler-demo-scaler";
+    logs.create_log_group()
+        .log_group_name(group)
+        .send()
+        .await
+        .unwrap();
+    logs.create_log_stream()
+        .log_group_name(group)
+        .log_stream_name("s")
+        .send()
+        .await
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let line = |m: &str, dt: i64| {
+        aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+            .timestamp(now - dt)
+            .message(m)
+            .build()
+            .unwrap()
+    };
+    logs.put_log_events()
+        .log_group_name(group)
+        .log_stream_name("s")
+        .log_events(line(r#"{"poll":1,"time":"t1","action":"scale-out","group":{"desired_before":0,"desired_after":2}}"#, 3000))
+        .log_events(line(r#"{"level":"error","error_type":"ScaleError","error":"CircleCI failed (HTTP 503)"}"#, 2000))
+        .log_events(line(r#"{"poll":1,"time":"t2","action":"none","group":{"desired_before":2,"desired_after":2}}"#, 1000))
+        .send()
+        .await
+        .unwrap();
     let r = run(s.cmd(&["status", "--stack", "demo", "--resource-class", RC])).await;
     assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .contains("Lambda runs (last 15 minutes): 2 poll(s), 1 failed invocation(s)"),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.contains("last poll: t2 none (desired 2 -> 2)"),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.contains("last error: CircleCI failed (HTTP 503)"),
+        "{r:?}"
+    );
     assert!(
         r.stdout
             .contains("group: desired 2 (min 0, max 6), 2 instance(s)"),
