@@ -503,9 +503,23 @@ async fn runner_token(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item
     )
     .await?;
     f.runner_token_secret_arn = Some(arn.clone());
+    // Tokens of ours that never reached the secret (an interrupted run) can no
+    // longer be used by anyone: revoke them now that the new one is stored.
+    let stale: Vec<_> = cci::list_tokens(ctx.circleci, &s.resource_class)
+        .await?
+        .into_iter()
+        .filter(|t| t.nickname == ctx.names.token_nickname() && t.id != token_id)
+        .collect();
+    for t in &stale {
+        cci::delete_token(ctx.circleci, &t.id).await?;
+    }
+    let mut detail = format!("runner token {token_id}");
+    if !stale.is_empty() {
+        detail.push_str(&format!(", {} stale token(s) revoked", stale.len()));
+    }
     Ok(Item::new("runner token secret", &name, action)
         .id(arn)
-        .detail(format!("runner token {token_id}")))
+        .detail(detail))
 }
 
 async fn scaler_secret(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {

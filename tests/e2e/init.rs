@@ -879,3 +879,44 @@ async fn steps_run_one_at_a_time_and_add_up_to_init() {
     let v = json(&s.init(&[]).await);
     assert_eq!(v["changed"], false, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_init_is_completed_by_a_rerun_and_removed_by_teardown() {
+    let s = Stack::new().await;
+    // Slow CircleCI down so that Ctrl-C lands while init is writing.
+    s.cci.set_delay(std::time::Duration::from_millis(700));
+    let mut cmd = s.converge(&["init"], &[]);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let pid = child.id().unwrap();
+    crate::support::eventually(
+        "init to start writing",
+        std::time::Duration::from_secs(30),
+        || async { (!s.cci.classes().is_empty()).then_some(()) },
+    )
+    .await;
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().await.unwrap();
+    assert!(!out.status.success(), "init was interrupted");
+    s.cci.set_delay(std::time::Duration::ZERO);
+
+    // A re-run completes the stack.
+    let r = s.init(&[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let v = json(&r);
+    assert!(
+        actions(&v).iter().any(|(_, a)| a == "create"),
+        "something was left to do: {v}"
+    );
+    assert_eq!(s.init(&[]).await.code, 0);
+    assert_eq!(json(&s.init(&[]).await)["changed"], false);
+    // Teardown removes all of it.
+    let r = s.teardown().await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_no_stack_left(&s).await;
+}
