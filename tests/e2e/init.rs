@@ -288,14 +288,7 @@ async fn init_creates_everything_converges_and_teardown_removes_it() {
     );
 
     // Launch template.
-    let lt = ec2
-        .describe_launch_template_versions()
-        .launch_template_name("cci-scaler-demo-runner")
-        .versions("$Latest")
-        .send()
-        .await
-        .unwrap();
-    let ver = &lt.launch_template_versions()[0];
+    let ver = latest_template(&ec2).await;
     assert_eq!(ver.version_number(), Some(1));
     let d = ver.launch_template_data().unwrap();
     let user_data = String::from_utf8(
@@ -460,14 +453,7 @@ async fn init_creates_everything_converges_and_teardown_removes_it() {
         changed,
         vec![("launch template".to_string(), "update".to_string())]
     );
-    let lt = ec2
-        .describe_launch_template_versions()
-        .launch_template_name("cci-scaler-demo-runner")
-        .versions("$Latest")
-        .send()
-        .await
-        .unwrap();
-    let ver = &lt.launch_template_versions()[0];
+    let ver = latest_template(&ec2).await;
     assert_eq!(ver.version_number(), Some(2));
     let d = ver.launch_template_data().unwrap();
     assert_eq!(d.instance_type().map(|t| t.as_str()), Some("t3.large"));
@@ -574,6 +560,17 @@ async fn init_creates_everything_converges_and_teardown_removes_it() {
         actions(&json(&r)).iter().all(|(_, a)| a == "absent"),
         "{r:?}"
     );
+}
+
+async fn latest_template(ec2: &aws_sdk_ec2::Client) -> aws_sdk_ec2::types::LaunchTemplateVersion {
+    ec2.describe_launch_template_versions()
+        .launch_template_name("cci-scaler-demo-runner")
+        .versions("$Latest")
+        .send()
+        .await
+        .unwrap()
+        .launch_template_versions()[0]
+        .clone()
 }
 
 async fn assert_no_stack_left(s: &Stack) {
