@@ -5,8 +5,8 @@ use plotters::prelude::*;
 
 use super::{Report, Sample};
 
-/// A line of the chart: its label, colour and value at a sample.
-type Series = (&'static str, RGBColor, fn(&Sample) -> u32);
+/// A line of the chart: its label, colour, width and value at a sample.
+type Series = (&'static str, RGBColor, u32, fn(&Sample) -> u32);
 
 /// Draw the reports' timelines, one panel each, into an SVG document.
 pub fn svg(reports: &[&Report], title: &str) -> Result<String, String> {
@@ -46,19 +46,21 @@ pub fn svg(reports: &[&Report], title: &str) -> Result<String, String> {
                 .y_desc("count")
                 .draw()
                 .map_err(|e| e.to_string())?;
+            // In-service is drawn wide and first, so desired stays visible on it
+            // where the two agree.
             let series: [Series; 3] = [
-                ("queued jobs", RED, |s| s.queued),
-                ("desired capacity", BLUE, |s| s.desired),
-                ("in-service instances", GREEN, |s| s.in_service),
+                ("in-service instances", GREEN, 4, |s| s.in_service),
+                ("desired capacity", BLUE, 1, |s| s.desired),
+                ("queued jobs", RED, 1, |s| s.queued),
             ];
-            for (label, color, value) in series {
+            for (label, color, width, value) in series {
                 chart
                     .draw_series(LineSeries::new(
                         report
                             .timeline
                             .iter()
                             .map(|s| (s.t_s as f64 / 3600.0, value(s) as f64)),
-                        color.stroke_width(1),
+                        color.stroke_width(width),
                     ))
                     .map_err(|e| e.to_string())?
                     .label(label)
