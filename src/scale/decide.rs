@@ -52,7 +52,8 @@ impl Lifecycle {
         }
     }
 
-    fn counted_live(&self) -> bool {
+    /// Booting or in service: counted in desired capacity, and reapable.
+    pub fn counted_live(&self) -> bool {
         matches!(self, Lifecycle::Pending | Lifecycle::InService)
     }
 }

@@ -139,7 +139,7 @@ pub async fn run_once<Q: RunnerQueue, G: GroupApi>(
     let unregistered: Vec<String> = group
         .instances
         .iter()
-        .filter(|i| !snapshot.runners.contains(&i.id))
+        .filter(|i| i.lifecycle.counted_live() && !snapshot.runners.contains(&i.id))
         .map(|i| i.id.clone())
         .collect();
     if !unregistered.is_empty() {
