@@ -9,8 +9,12 @@ cd "$(dirname "$0")/.."
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "installing the emulator (once) and building cci-scaler"
-eval "$(scripts/test-env.sh)"
-cargo build --quiet --bins
+eval "$(scripts/test-env.sh --python-only)"
+echo "The first build compiles about 300 crates (the AWS SDK among them): several"
+echo "minutes, about 9 on 2 cores. Later runs take seconds. Cargo shows its progress."
+# Cargo draws its progress bar on a terminal and prints one line per crate
+# otherwise, so a first build never looks hung.
+cargo build --bins
 target="${CARGO_TARGET_DIR:-target}/debug"
 bin="$target/cci-scaler"
 

@@ -1,23 +1,84 @@
 #!/usr/bin/env bash
-# Installs what the end-to-end tests need (idempotent) and prints the environment
-# to use them:   eval "$(scripts/test-env.sh)"
+# Installs what the tests need (idempotent: a second run installs nothing) and
+# prints the environment to use them:   eval "$(scripts/test-env.sh)"
 #
-# - the moto AWS emulator (server mode) in a virtualenv outside the clone, so
-#   that repeated runs reuse it; the tests start and stop their own servers.
+# - shellcheck and bubblewrap (Debian packages), for the user-data tests: with
+#   apt-get, as root or through password-less sudo; otherwise it says what to
+#   install and stops.
+# - a virtualenv outside the clone with the Python tools pinned in
+#   scripts/test-requirements.txt: the moto AWS emulator and the parliament IAM
+#   linter. The tests start and stop their own servers.
+# One line on stderr per install; nothing on stderr when all is in place.
+# `--python-only` skips the Debian packages (the demo needs only the emulator).
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
-MOTO_VERSION="5.2.5"
-BOTO3_VERSION="1.44.8"
+say() { echo "test-env: $*" >&2; }
+die() {
+  echo "test-env: error: $*" >&2
+  exit 1
+}
+
+debian_packages() {
+missing=()
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+if [ ${#missing[@]} -gt 0 ]; then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    die "${missing[*]} not found and there is no apt-get here: install ${missing[*]} with your package manager, then re-run"
+  fi
+  if [ "$(id -u)" -eq 0 ]; then
+    as_root=()
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    as_root=(sudo -n)
+  else
+    die "${missing[*]} not found, and installing needs root (no password-less sudo): run 'sudo apt-get install -y ${missing[*]}', then re-run"
+  fi
+  say "installing ${missing[*]} (Debian packages, for the user-data tests)"
+  log=$(mktemp)
+  if ! { "${as_root[@]}" apt-get update -qq &&
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
+    tail -20 "$log" >&2
+    rm -f "$log"
+    die "apt-get could not install ${missing[*]} (output above): install them by hand, then re-run"
+  fi
+  rm -f "$log"
+fi
+if ! bwrap --ro-bind / / --dev /dev --proc /proc true 2>/dev/null; then
+  die "bwrap is installed but cannot create a sandbox here (unprivileged user namespaces off?): the user-data tests need it"
+fi
+}
+
+# --- Debian packages -------------------------------------------------------
+if [ "${1:-}" != "--python-only" ]; then
+  debian_packages
+fi
+
+# --- Python tools in a virtualenv --------------------------------------------
+requirements=scripts/test-requirements.txt
+key=$(sha256sum "$requirements" | cut -c1-12)
 cache="${CCI_SCALER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cci-scaler}"
-venv="$cache/moto-$MOTO_VERSION"
-
+venv="$cache/test-tools-$key"
 if [ ! -f "$venv/.complete" ]; then
-  echo "test-env: installing moto $MOTO_VERSION into $venv" >&2
+  command -v python3 >/dev/null 2>&1 ||
+    die "python3 not found: install Python 3.9 or later (Debian: python3 python3-venv), then re-run"
+  say "installing the moto AWS emulator and the parliament IAM linter into $venv"
   rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    "moto[server]==$MOTO_VERSION" "boto3==$BOTO3_VERSION" >&2
+  mkdir -p "$cache"
+  python3 -m venv "$venv" >/dev/null 2>&1 ||
+    die "python3 cannot create a virtualenv: install the venv module (Debian: python3-venv), then re-run"
+  log=$(mktemp)
+  if ! "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    -r "$requirements" >"$log" 2>&1; then
+    tail -20 "$log" >&2
+    rm -f "$log"
+    rm -rf "$venv"
+    die "pip could not install $requirements (output above; it needs the Python package index)"
+  fi
+  rm -f "$log"
   touch "$venv/.complete"
 fi
 
 echo "export CCI_SCALER_MOTO_SERVER='$venv/bin/moto_server'"
+echo "export CCI_SCALER_PARLIAMENT='$venv/bin/parliament'"

@@ -35,8 +35,11 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing(verbose: u8) {
+    // Without -v only our own warnings reach the terminal: the SDK's
+    // diagnostics (for example the IMDS region lookup off EC2, with a dump of
+    // the HTTP response) are behind -v; our error line says what went wrong.
     let default = match verbose {
-        0 => "warn",
+        0 => "cci_scaler=warn",
         1 => "cci_scaler=debug,warn",
         _ => "debug",
     };

@@ -659,3 +659,148 @@ mod tests {
         );
     }
 }
+
+/// Properties that hold for any queue, group and runner list (proptest).
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn state() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "Pending",
+            "Pending:Wait",
+            "InService",
+            "Terminating",
+            "Terminating:Wait",
+            "Standby",
+            "Detaching",
+        ])
+    }
+
+    /// Up to 12 instances `i-0..`: state, age (or unknown), registered or not.
+    fn instances() -> impl Strategy<Value = Vec<(Instance, bool)>> {
+        prop::collection::vec(
+            (
+                state(),
+                prop::option::weighted(0.9, 0u64..3_600),
+                any::<bool>(),
+            ),
+            0..12,
+        )
+        .prop_map(|v| {
+            v.into_iter()
+                .enumerate()
+                .map(|(n, (st, age, reg))| {
+                    (
+                        Instance {
+                            id: format!("i-{n:04}"),
+                            lifecycle: Lifecycle::parse(st),
+                            launch_time: age
+                                .map(|a| SystemTime::UNIX_EPOCH + Duration::from_secs(NOW - a)),
+                            protected_from_scale_in: true,
+                        },
+                        reg,
+                    )
+                })
+                .collect()
+        })
+    }
+
+    fn case() -> impl Strategy<Value = (QueueDepth, GroupState, HashSet<String>, Policy)> {
+        (
+            (0u32..40, 0u32..40),
+            (0u32..6, 0u32..25, 0u32..30),
+            instances(),
+            prop::collection::vec((0u32..1000).prop_map(|n| format!("other-{n}")), 0..4),
+            60u64..1_200,
+        )
+            .prop_map(
+                |((unclaimed, running), (min, max, desired), inst, other, boot)| {
+                    let mut registered: HashSet<String> = other.into_iter().collect();
+                    let mut instances = Vec::new();
+                    for (i, reg) in inst {
+                        if reg {
+                            registered.insert(i.id.clone());
+                        }
+                        instances.push(i);
+                    }
+                    (
+                        QueueDepth { unclaimed, running },
+                        GroupState {
+                            name: "g".into(),
+                            min,
+                            max,
+                            desired,
+                            instances,
+                        },
+                        registered,
+                        Policy {
+                            boot_timeout: Duration::from_secs(boot),
+                        },
+                    )
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn decision_invariants((queue, group, registered, policy) in case()) {
+            let now = SystemTime::UNIX_EPOCH + Duration::from_secs(NOW);
+            let d = match decide(queue, &group, &registered, &policy, now) {
+                Err(DecideError::MinAboveMax { .. }) => {
+                    prop_assert!(group.min > group.max);
+                    return Ok(());
+                }
+                Ok(d) => d,
+            };
+            prop_assert!(group.min <= group.max);
+            // Pure: the same inputs give the same decision.
+            prop_assert_eq!(&d, &decide(queue, &group, &registered, &policy, now).unwrap());
+
+            // Never below what it was, but for instances reaped with decrement
+            // (each leaves the group and takes its slot with it).
+            let decremented = d.reap.iter().filter(|r| r.decrement).count() as u32;
+            // Desired never goes above max (a group already above it is left
+            // alone), and a set only ever raises it (after the reaps).
+            if let Some(n) = d.set_desired {
+                prop_assert!(n <= group.max, "{d:?}");
+                prop_assert!(n > group.desired - decremented, "raise only: {d:?}");
+            }
+            prop_assert!(d.desired_after <= group.max.max(group.desired), "{d:?}");
+            prop_assert!(d.desired_after + decremented >= group.desired, "{d:?}");
+            // A decrement never takes desired below the group's minimum.
+            if decremented > 0 {
+                prop_assert!(group.desired - decremented >= group.min, "{d:?}");
+            }
+            // Demand up to max is always met.
+            prop_assert!(d.desired_after >= queue.demand().clamp(group.min, group.max), "{d:?}");
+
+            // A registered instance is never reaped; only live, old enough,
+            // known-age instances are, each once.
+            let mut seen = HashSet::new();
+            for r in &d.reap {
+                prop_assert!(!registered.contains(&r.instance_id), "{d:?}");
+                prop_assert!(seen.insert(r.instance_id.clone()), "reaped twice: {d:?}");
+                let i = group.instances.iter().find(|i| i.id == r.instance_id).unwrap();
+                prop_assert!(i.lifecycle.counted_live(), "{i:?}");
+                let age = now.duration_since(i.launch_time.unwrap()).unwrap();
+                prop_assert!(age > policy.boot_timeout, "{i:?}");
+            }
+            // Reaping never leaves fewer live instances than running tasks.
+            if !d.reap.is_empty() {
+                let live = group.instances.iter().filter(|i| i.lifecycle.counted_live()).count();
+                prop_assert!(live - d.reap.len() >= queue.running as usize, "{d:?}");
+            }
+            // The action matches what is applied.
+            prop_assert_eq!(
+                d.action() == Action::None,
+                d.reap.is_empty() && d.set_desired.is_none()
+            );
+        }
+    }
+}

@@ -251,6 +251,13 @@ async fn init_creates_everything_converges_and_teardown_removes_it() {
         )
         .unwrap();
         assert_least_privilege(&doc);
+        // An independent check: parliament finds nothing above "low".
+        let findings = crate::support::parliament(&doc);
+        let serious: Vec<_> = findings
+            .iter()
+            .filter(|f| !matches!(f.severity.as_str(), "LOW" | "INFO"))
+            .collect();
+        assert!(serious.is_empty(), "{role}: {serious:?}\n{doc:#}");
         let text = doc.to_string();
         if role.ends_with("runner") {
             assert!(
@@ -880,27 +887,27 @@ async fn steps_run_one_at_a_time_and_add_up_to_init() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_init_is_completed_by_a_rerun_and_removed_by_teardown() {
     let s = Stack::new().await;
-    // Slow CircleCI down so that Ctrl-C lands while init is writing.
-    s.cci.set_delay(std::time::Duration::from_millis(700));
+    // The stand-in holds its answer to the runner-token request open (the
+    // token exists at CircleCI, init has not stored it yet) until the signal
+    // has been sent: the interrupt lands at that exact point whatever the
+    // machine's load.
+    s.cci.hold("POST /api/v3/runner/token:answered");
     let mut cmd = s.converge(&["init"], &[]);
     cmd.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let child = cmd.spawn().unwrap();
     let pid = child.id().unwrap();
-    crate::support::eventually(
-        "init to start writing",
-        std::time::Duration::from_secs(30),
-        || async { (!s.cci.classes().is_empty()).then_some(()) },
-    )
-    .await;
+    s.cci.wait_held(std::time::Duration::from_secs(60)).await;
     let status = std::process::Command::new("kill")
         .args(["-INT", &pid.to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     let out = child.wait_with_output().await.unwrap();
-    assert!(!out.status.success(), "init was interrupted");
-    s.cci.set_delay(std::time::Duration::ZERO);
+    s.cci.release();
+    assert!(!out.status.success(), "init was interrupted: {out:?}");
+    let orphan = s.cci.tokens();
+    assert_eq!(orphan.len(), 1, "the token was created: {orphan:?}");
 
     // A re-run completes the stack.
     let r = s.init(&[]).await;
@@ -912,8 +919,64 @@ async fn interrupted_init_is_completed_by_a_rerun_and_removed_by_teardown() {
     );
     assert_eq!(s.init(&[]).await.code, 0);
     assert_eq!(json(&s.init(&[]).await)["changed"], false);
+    // The token that never reached its secret was revoked; one token is left.
+    let tokens = s.cci.tokens();
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    assert_ne!(tokens[0].1, orphan[0].1, "the orphaned token was revoked");
     // Teardown removes all of it.
     let r = s.teardown().await;
     assert_eq!(r.code, 0, "{r:?}");
     assert_no_stack_left(&s).await;
+}
+
+/// The IAM check above is not vacuous: parliament runs and reports a policy
+/// whose resource cannot match its action as "MEDIUM".
+#[test]
+fn parliament_reports_a_mismatched_policy() {
+    let bad = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+        "Action": "s3:GetObject", "Resource": "arn:aws:s3:::bucket"}]});
+    let findings = crate::support::parliament(&bad);
+    assert!(
+        findings
+            .iter()
+            .any(|f| f.severity == "MEDIUM" && f.issue == "RESOURCE_MISMATCH"),
+        "{findings:?}"
+    );
+}
+
+/// Off EC2 with no region: one clean error line, none of the SDK's IMDS
+/// diagnostics (they are behind -v). A stand-in metadata service on loopback
+/// answers every request with an error page, as a non-EC2 network might.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_region_off_ec2_prints_one_line() {
+    let s = Stack::new().await;
+    let app = axum::Router::new().fallback(|| async {
+        (
+            axum::http::StatusCode::FORBIDDEN,
+            "<html>\n<body>\nnot a metadata service\n</body>\n</html>\n",
+        )
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let imds = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    for verbose in [false, true] {
+        let mut cmd = s.converge(&["init"], if verbose { &["-v"] } else { &[] });
+        cmd.env_remove("AWS_REGION")
+            .env_remove("AWS_EC2_METADATA_DISABLED")
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds);
+        let r = run(cmd).await;
+        assert_eq!(r.code, 1, "{r:?}");
+        if verbose {
+            assert!(r.stderr.lines().count() > 1, "-v shows diagnostics: {r:?}");
+        } else {
+            assert_eq!(r.stderr.trim_end().lines().count(), 1, "{r:?}");
+            assert!(
+                r.stderr.starts_with("error: no AWS region configured"),
+                "{r:?}"
+            );
+        }
+    }
+    server.abort();
 }

@@ -3,6 +3,7 @@
 //! stand-in) and a sandbox for the user-data script; every server a test starts
 //! is stopped when the test ends.
 
+mod build;
 mod init;
 mod lambda;
 mod scale;

@@ -47,6 +47,18 @@ pub struct Queue {
     /// Runner tokens: (id, resource_class, nickname, token).
     pub tokens: Vec<(String, String, String, String)>,
     pub next_id: u32,
+    /// A request held open until the test releases it (see `CircleCi::hold`).
+    pub hold: Option<Hold>,
+}
+
+#[derive(Debug)]
+pub struct Hold {
+    /// Which point to hold: a request key such as `POST /api/v3/runner/token`
+    /// (held before it is handled), or that key plus `:answered` (held after
+    /// its effect, before the answer is sent).
+    pub at: String,
+    pub arrived: bool,
+    pub release: tokio::sync::watch::Receiver<bool>,
 }
 
 type Shared = Arc<Mutex<Queue>>;
@@ -55,6 +67,7 @@ pub struct CircleCi {
     pub url: String,
     pub state: Shared,
     task: tokio::task::JoinHandle<()>,
+    release: std::sync::Mutex<Option<tokio::sync::watch::Sender<bool>>>,
 }
 
 impl CircleCi {
@@ -78,7 +91,46 @@ impl CircleCi {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        CircleCi { url, state, task }
+        CircleCi {
+            url,
+            state,
+            task,
+            release: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Hold the first request that reaches `at` open until `release`: a test
+    /// can then act (send a signal, kill a process) at an exact point of the
+    /// work instead of racing it with a delay.
+    pub fn hold(&self, at: &str) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        *self.release.lock().unwrap() = Some(tx);
+        self.state.lock().unwrap().hold = Some(Hold {
+            at: at.to_string(),
+            arrived: false,
+            release: rx,
+        });
+    }
+
+    /// Wait until the held request has arrived.
+    pub async fn wait_held(&self, within: Duration) {
+        super::eventually("the held request to arrive", within, || async {
+            self.state
+                .lock()
+                .unwrap()
+                .hold
+                .as_ref()
+                .is_some_and(|h| h.arrived)
+                .then_some(())
+        })
+        .await
+    }
+
+    /// Let the held request go on.
+    pub fn release(&self) {
+        if let Some(tx) = self.release.lock().unwrap().take() {
+            let _ = tx.send(true);
+        }
     }
 
     pub fn set_queue(&self, unclaimed: u32, running: u32) {
@@ -131,6 +183,7 @@ impl CircleCi {
 
 impl Drop for CircleCi {
     fn drop(&mut self) {
+        self.release();
         self.task.abort();
     }
 }
@@ -181,6 +234,7 @@ async fn gate_with(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    held(state, path).await;
     match fault {
         Some(Fault::Status(code)) => {
             let status = StatusCode::from_u16(code).unwrap();
@@ -222,6 +276,23 @@ async fn gate_with(
         );
     }
     None
+}
+
+/// If the test holds requests at `at`, wait there until it releases them.
+async fn held(state: &Shared, at: &str) {
+    let release = {
+        let mut s = state.lock().unwrap();
+        match s.hold.as_mut() {
+            Some(h) if h.at == at && !h.arrived => {
+                h.arrived = true;
+                Some(h.release.clone())
+            }
+            _ => None,
+        }
+    };
+    if let Some(mut rx) = release {
+        let _ = rx.wait_for(|go| *go).await;
+    }
 }
 
 async fn unclaimed(State(s): State<Shared>, h: HeaderMap, Query(p): Query<Params>) -> Response {
@@ -375,18 +446,26 @@ async fn create_token(
         .unwrap_or_default()
         .to_string();
     let nickname = body["nickname"].as_str().unwrap_or_default().to_string();
-    let mut st = s.lock().unwrap();
-    if !st.classes.iter().any(|c| c.1 == rc) {
+    let created = {
+        let mut st = s.lock().unwrap();
+        if st.classes.iter().any(|c| c.1 == rc) {
+            st.next_id += 1;
+            let id = format!("tok-{:04}", st.next_id);
+            let token = format!(
+                "runner-token-{:04}-5f2c9a8e7d6b4c3a2e1f0d9c8b7a6f5e",
+                st.next_id
+            );
+            st.tokens
+                .push((id.clone(), rc.clone(), nickname.clone(), token.clone()));
+            Some((id, token))
+        } else {
+            None
+        }
+    };
+    let Some((id, token)) = created else {
         return error(StatusCode::NOT_FOUND, "resource class not found");
-    }
-    st.next_id += 1;
-    let id = format!("tok-{:04}", st.next_id);
-    let token = format!(
-        "runner-token-{:04}-5f2c9a8e7d6b4c3a2e1f0d9c8b7a6f5e",
-        st.next_id
-    );
-    st.tokens
-        .push((id.clone(), rc.clone(), nickname.clone(), token.clone()));
+    };
+    held(&s, "POST /api/v3/runner/token:answered").await;
     axum::Json(
         json!({"id": id, "token": token, "resource_class": rc, "nickname": nickname,
         "created_at": "2026-11-28T00:00:00Z"}),

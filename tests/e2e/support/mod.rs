@@ -88,3 +88,46 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// An IAM finding of parliament (an independent policy linter): its severity,
+/// issue code and detail.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub severity: String,
+    pub issue: String,
+    pub detail: String,
+}
+
+/// Runs parliament (installed by `scripts/test-env.sh`, which exports
+/// CCI_SCALER_PARLIAMENT) on one policy document and returns every finding.
+pub fn parliament(policy: &serde_json::Value) -> Vec<Finding> {
+    let exe = std::env::var("CCI_SCALER_PARLIAMENT").unwrap_or_else(|_| {
+        panic!(
+            "CCI_SCALER_PARLIAMENT is not set: run the tests with scripts/test.sh, which installs \
+             the parliament IAM linter"
+        )
+    });
+    let out = std::process::Command::new(&exe)
+        .args(["--json", "--string", &policy.to_string()])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {exe}: {e}"));
+    // Exit 0: no finding; 1: findings (listed on stdout); anything else: broken.
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "parliament failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("parliament printed {l:?}: {e}"));
+            Finding {
+                severity: v["severity"].as_str().unwrap_or_default().to_string(),
+                issue: v["issue"].as_str().unwrap_or_default().to_string(),
+                detail: v["detail"].to_string(),
+            }
+        })
+        .collect()
+}
