@@ -133,10 +133,10 @@ impl StackFile {
             path: path.display().to_string(),
             detail: e.to_string().replace('\n', " "),
         })?;
-        if let (Some(script), Some(dir)) = (&file.runner.setup_script, path.parent()) {
-            if script.is_relative() {
-                file.runner.setup_script = Some(dir.join(script));
-            }
+        if let (Some(script), Some(dir)) = (&file.runner.setup_script, path.parent())
+            && script.is_relative()
+        {
+            file.runner.setup_script = Some(dir.join(script));
         }
         Ok(file)
     }
@@ -190,13 +190,13 @@ impl StackFile {
             )
         })?;
         validate_resource_class(&resource_class).map_err(|e| bad("resource_class", e))?;
-        if let Some(d) = &self.description {
-            if d.len() > 255 || d.chars().any(char::is_control) {
-                return Err(bad(
-                    "description",
-                    "at most 255 characters, no control characters",
-                ));
-            }
+        if let Some(d) = &self.description
+            && (d.len() > 255 || d.chars().any(char::is_control))
+        {
+            return Err(bad(
+                "description",
+                "at most 255 characters, no control characters",
+            ));
         }
         let max_instances = self.max_instances.unwrap_or(10);
         if !(1..=1000).contains(&max_instances) {
@@ -257,13 +257,13 @@ impl StackFile {
                 ));
             }
         }
-        if let Some(k) = &self.key_pair {
-            if k.is_empty() || k.len() > 255 || k.chars().any(|c| c.is_control() || c == '\'') {
-                return Err(bad(
-                    "key_pair",
-                    format!("key pair {k:?}: not a key pair name"),
-                ));
-            }
+        if let Some(k) = &self.key_pair
+            && (k.is_empty() || k.len() > 255 || k.chars().any(|c| c.is_control() || c == '\''))
+        {
+            return Err(bad(
+                "key_pair",
+                format!("key pair {k:?}: not a key pair name"),
+            ));
         }
         let root_volume_gb = self.root_volume_gb.unwrap_or(30);
         if !(8..=16384).contains(&root_volume_gb) {

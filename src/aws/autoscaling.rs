@@ -94,10 +94,10 @@ impl GroupApi for AsgClient {
                 )
             })?;
             for inst in page.reservations().iter().flat_map(|r| r.instances()) {
-                if let (Some(id), Some(t)) = (inst.instance_id(), inst.launch_time()) {
-                    if let Ok(t) = SystemTime::try_from(*t) {
-                        times.insert(id.to_string(), t);
-                    }
+                if let (Some(id), Some(t)) = (inst.instance_id(), inst.launch_time())
+                    && let Ok(t) = SystemTime::try_from(*t)
+                {
+                    times.insert(id.to_string(), t);
                 }
             }
         }

@@ -116,10 +116,10 @@ pub fn describe(item: &Item, dry_run: bool) -> String {
         item.kind,
         item.name
     );
-    if let Some(id) = &item.id {
-        if id != &item.name {
-            s.push_str(&format!(" ({id})"));
-        }
+    if let Some(id) = &item.id
+        && id != &item.name
+    {
+        s.push_str(&format!(" ({id})"));
     }
     if let Some(d) = &item.detail {
         s.push_str(&format!(" [{d}]"));
@@ -181,10 +181,10 @@ pub fn print_items(
             let mut v = serde_json::json!({
                 "stack": stack, "region": region, "dry_run": dry_run, "changed": changed, "resources": items,
             });
-            if let (Some(extra), Some(obj)) = (extra, v.as_object_mut()) {
-                if let Some(e) = extra.as_object() {
-                    obj.extend(e.clone());
-                }
+            if let (Some(extra), Some(obj)) = (extra, v.as_object_mut())
+                && let Some(e) = extra.as_object()
+            {
+                obj.extend(e.clone());
             }
             println!("{v}");
         }

@@ -83,13 +83,13 @@ fn check_binary(path: &str, bytes: &[u8]) -> Result<(), ArtifactError> {
             path: path.to_string(),
         });
     }
-    if let Some(v) = max_glibc(bytes) {
-        if v > MAX_GLIBC {
-            return Err(ArtifactError::Glibc {
-                path: path.to_string(),
-                found: format!("{}.{}", v.0, v.1),
-            });
-        }
+    if let Some(v) = max_glibc(bytes)
+        && v > MAX_GLIBC
+    {
+        return Err(ArtifactError::Glibc {
+            path: path.to_string(),
+            found: format!("{}.{}", v.0, v.1),
+        });
     }
     Ok(())
 }

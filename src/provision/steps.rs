@@ -471,14 +471,13 @@ async fn runner_token(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item
     if let Some((_, false)) = &state {
         return Err(not_ours("secret", &name, ctx));
     }
-    if let Some((arn, true)) = &state {
-        if secret_value(ctx, &name)
+    if let Some((arn, true)) = &state
+        && secret_value(ctx, &name)
             .await?
             .is_some_and(|v| !v.trim().is_empty())
-        {
-            f.runner_token_secret_arn = Some(arn.clone());
-            return Ok(Item::new("runner token secret", &name, Action::Keep).id(arn));
-        }
+    {
+        f.runner_token_secret_arn = Some(arn.clone());
+        return Ok(Item::new("runner token secret", &name, Action::Keep).id(arn));
     }
     let action = if state.is_some() {
         Action::Update

@@ -168,10 +168,10 @@ pub async fn run_once<Q: RunnerQueue, G: GroupApi>(
             }
             done.push(format!("terminated {}", r.instance_id));
         }
-        if let Some(n) = decision.set_desired {
-            if let Err(source) = group_api.set_desired(&settings.asg, n).await {
-                return Err(apply_error(&done, source));
-            }
+        if let Some(n) = decision.set_desired
+            && let Err(source) = group_api.set_desired(&settings.asg, n).await
+        {
+            return Err(apply_error(&done, source));
         }
     }
 

@@ -348,8 +348,8 @@ impl Sim<'_> {
         // 4: the scaler.
         self.floor = self.desired;
         match self.policy {
-            Policy::Ours if t % self.fleet.interval_s == 0 => self.poll_ours(t)?,
-            Policy::Tutorial if t % TUTORIAL_INTERVAL_S == 0 => self.poll_tutorial(),
+            Policy::Ours if t.is_multiple_of(self.fleet.interval_s) => self.poll_ours(t)?,
+            Policy::Tutorial if t.is_multiple_of(TUTORIAL_INTERVAL_S) => self.poll_tutorial(),
             _ => {}
         }
         // 5: the group fills up to desired; launches beyond what the scaler

@@ -50,10 +50,10 @@ pub fn parse_csv(text: &str, resource_class: Option<&str>) -> Result<Vec<Job>, W
         };
         let arrival_s = num(fields[0], "arrival_s")?;
         let duration_s = num(fields[1], "duration_s")?.max(1);
-        if let (Some(want), Some(rc)) = (resource_class, fields.get(2)) {
-            if want != *rc {
-                continue;
-            }
+        if let (Some(want), Some(rc)) = (resource_class, fields.get(2))
+            && want != *rc
+        {
+            continue;
         }
         jobs.push(Job {
             arrival_s,

@@ -15,6 +15,10 @@ pub const TOKEN: &str = "cci-test-token-4f1b2e9a-SHOULD-NEVER-BE-PRINTED";
 pub const REGION: &str = "us-east-1";
 
 pub fn bin(name: &str) -> PathBuf {
+    // `scripts/bench.sh` times the binaries of other profiles this way.
+    if let Some(dir) = std::env::var_os("CCI_SCALER_BENCH_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
     match name {
         "cci-scaler" => PathBuf::from(env!("CARGO_BIN_EXE_cci-scaler")),
         "cci-scaler-lambda" => PathBuf::from(env!("CARGO_BIN_EXE_cci-scaler-lambda")),

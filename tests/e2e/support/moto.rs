@@ -49,10 +49,10 @@ impl Moto {
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("Running on http://").nth(1) {
-                    if let Some(t) = tx.take() {
-                        let _ = t.send(rest.trim().to_string());
-                    }
+                if let Some(rest) = line.split("Running on http://").nth(1)
+                    && let Some(t) = tx.take()
+                {
+                    let _ = t.send(rest.trim().to_string());
                 }
                 if line.contains(" HTTP/1.1") {
                     requests2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
