@@ -1,19 +1,29 @@
 #!/usr/bin/env bash
 # Benchmarks: cold `scale --once` and Lambda cold start against the local
-# stand-ins, then release binary sizes and the zipped Lambda size.
+# stand-ins, for the release binaries (no LTO, what `cargo install` builds) and
+# the dist ones (thin LTO); the 10,000-job simulation; binary and zip sizes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-eval "$(scripts/test-env.sh)"
-cargo bench --bench scale
-cargo bench --bench simulate
-cargo build --release --bins
-dir="${CARGO_TARGET_DIR:-target}/release"
+eval "$(scripts/test-env.sh --python-only)"
+target="${CARGO_TARGET_DIR:-target}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cp "$dir/cci-scaler-lambda" "$work/bootstrap"
-(cd "$work" && python3 -m zipfile -c lambda.zip bootstrap)
+
+cargo build --release --bins
+cargo build --profile dist --bins
+echo "== release profile (no LTO)"
+CCI_SCALER_BENCH_BIN_DIR="$target/release" cargo bench --bench scale
+echo "== dist profile (thin LTO)"
+CCI_SCALER_BENCH_BIN_DIR="$target/dist" cargo bench --bench scale
+cargo bench --bench simulate
+
 size() { stat -c %s "$1" | awk '{printf "%.1f MB (%d bytes)", $1/1e6, $1}'; }
-echo "release cci-scaler:        $(size "$dir/cci-scaler")"
-echo "release cci-scaler-lambda: $(size "$dir/cci-scaler-lambda")"
-echo "lambda zip (bootstrap):    $(size "$work/lambda.zip")"
-echo "glibc needed by bootstrap: $(objdump -T "$work/bootstrap" | grep -o 'GLIBC_[0-9.]*' | sort -V | tail -1)"
+for profile in release dist; do
+  dir="$target/$profile"
+  cp "$dir/cci-scaler-lambda" "$work/bootstrap"
+  (cd "$work" && rm -f lambda.zip && python3 -m zipfile -c lambda.zip bootstrap)
+  echo "$profile cci-scaler:        $(size "$dir/cci-scaler")"
+  echo "$profile cci-scaler-lambda: $(size "$dir/cci-scaler-lambda")"
+  echo "$profile lambda zip:        $(size "$work/lambda.zip")"
+  echo "$profile glibc needed:      $(objdump -T "$work/bootstrap" | grep -o 'GLIBC_[0-9.]*' | sort -V | tail -1)"
+done

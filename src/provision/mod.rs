@@ -6,10 +6,24 @@
 //! it only reads and reports the action it would take.
 
 pub mod artifact;
+mod checks;
 pub mod circleci_admin;
-mod find;
-mod steps;
-mod teardown;
+mod common;
+mod function;
+mod group;
+mod instance_profile;
+mod launch_template;
+mod resource_class;
+mod role;
+mod runner;
+mod runner_role;
+mod runner_token;
+mod scaler_role;
+mod scaler_secret;
+mod schedule;
+mod secret;
+mod security_group;
+mod status;
 
 use std::future::Future;
 use std::time::Duration;
@@ -22,8 +36,8 @@ use crate::aws::AwsError;
 use crate::circleci::{CircleCiError, RunnerApi};
 use crate::config::StackSettings;
 
-pub use steps::{StepName, init};
-pub use teardown::{status, teardown};
+pub use runner::{StepName, init, teardown};
+pub use status::{Fleet, FleetInstance, LambdaRuns, status};
 
 /// The tag that marks a resource as this stack's.
 pub const STACK_TAG: &str = "cci-scaler:stack";

@@ -1,0 +1,125 @@
+//! What every resource file uses: the result type, SDK error mapping, the
+//! ownership tags, and what earlier resources found for later ones.
+
+pub(crate) use std::collections::HashMap;
+pub(crate) use std::time::Duration;
+
+pub(crate) use aws_sdk_ec2::types as ec2t;
+pub(crate) use aws_sdk_iam::error::ProvideErrorMetadata;
+pub(crate) use futures::future::BoxFuture;
+pub(crate) use serde_json::{Value, json};
+
+pub(crate) use super::circleci_admin as cci;
+pub(crate) use super::runner::{Resource, StepName, Teardown};
+pub(crate) use super::{Action, Ctx, Item, ProvisionError, STACK_TAG, with_patience};
+pub(crate) use crate::aws::AwsError;
+pub(crate) use crate::config::StackSettings;
+
+pub(crate) type R<T> = Result<T, ProvisionError>;
+
+/// Map an SDK error into ours, naming the operation and the resource.
+pub(crate) fn aws_err<'a, E>(
+    op: &'static str,
+    target: &'a str,
+) -> impl FnOnce(E) -> ProvisionError + 'a
+where
+    E: std::error::Error + 'static,
+{
+    move |e| ProvisionError::Aws(AwsError::call(op, target, &e))
+}
+
+/// The error code of an SDK error (`NoSuchEntity`, `ResourceNotFoundException`...).
+pub(crate) fn code<E: ProvideErrorMetadata>(e: &E) -> &str {
+    e.code().unwrap_or("")
+}
+
+pub(crate) fn is_not_found<E: ProvideErrorMetadata>(e: &E) -> bool {
+    let c = code(e);
+    c.contains("NotFound") || c == "NoSuchEntity" || c.contains("ResourceNotFound")
+}
+
+pub(crate) fn not_ours(kind: &'static str, name: &str, ctx: &Ctx) -> ProvisionError {
+    ProvisionError::NotOurs {
+        kind,
+        name: name.to_string(),
+        stack: ctx.names.stack.clone(),
+    }
+}
+
+pub(crate) fn step<T>(name: &'static str, r: R<T>) -> R<T> {
+    r.map_err(|e| match e {
+        e @ ProvisionError::NotOurs { .. } => e,
+        e => ProvisionError::Step {
+            step: name,
+            source: Box::new(e),
+        },
+    })
+}
+
+pub(crate) fn tagged<'a>(mut tags: impl Iterator<Item = (&'a str, &'a str)>, stack: &str) -> bool {
+    tags.any(|(k, v)| k == STACK_TAG && v == stack)
+}
+
+pub(crate) fn ec2_tagged(tags: &[ec2t::Tag], stack: &str) -> bool {
+    tagged(
+        tags.iter()
+            .map(|t| (t.key().unwrap_or(""), t.value().unwrap_or(""))),
+        stack,
+    )
+}
+
+pub(crate) fn group_tagged(g: &aws_sdk_autoscaling::types::AutoScalingGroup, stack: &str) -> bool {
+    tagged(
+        g.tags()
+            .iter()
+            .map(|t| (t.key().unwrap_or(""), t.value().unwrap_or(""))),
+        stack,
+    )
+}
+
+/// A resource found by name, and whether it carries our stack tag.
+pub(crate) struct Owned<T> {
+    pub it: T,
+    pub ours: bool,
+}
+
+pub(crate) const PENDING: &str = "(pending)";
+
+pub(crate) fn ec2_tags(ctx: &Ctx<'_>, name: &str) -> Vec<ec2t::Tag> {
+    vec![
+        ec2t::Tag::builder()
+            .key(STACK_TAG)
+            .value(&ctx.names.stack)
+            .build(),
+        ec2t::Tag::builder().key("Name").value(name).build(),
+    ]
+}
+
+pub(crate) fn iam_tag(ctx: &Ctx<'_>) -> aws_sdk_iam::types::Tag {
+    aws_sdk_iam::types::Tag::builder()
+        .key(STACK_TAG)
+        .value(&ctx.names.stack)
+        .build()
+        .expect("key and value are set")
+}
+
+/// What earlier resources found or made, for later ones (and the reads that
+/// run before any write).
+#[derive(Default)]
+pub(crate) struct Found {
+    pub account: String,
+    pub subnets: Vec<String>,
+    pub vpc: String,
+    pub image: String,
+    pub root_device: String,
+    pub user_data: String,
+    /// The resource class as CircleCI has it (`None`: not created yet).
+    pub class: Option<cci::ResourceClass>,
+    pub security_group: Option<String>,
+    pub runner_token_secret_arn: Option<String>,
+    pub scaler_secret_arn: Option<String>,
+    pub launch_template_id: Option<String>,
+    pub group_arn: Option<String>,
+    pub scaler_role_arn: Option<String>,
+    pub function_arn: Option<String>,
+}

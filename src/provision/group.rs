@@ -1,0 +1,262 @@
+//! The Auto Scaling group: min 0, max N, desired 0, `$Latest` template, new
+//! instances protected from scale-in, AZ rebalancing suspended. Teardown
+//! terminates its instances (protection does not stop that) before deleting it.
+
+use super::common::*;
+
+/// The Auto Scaling group.
+pub(crate) struct Group;
+
+impl Resource for Group {
+    fn step(&self) -> StepName {
+        StepName::Group
+    }
+    fn label(&self) -> &'static str {
+        "auto scaling group"
+    }
+    fn converge<'a>(
+        &'a self,
+        ctx: &'a Ctx<'a>,
+        s: &'a StackSettings,
+        f: &'a mut Found,
+    ) -> BoxFuture<'a, R<Item>> {
+        Box::pin(converge(ctx, s, f))
+    }
+    fn delete<'a>(&'a self, ctx: &'a Ctx<'a>, _t: &'a Teardown) -> BoxFuture<'a, R<Vec<Item>>> {
+        Box::pin(async move { Ok(vec![delete(ctx).await?]) })
+    }
+}
+
+pub(crate) async fn find(
+    ctx: &Ctx<'_>,
+) -> R<Option<Owned<aws_sdk_autoscaling::types::AutoScalingGroup>>> {
+    let name = ctx.names.group();
+    let out = ctx
+        .aws
+        .asg
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(&name)
+        .send()
+        .await
+        .map_err(aws_err("autoscaling:DescribeAutoScalingGroups", &name))?;
+    Ok(out
+        .auto_scaling_groups()
+        .iter()
+        .find(|g| g.auto_scaling_group_name() == Some(name.as_str()))
+        .cloned()
+        .map(|g| Owned {
+            ours: group_tagged(&g, &ctx.names.stack),
+            it: g,
+        }))
+}
+
+async fn converge(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
+    use aws_sdk_autoscaling::types as at;
+    let name = ctx.names.group();
+    let asg = &ctx.aws.asg;
+    let subnets = f.subnets.join(",");
+    let lt = at::LaunchTemplateSpecification::builder()
+        .set_launch_template_id(f.launch_template_id.clone())
+        .version("$Latest")
+        .build();
+    let max = s.max_instances as i32;
+    let item = match find(ctx).await? {
+        Some(Owned { ours: false, .. }) => return Err(not_ours("Auto Scaling group", &name, ctx)),
+        Some(Owned { it: g, .. }) => {
+            f.group_arn = g.auto_scaling_group_arn().map(String::from);
+            let mut current_subnets: Vec<&str> =
+                g.vpc_zone_identifier().unwrap_or("").split(',').collect();
+            current_subnets.sort();
+            let lt_ok = g.launch_template().is_some_and(|l| {
+                l.launch_template_id() == f.launch_template_id.as_deref()
+                    && l.version() == Some("$Latest")
+            });
+            let suspended = g
+                .suspended_processes()
+                .iter()
+                .any(|p| p.process_name() == Some("AZRebalance"));
+            let same = g.max_size() == Some(max)
+                && g.min_size() == Some(0)
+                && current_subnets.join(",") == subnets
+                && lt_ok
+                && g.new_instances_protected_from_scale_in() == Some(true);
+            if same && suspended {
+                Item::new("Auto Scaling group", &name, Action::Keep)
+            } else {
+                if !ctx.dry_run {
+                    if !same {
+                        asg.update_auto_scaling_group()
+                            .auto_scaling_group_name(&name)
+                            .min_size(0)
+                            .max_size(max)
+                            .vpc_zone_identifier(&subnets)
+                            .launch_template(lt)
+                            .new_instances_protected_from_scale_in(true)
+                            .send()
+                            .await
+                            .map_err(aws_err("autoscaling:UpdateAutoScalingGroup", &name))?;
+                    }
+                    suspend_rebalance(ctx, &name).await?;
+                }
+                Item::new("Auto Scaling group", &name, Action::Update)
+            }
+        }
+        None => {
+            if ctx.dry_run {
+                return Ok(Item::new("Auto Scaling group", &name, Action::Create)
+                    .detail(format!("min 0, max {max}, desired 0")));
+            }
+            let tag = |k: &str, v: &str| {
+                at::Tag::builder()
+                    .key(k)
+                    .value(v)
+                    .propagate_at_launch(true)
+                    .resource_id(&name)
+                    .resource_type("auto-scaling-group")
+                    .build()
+            };
+            asg.create_auto_scaling_group()
+                .auto_scaling_group_name(&name)
+                .launch_template(lt)
+                .min_size(0)
+                .max_size(max)
+                .desired_capacity(0)
+                .vpc_zone_identifier(&subnets)
+                .new_instances_protected_from_scale_in(true)
+                .tags(tag(STACK_TAG, &ctx.names.stack))
+                .tags(tag("Name", &name))
+                .send()
+                .await
+                .map_err(aws_err("autoscaling:CreateAutoScalingGroup", &name))?;
+            suspend_rebalance(ctx, &name).await?;
+            f.group_arn = find(ctx)
+                .await?
+                .and_then(|g| g.it.auto_scaling_group_arn().map(String::from));
+            Item::new("Auto Scaling group", &name, Action::Create)
+        }
+    };
+    let mut item = item.detail(format!("min 0, max {max}"));
+    if let Some(a) = &f.group_arn {
+        item = item.id(a);
+    }
+    Ok(item)
+}
+
+async fn suspend_rebalance(ctx: &Ctx<'_>, name: &str) -> R<()> {
+    ctx.aws
+        .asg
+        .suspend_processes()
+        .auto_scaling_group_name(name)
+        .scaling_processes("AZRebalance")
+        .send()
+        .await
+        .map_err(aws_err("autoscaling:SuspendProcesses", name))?;
+    Ok(())
+}
+
+/// Capacity to 0, terminate what is left (protection does not stop an explicit
+/// terminate), wait for it, delete the group.
+async fn delete(ctx: &Ctx<'_>) -> R<Item> {
+    let name = ctx.names.group();
+    let Some(Owned { it: g, ours }) = find(ctx).await? else {
+        return Ok(Item::new("Auto Scaling group", &name, Action::Absent));
+    };
+    if !ours {
+        return Ok(Item::new("Auto Scaling group", &name, Action::Foreign));
+    }
+    let ids: Vec<String> = g
+        .instances()
+        .iter()
+        .filter_map(|i| i.instance_id().map(String::from))
+        .collect();
+    let detail = format!("{} instance(s) terminated", ids.len());
+    if ctx.dry_run {
+        return Ok(Item::new("Auto Scaling group", &name, Action::Delete)
+            .detail(format!("{} instance(s) to terminate", ids.len())));
+    }
+    let asg = &ctx.aws.asg;
+    // Each instance leaves with decrement (protection does not stop an explicit
+    // terminate); one that cannot (already leaving, or a race at min) is
+    // terminated through EC2 once the group is at 0.
+    let mut fallback = Vec::new();
+    for id in &ids {
+        if let Err(e) = asg
+            .terminate_instance_in_auto_scaling_group()
+            .instance_id(id)
+            .should_decrement_desired_capacity(true)
+            .send()
+            .await
+        {
+            tracing::debug!("terminate {id} in group: {}", code(&e));
+            fallback.push(id.clone());
+        }
+    }
+    asg.update_auto_scaling_group()
+        .auto_scaling_group_name(&name)
+        .min_size(0)
+        .max_size(0)
+        .desired_capacity(0)
+        .send()
+        .await
+        .map_err(aws_err("autoscaling:UpdateAutoScalingGroup", &name))?;
+    if !fallback.is_empty() {
+        ctx.aws
+            .ec2
+            .terminate_instances()
+            .set_instance_ids(Some(fallback))
+            .send()
+            .await
+            .map_err(aws_err("ec2:TerminateInstances", &name))?;
+    }
+    if !ids.is_empty() {
+        wait_terminated(ctx, &ids).await?;
+    }
+    asg.delete_auto_scaling_group()
+        .auto_scaling_group_name(&name)
+        .force_delete(true)
+        .send()
+        .await
+        .map_err(aws_err("autoscaling:DeleteAutoScalingGroup", &name))?;
+    Ok(Item::new("Auto Scaling group", &name, Action::Delete).detail(detail))
+}
+
+async fn wait_terminated(ctx: &Ctx<'_>, ids: &[String]) -> R<()> {
+    let start = std::time::Instant::now();
+    loop {
+        let out = ctx
+            .aws
+            .ec2
+            .describe_instances()
+            .filters(
+                ec2t::Filter::builder()
+                    .name("instance-id")
+                    .set_values(Some(ids.to_vec()))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(aws_err("ec2:DescribeInstances", "the group's instances"))?;
+        let left = out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter(|i| {
+                !matches!(
+                    i.state().and_then(|s| s.name()),
+                    Some(ec2t::InstanceStateName::Terminated)
+                )
+            })
+            .count();
+        if left == 0 {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            return Err(ProvisionError::Invalid(format!(
+                "{left} instance(s) still not terminated after 10 minutes; run teardown again later"
+            )));
+        }
+        ctx.progress
+            .note(&format!("waiting for {left} instance(s) to terminate"));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}

@@ -1,0 +1,225 @@
+//! The small engine behind `init`, `teardown` and `status`: one ordered list of
+//! resource kinds, walked forward to create or converge (`init`, or one step
+//! of it), in reverse to remove (`teardown`), and read-only for `status` and
+//! `--dry-run`. Each kind lives in its own file and implements [`Resource`];
+//! adding a kind means one new file and one entry in [`resources`].
+
+use super::artifact::Artifact;
+use super::common::*;
+use crate::render::{UserDataInput, render_user_data};
+
+/// One kind of resource of the stack, with the few operations every kind has.
+/// Finding it by name and ownership tag, and comparing it with the wanted
+/// settings, happen inside both operations.
+pub(crate) trait Resource: Sync {
+    /// The step of `init` it belongs to (`cci-scaler step NAME`).
+    fn step(&self) -> StepName;
+    /// What progress shows while it is worked on.
+    fn label(&self) -> &'static str;
+    /// Create it, or update what differs from the settings, or nothing (the
+    /// returned item says which). In a dry run, only read and say.
+    fn converge<'a>(
+        &'a self,
+        ctx: &'a Ctx<'a>,
+        s: &'a StackSettings,
+        f: &'a mut Found,
+    ) -> BoxFuture<'a, R<Item>>;
+    /// Remove it if it is ours (a dry run only says). A resource with our name
+    /// but without our tag is reported as foreign and left alone.
+    fn delete<'a>(&'a self, ctx: &'a Ctx<'a>, t: &'a Teardown) -> BoxFuture<'a, R<Vec<Item>>>;
+}
+
+/// What a teardown needs beyond the stack's names.
+pub(crate) struct Teardown {
+    pub resource_class: String,
+    pub keep_resource_class: bool,
+}
+
+/// Every kind, in dependency order (a resource only needs those before it).
+fn resources(artifact: Option<&Artifact>) -> Vec<Box<dyn Resource + '_>> {
+    vec![
+        Box::new(super::resource_class::ResourceClass),
+        Box::new(super::runner_token::RunnerToken),
+        Box::new(super::scaler_secret::ScalerSecret),
+        Box::new(super::security_group::SecurityGroup),
+        Box::new(super::runner_role::RunnerRole),
+        Box::new(super::instance_profile::InstanceProfile),
+        Box::new(super::launch_template::LaunchTemplate),
+        Box::new(super::group::Group),
+        Box::new(super::scaler_role::ScalerRole),
+        Box::new(super::function::Function { artifact }),
+        Box::new(super::schedule::Schedule),
+    ]
+}
+
+/// A piece of `init` that can be run (or repeated) on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepName {
+    /// The CircleCI resource class and its runner token (stored in its secret).
+    ResourceClass,
+    /// The scaler's secret (CircleCI personal token and resource class).
+    Secrets,
+    /// The runner role, its instance profile and the scaler's role.
+    Iam,
+    /// The runners' security group and launch template.
+    LaunchTemplate,
+    /// The Auto Scaling group.
+    Group,
+    /// The scaling Lambda.
+    Lambda,
+    /// The EventBridge schedule that runs the Lambda.
+    Schedule,
+}
+
+impl StepName {
+    fn flag(&self) -> &'static str {
+        match self {
+            StepName::ResourceClass => "resource-class",
+            StepName::Secrets => "secrets",
+            StepName::Iam => "iam",
+            StepName::LaunchTemplate => "launch-template",
+            StepName::Group => "group",
+            StepName::Lambda => "lambda",
+            StepName::Schedule => "schedule",
+        }
+    }
+}
+
+fn need(have: &Option<String>, step: StepName, what: &str, prereq: StepName) -> R<()> {
+    match have {
+        Some(v) if v != PENDING => Ok(()),
+        _ => Err(ProvisionError::Invalid(format!(
+            "step {} needs the {what}: run `cci-scaler step {}` (or `cci-scaler init`) first",
+            step.flag(),
+            prereq.flag()
+        ))),
+    }
+}
+
+/// A step run alone needs what earlier steps made: say which step to run first.
+async fn requires(ctx: &Ctx<'_>, step: StepName, f: &mut Found) -> R<()> {
+    match step {
+        StepName::Iam => {
+            need(
+                &f.runner_token_secret_arn,
+                step,
+                "runner token secret",
+                StepName::ResourceClass,
+            )?;
+            need(
+                &f.scaler_secret_arn,
+                step,
+                "scaler secret",
+                StepName::Secrets,
+            )?;
+            // The group comes after the roles in the walk; its ARN is known
+            // here only when it exists.
+            f.group_arn = super::group::find(ctx)
+                .await?
+                .and_then(|g| g.it.auto_scaling_group_arn().map(String::from));
+            need(&f.group_arn, step, "Auto Scaling group", StepName::Group)
+        }
+        StepName::Group => need(
+            &f.launch_template_id,
+            step,
+            "launch template",
+            StepName::LaunchTemplate,
+        ),
+        StepName::Lambda => {
+            need(&f.scaler_role_arn, step, "scaler role", StepName::Iam)?;
+            need(
+                &f.scaler_secret_arn,
+                step,
+                "scaler secret",
+                StepName::Secrets,
+            )
+        }
+        StepName::Schedule => need(&f.function_arn, step, "Lambda function", StepName::Lambda),
+        _ => Ok(()),
+    }
+}
+
+/// Create or converge the whole stack (`only: None`), or one step of it: the
+/// other steps then only read, to find what the step builds on. Returns one
+/// item per resource touched.
+pub async fn init(
+    ctx: &Ctx<'_>,
+    s: &StackSettings,
+    artifact: &Artifact,
+    only: Option<StepName>,
+) -> R<Vec<Item>> {
+    let mut f = Found::default();
+    let reader = Ctx {
+        dry_run: true,
+        ..ctx.clone()
+    };
+
+    // Reads that fail fast on bad settings, before anything is written.
+    ctx.progress.start("checking settings against AWS");
+    f.account = step("account", super::checks::account(ctx).await)?;
+    step("subnets", super::checks::subnets(ctx, s, &mut f).await)?;
+    step("image", super::checks::image(ctx, s, &mut f).await)?;
+    f.user_data = render_user_data(&UserDataInput {
+        stack: s.stack.clone(),
+        group: ctx.names.group(),
+        region: ctx.region.clone(),
+        resource_class: s.resource_class.clone(),
+        token_secret_id: ctx.names.runner_token_secret(),
+        idle_timeout: s.runner.idle_timeout.clone(),
+        max_run_time: s.runner.max_run_time.clone(),
+        working_directory: s.runner.working_directory.clone(),
+        setup_script: s.runner.setup_script.clone(),
+        apt_packages: s.runner.apt_packages.clone(),
+        embedded_token: None,
+    })?;
+    f.class = step(
+        "resource class",
+        cci::find_resource_class(ctx.circleci, &s.resource_class)
+            .await
+            .map_err(Into::into),
+    )?;
+
+    let mut items = Vec::new();
+    let mut checked = None;
+    for r in resources(Some(artifact)) {
+        let selected = only.is_none_or(|o| o == r.step());
+        if only == Some(r.step()) && checked.is_none() {
+            requires(ctx, r.step(), &mut f).await?;
+            checked = Some(r.step());
+        }
+        let c: &Ctx<'_> = if selected { ctx } else { &reader };
+        if selected {
+            ctx.progress.start(r.label());
+        }
+        let item = step(r.label(), r.converge(c, s, &mut f).await)?;
+        if selected {
+            ctx.progress.done(&item);
+            items.push(item);
+        }
+    }
+    Ok(items)
+}
+
+/// Remove the stack, in the reverse of the order `init` builds it (the
+/// schedule first, so nothing raises capacity while it goes). Resources
+/// without our tag are reported and left alone.
+pub async fn teardown(
+    ctx: &Ctx<'_>,
+    resource_class: &str,
+    keep_resource_class: bool,
+) -> R<Vec<Item>> {
+    let t = Teardown {
+        resource_class: resource_class.to_string(),
+        keep_resource_class,
+    };
+    let mut items = Vec::new();
+    for r in resources(None).iter().rev() {
+        ctx.progress.start(r.label());
+        for item in r.delete(ctx, &t).await? {
+            ctx.progress.done(&item);
+            items.push(item);
+        }
+    }
+    Ok(items)
+}

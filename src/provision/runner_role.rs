@@ -1,0 +1,63 @@
+//! The runner instances' role: read their own token; terminate themselves and
+//! set their own health, within their own group.
+
+use super::common::*;
+use super::role::group_arn_pattern;
+
+/// The runner role.
+pub(crate) struct RunnerRole;
+
+impl Resource for RunnerRole {
+    fn step(&self) -> StepName {
+        StepName::Iam
+    }
+    fn label(&self) -> &'static str {
+        "runner role"
+    }
+    fn converge<'a>(
+        &'a self,
+        ctx: &'a Ctx<'a>,
+        _s: &'a StackSettings,
+        f: &'a mut Found,
+    ) -> BoxFuture<'a, R<Item>> {
+        Box::pin(converge(ctx, f))
+    }
+    fn delete<'a>(&'a self, ctx: &'a Ctx<'a>, _t: &'a Teardown) -> BoxFuture<'a, R<Vec<Item>>> {
+        Box::pin(async move {
+            Ok(vec![
+                super::role::delete(ctx, ctx.names.runner_role()).await?,
+            ])
+        })
+    }
+}
+
+/// The runner instances: read their own token; terminate themselves and set
+/// their own health, within their own group.
+pub(crate) fn runner_policy(ctx: &Ctx<'_>, account: &str, token_secret_arn: &str) -> Value {
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "ReadOwnRunnerToken", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+             "Resource": token_secret_arn},
+            {"Sid": "LeaveOwnGroup", "Effect": "Allow",
+             "Action": ["autoscaling:TerminateInstanceInAutoScalingGroup", "autoscaling:SetInstanceHealth"],
+             "Resource": group_arn_pattern(ctx, account)}
+        ]
+    })
+}
+
+async fn converge(ctx: &Ctx<'_>, f: &Found) -> R<Item> {
+    let secret = f
+        .runner_token_secret_arn
+        .clone()
+        .unwrap_or_else(|| PENDING.into());
+    let policy = runner_policy(ctx, &f.account, &secret);
+    Ok(super::role::converge(
+        ctx,
+        &ctx.names.runner_role(),
+        "ec2.amazonaws.com",
+        Some(policy),
+    )
+    .await?
+    .0)
+}

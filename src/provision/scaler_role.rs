@@ -1,0 +1,79 @@
+//! The scaling Lambda's role: describe (read-only, cannot be scoped), size its
+//! group, read its secret, write its own logs.
+
+use super::common::*;
+
+/// The scaler role.
+pub(crate) struct ScalerRole;
+
+impl Resource for ScalerRole {
+    fn step(&self) -> StepName {
+        StepName::Iam
+    }
+    fn label(&self) -> &'static str {
+        "scaler role"
+    }
+    fn converge<'a>(
+        &'a self,
+        ctx: &'a Ctx<'a>,
+        _s: &'a StackSettings,
+        f: &'a mut Found,
+    ) -> BoxFuture<'a, R<Item>> {
+        Box::pin(converge(ctx, f))
+    }
+    fn delete<'a>(&'a self, ctx: &'a Ctx<'a>, _t: &'a Teardown) -> BoxFuture<'a, R<Vec<Item>>> {
+        Box::pin(async move {
+            Ok(vec![
+                super::role::delete(ctx, ctx.names.scaler_role()).await?,
+            ])
+        })
+    }
+}
+
+/// The scaling Lambda: describe (read-only, cannot be scoped), size its group,
+/// read its secret, write its own logs.
+pub(crate) fn scaler_policy(
+    ctx: &Ctx<'_>,
+    account: &str,
+    group_arn: &str,
+    secret_arn: &str,
+) -> Value {
+    let log_group = format!(
+        "arn:aws:logs:{}:{account}:log-group:/aws/lambda/{}",
+        ctx.region,
+        ctx.names.function()
+    );
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "DescribeReadOnly", "Effect": "Allow",
+             "Action": ["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances"], "Resource": "*"},
+            {"Sid": "SizeOwnGroup", "Effect": "Allow",
+             "Action": ["autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup"],
+             "Resource": group_arn},
+            {"Sid": "ReadScalerSecret", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+             "Resource": secret_arn},
+            {"Sid": "OwnLogs", "Effect": "Allow", "Action": "logs:CreateLogGroup", "Resource": log_group},
+            {"Sid": "OwnLogStreams", "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+             "Resource": format!("{log_group}:*")}
+        ]
+    })
+}
+
+async fn converge(ctx: &Ctx<'_>, f: &mut Found) -> R<Item> {
+    let group = f.group_arn.clone().unwrap_or_else(|| PENDING.into());
+    let secret = f
+        .scaler_secret_arn
+        .clone()
+        .unwrap_or_else(|| PENDING.into());
+    let policy = scaler_policy(ctx, &f.account, &group, &secret);
+    let (item, arn) = super::role::converge(
+        ctx,
+        &ctx.names.scaler_role(),
+        "lambda.amazonaws.com",
+        Some(policy),
+    )
+    .await?;
+    f.scaler_role_arn = arn;
+    Ok(item)
+}

@@ -1,0 +1,168 @@
+//! `status`: what exists (a read-only walk), and the fleet's state.
+
+use serde::Serialize;
+
+use crate::circleci::RunnerQueue;
+
+use super::common::*;
+
+/// The fleet as `status` reports it.
+#[derive(Debug, Serialize)]
+pub struct Fleet {
+    pub min: i32,
+    pub max: i32,
+    pub desired: i32,
+    pub instances: Vec<FleetInstance>,
+    pub unclaimed_tasks: Option<u32>,
+    pub running_tasks: Option<u32>,
+    pub registered_runners: Option<Vec<String>>,
+    pub circleci_error: Option<String>,
+    pub schedule_enabled: Option<bool>,
+    pub lambda_runs: LambdaRuns,
+}
+
+/// The scaling Lambda's recent polls, from its CloudWatch log group.
+#[derive(Debug, Default, Serialize)]
+pub struct LambdaRuns {
+    /// Polls logged in the window.
+    pub polls: usize,
+    /// Failed invocations logged in the window.
+    pub errors: usize,
+    pub last_poll: Option<String>,
+    pub last_error: Option<String>,
+    /// Why the logs could not be read, if they could not.
+    pub unreadable: Option<String>,
+}
+
+/// The Lambda's log lines of the last `window`: one JSON line per poll, and
+/// one `"level": "error"` line per failed invocation.
+async fn lambda_runs(ctx: &Ctx<'_>, window: Duration) -> LambdaRuns {
+    let group = format!("/aws/lambda/{}", ctx.names.function());
+    let since = std::time::SystemTime::now()
+        .checked_sub(window)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let mut runs = LambdaRuns::default();
+    let mut pages = ctx
+        .aws
+        .logs
+        .filter_log_events()
+        .log_group_name(&group)
+        .start_time(since)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = match page {
+            Ok(p) => p,
+            Err(e) => {
+                runs.unreadable = Some(if is_not_found(&e) {
+                    format!("no log group {group} yet: the Lambda has not run")
+                } else {
+                    crate::aws::AwsError::call("logs:FilterLogEvents", &group, &e).to_string()
+                });
+                return runs;
+            }
+        };
+        for ev in page.events() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(ev.message().unwrap_or(""))
+            else {
+                continue;
+            };
+            if v.get("poll").is_some() {
+                runs.polls += 1;
+                runs.last_poll = Some(format!(
+                    "{} {} (desired {} -> {})",
+                    v["time"].as_str().unwrap_or(""),
+                    v["action"].as_str().unwrap_or(""),
+                    v["group"]["desired_before"],
+                    v["group"]["desired_after"]
+                ));
+            } else if v["level"] == "error" {
+                runs.errors += 1;
+                runs.last_error = v["error"].as_str().map(String::from);
+            }
+        }
+    }
+    runs
+}
+
+#[derive(Debug, Serialize)]
+pub struct FleetInstance {
+    pub id: String,
+    pub lifecycle: String,
+    pub health: String,
+    pub protected: bool,
+    pub registered: bool,
+}
+
+/// What exists (read only) and the fleet's state.
+pub async fn status(ctx: &Ctx<'_>, resource_class: &str) -> R<(Vec<Item>, Option<Fleet>)> {
+    let dry = Ctx {
+        dry_run: true,
+        ..ctx.clone()
+    };
+    // A dry-run teardown lists what exists, and whether it is ours.
+    let mut items = super::runner::teardown(&dry, resource_class, false).await?;
+    for i in &mut items {
+        if i.action == Action::Delete {
+            i.action = Action::Keep;
+            i.detail = None;
+        }
+    }
+    let Some(Owned { it: g, .. }) = super::group::find(ctx).await? else {
+        return Ok((items, None));
+    };
+    let snapshot = ctx.circleci.snapshot(resource_class).await;
+    let (unclaimed, running, runners, err) = match snapshot {
+        Ok(s) => {
+            let mut r: Vec<String> = s.runners.into_iter().collect();
+            r.sort();
+            (
+                Some(s.depth.unclaimed),
+                Some(s.depth.running),
+                Some(r),
+                None,
+            )
+        }
+        Err(e) => (None, None, None, Some(e.to_string())),
+    };
+    let rule = ctx
+        .aws
+        .events
+        .describe_rule()
+        .name(ctx.names.rule())
+        .send()
+        .await
+        .ok();
+    let fleet = Fleet {
+        min: g.min_size().unwrap_or(0),
+        max: g.max_size().unwrap_or(0),
+        desired: g.desired_capacity().unwrap_or(0),
+        instances: g
+            .instances()
+            .iter()
+            .map(|i| {
+                let id = i.instance_id().unwrap_or_default().to_string();
+                FleetInstance {
+                    registered: runners.as_ref().is_some_and(|r| r.contains(&id)),
+                    id,
+                    lifecycle: i
+                        .lifecycle_state()
+                        .map(|l| l.as_str().to_string())
+                        .unwrap_or_default(),
+                    health: i.health_status().unwrap_or_default().to_string(),
+                    protected: i.protected_from_scale_in().unwrap_or(false),
+                }
+            })
+            .collect(),
+        unclaimed_tasks: unclaimed,
+        running_tasks: running,
+        registered_runners: runners,
+        circleci_error: err,
+        schedule_enabled: rule
+            .map(|r| r.state() == Some(&aws_sdk_eventbridge::types::RuleState::Enabled)),
+        lambda_runs: lambda_runs(ctx, Duration::from_secs(15 * 60)).await,
+    };
+    Ok((items, Some(fleet)))
+}
