@@ -19,35 +19,38 @@ die() {
   exit 1
 }
 
+# Installs shellcheck and bubblewrap from Debian packages.
 debian_packages() {
-missing=()
-command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
-command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
-if [ ${#missing[@]} -gt 0 ]; then
-  if ! command -v apt-get >/dev/null 2>&1; then
-    die "${missing[*]} not found and there is no apt-get here: install ${missing[*]} with your package manager, then re-run"
-  fi
-  if [ "$(id -u)" -eq 0 ]; then
-    as_root=()
-  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-    as_root=(sudo -n)
-  else
-    die "${missing[*]} not found, and installing needs root (no password-less sudo): run 'sudo apt-get install -y ${missing[*]}', then re-run"
-  fi
-  say "installing ${missing[*]} (Debian packages, for the user-data tests)"
-  log=$(mktemp)
-  if ! { "${as_root[@]}" apt-get update -qq &&
-    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
-      apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
-    tail -20 "$log" >&2
+  missing=()
+  command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+  command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+  if [ ${#missing[@]} -gt 0 ]; then
+    what="${missing[*]}"
+    what="${what// / and }"
+    if ! command -v apt-get >/dev/null 2>&1; then
+      die "$what not found and there is no apt-get here: install $what with your package manager, then re-run"
+    fi
+    if [ "$(id -u)" -eq 0 ]; then
+      as_root=()
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+      as_root=(sudo -n)
+    else
+      die "$what not found, and installing needs root (no password-less sudo): run 'sudo apt-get install -y ${missing[*]}', then re-run"
+    fi
+    say "installing $what (Debian packages, for the user-data tests)"
+    log=$(mktemp)
+    if ! { "${as_root[@]}" apt-get update -qq &&
+      "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
+      tail -20 "$log" >&2
+      rm -f "$log"
+      die "apt-get could not install ${missing[*]} (output above): install them by hand, then re-run"
+    fi
     rm -f "$log"
-    die "apt-get could not install ${missing[*]} (output above): install them by hand, then re-run"
   fi
-  rm -f "$log"
-fi
-if ! bwrap --ro-bind / / --dev /dev --proc /proc true 2>/dev/null; then
-  die "bwrap is installed but cannot create a sandbox here (unprivileged user namespaces off?): the user-data tests need it"
-fi
+  if ! bwrap --ro-bind / / --dev /dev --proc /proc true 2>/dev/null; then
+    die "bwrap is installed but cannot create a sandbox here (unprivileged user namespaces off?): the user-data tests need it"
+  fi
 }
 
 # --- Debian packages -------------------------------------------------------

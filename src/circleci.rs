@@ -106,6 +106,8 @@ pub struct Runner {
     pub name: String,
     #[serde(default)]
     pub hostname: Option<String>,
+    #[serde(default)]
+    pub resource_class: String,
 }
 
 /// Everything one decision needs from CircleCI.
@@ -154,7 +156,15 @@ struct Running {
 #[derive(Deserialize)]
 struct Runners {
     items: Vec<Runner>,
+    /// CircleCI's page token convention (its v2 API's): absent, null or empty
+    /// on the last page.
+    #[serde(default)]
+    next_page_token: Option<String>,
 }
+
+/// A bound on the pages of one runner list (at 100 a page, 100,000 runners):
+/// a server that never stops paging is an error, not a hang.
+const MAX_RUNNER_PAGES: usize = 1000;
 
 impl RunnerApi {
     pub fn new(
@@ -216,11 +226,71 @@ impl RunnerApi {
         Ok(r.running_runner_tasks)
     }
 
+    /// Every registered runner of the resource class, all pages.
     pub async fn runners(&self, resource_class: &str) -> Result<Vec<Runner>, CircleCiError> {
-        let r: Runners = self
-            .get("api/v3/runner", resource_class, "registered runners")
-            .await?;
-        Ok(r.items)
+        self.runner_pages(
+            "resource-class",
+            resource_class,
+            format!("registered runners of {resource_class}"),
+        )
+        .await
+    }
+
+    /// Every registered runner of the namespace (all its resource classes),
+    /// all pages: one read for several resource classes.
+    pub async fn namespace_runners(&self, namespace: &str) -> Result<Vec<Runner>, CircleCiError> {
+        self.runner_pages(
+            "namespace",
+            namespace,
+            format!("registered runners of namespace {namespace}"),
+        )
+        .await
+    }
+
+    async fn runner_pages(
+        &self,
+        filter: &str,
+        value: &str,
+        noun: String,
+    ) -> Result<Vec<Runner>, CircleCiError> {
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        let mut seen = HashSet::new();
+        for page in 1..=MAX_RUNNER_PAGES {
+            let mut query = vec![(filter, value)];
+            if let Some(t) = &token {
+                query.push(("page-token", t.as_str()));
+            }
+            let what = if page == 1 {
+                format!("{noun} (GET /api/v3/runner)")
+            } else {
+                format!("{noun}, page {page} (GET /api/v3/runner)")
+            };
+            let r: Runners = self
+                .call(
+                    reqwest::Method::GET,
+                    "api/v3/runner",
+                    &query,
+                    None,
+                    what.clone(),
+                )
+                .await?;
+            all.extend(r.items);
+            match r.next_page_token.filter(|t| !t.is_empty()) {
+                None => return Ok(all),
+                Some(t) if !seen.insert(t.clone()) => {
+                    return Err(CircleCiError::Malformed {
+                        what,
+                        detail: "a page token came back twice, so the list would never end".into(),
+                    });
+                }
+                Some(t) => token = Some(t),
+            }
+        }
+        Err(CircleCiError::Malformed {
+            what: noun,
+            detail: format!("more than {MAX_RUNNER_PAGES} pages"),
+        })
     }
 
     async fn get<T: DeserializeOwned>(

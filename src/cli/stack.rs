@@ -207,15 +207,27 @@ pub fn any_foreign(items: &[Item]) -> bool {
     items.iter().any(|i| i.action == Action::Foreign)
 }
 
-pub fn require_stack(file: &StackFile) -> anyhow::Result<(String, String)> {
+/// The stack name, and the resource class if given (teardown and status find
+/// it in the stack itself otherwise).
+pub fn require_stack(file: &StackFile) -> anyhow::Result<(String, Option<String>)> {
     let stack = file
         .stack
         .clone()
         .context("no stack name: pass --stack or set `stack` in the stack file")?;
     cci_scaler::render::validate_stack(&stack)?;
-    let rc = file.resource_class.clone().context(
-        "no resource class: pass --resource-class or set `resource_class` in the stack file",
-    )?;
-    circleci::validate_resource_class(&rc).map_err(anyhow::Error::msg)?;
-    Ok((stack, rc))
+    if let Some(rc) = &file.resource_class {
+        circleci::validate_resource_class(rc).map_err(anyhow::Error::msg)?;
+    }
+    Ok((stack, file.resource_class.clone()))
+}
+
+/// The resource class given, else the one the stack recorded.
+pub async fn stack_resource_class(
+    ctx: &Ctx<'_>,
+    given: Option<String>,
+) -> anyhow::Result<Option<String>> {
+    match given {
+        Some(rc) => Ok(Some(rc)),
+        None => Ok(cci_scaler::provision::recorded_resource_class(ctx).await?),
+    }
 }

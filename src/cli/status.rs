@@ -7,7 +7,7 @@ use clap::Args;
 use cci_scaler::config::StackFile;
 use cci_scaler::provision::{self, Quiet};
 
-use super::stack::{StackArgs, connect, describe, require_stack};
+use super::stack::{StackArgs, connect, describe, require_stack, stack_resource_class};
 use super::{GlobalArgs, Output};
 
 #[derive(Debug, Args)]
@@ -30,7 +30,8 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<ExitCo
         &mut api,
     )
     .await?;
-    let (items, fleet) = provision::status(&ctx, &rc).await?;
+    let rc = stack_resource_class(&ctx, rc).await?;
+    let (items, fleet) = provision::status(&ctx, rc.as_deref()).await?;
     match global.output {
         Output::Json => {
             println!(
@@ -39,6 +40,7 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<ExitCo
             );
         }
         Output::Text => {
+            let rc = rc.as_deref().unwrap_or("resource class unknown");
             println!("stack {stack} ({rc}) in {}", ctx.region);
             for i in &items {
                 let line = describe(i, false).replacen("unchanged", "present  ", 1);

@@ -10,7 +10,9 @@ use cci_scaler::config::StackFile;
 use cci_scaler::provision;
 
 use super::GlobalArgs;
-use super::stack::{CliProgress, StackArgs, any_foreign, connect, print_items, require_stack};
+use super::stack::{
+    CliProgress, StackArgs, any_foreign, connect, print_items, require_stack, stack_resource_class,
+};
 
 #[derive(Debug, Args)]
 pub struct TeardownArgs {
@@ -36,8 +38,9 @@ pub async fn run(global: &GlobalArgs, args: TeardownArgs) -> anyhow::Result<Exit
                 "teardown removes stack {stack} and its instances: pass --yes to confirm (stdin is not a terminal)"
             );
         }
+        let class = rc.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
         eprint!(
-            "Remove stack {stack} ({rc}), terminating its instances? Type the stack name to confirm: "
+            "Remove stack {stack}{class}, terminating its instances? Type the stack name to confirm: "
         );
         std::io::stderr().flush()?;
         let mut answer = String::new();
@@ -58,7 +61,10 @@ pub async fn run(global: &GlobalArgs, args: TeardownArgs) -> anyhow::Result<Exit
         &mut api,
     )
     .await?;
-    let items = provision::teardown(&ctx, &rc, args.keep_resource_class).await?;
+    // The stack knows its own resource class (its scaler secret); read it
+    // before the secret goes.
+    let rc = stack_resource_class(&ctx, rc).await?;
+    let items = provision::teardown(&ctx, rc.as_deref(), args.keep_resource_class).await?;
     print_items(
         global.output,
         &stack,
@@ -70,6 +76,13 @@ pub async fn run(global: &GlobalArgs, args: TeardownArgs) -> anyhow::Result<Exit
     if any_foreign(&items) {
         eprintln!(
             "warning: some resources carry the stack's names but not its tag; they were left alone"
+        );
+    }
+    if rc.is_none() {
+        bail!(
+            "the stack's resource class is unknown (neither its scaler secret nor its Lambda is left): \
+             its CircleCI runner tokens and resource class were not looked at; run teardown again \
+             with --resource-class NAMESPACE/NAME to remove them"
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -123,3 +123,9 @@ pub(crate) struct Found {
     pub scaler_role_arn: Option<String>,
     pub function_arn: Option<String>,
 }
+
+/// An item of the CircleCI side when the resource class is not known.
+pub(crate) fn unknown_class(kind: &'static str, name: &str) -> Item {
+    Item::new(kind, name, Action::Keep)
+        .detail("not looked at: the resource class is unknown, pass --resource-class")
+}

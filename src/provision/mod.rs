@@ -37,6 +37,7 @@ use crate::circleci::{CircleCiError, RunnerApi};
 use crate::config::StackSettings;
 
 pub use runner::{StepName, init, teardown};
+pub use scaler_secret::recorded_resource_class;
 pub use status::{Fleet, FleetInstance, LambdaRuns, status};
 
 /// The tag that marks a resource as this stack's.

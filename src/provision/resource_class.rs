@@ -23,13 +23,15 @@ impl Resource for ResourceClass {
     }
     fn delete<'a>(&'a self, ctx: &'a Ctx<'a>, t: &'a Teardown) -> BoxFuture<'a, R<Vec<Item>>> {
         Box::pin(async move {
+            let Some(rc) = &t.resource_class else {
+                return Ok(vec![unknown_class("resource class", "(unknown)")]);
+            };
             if t.keep_resource_class {
                 return Ok(vec![
-                    Item::new("resource class", &t.resource_class, Action::Keep)
-                        .detail("--keep-resource-class"),
+                    Item::new("resource class", rc, Action::Keep).detail("--keep-resource-class"),
                 ]);
             }
-            Ok(vec![delete(ctx, &t.resource_class).await?])
+            Ok(vec![delete(ctx, rc).await?])
         })
     }
 }

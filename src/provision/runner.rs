@@ -31,7 +31,9 @@ pub(crate) trait Resource: Sync {
 
 /// What a teardown needs beyond the stack's names.
 pub(crate) struct Teardown {
-    pub resource_class: String,
+    /// `None`: unknown (the stack recorded none); its CircleCI side is then
+    /// reported, not touched.
+    pub resource_class: Option<String>,
     pub keep_resource_class: bool,
 }
 
@@ -206,11 +208,11 @@ pub async fn init(
 /// without our tag are reported and left alone.
 pub async fn teardown(
     ctx: &Ctx<'_>,
-    resource_class: &str,
+    resource_class: Option<&str>,
     keep_resource_class: bool,
 ) -> R<Vec<Item>> {
     let t = Teardown {
-        resource_class: resource_class.to_string(),
+        resource_class: resource_class.map(String::from),
         keep_resource_class,
     };
     let mut items = Vec::new();

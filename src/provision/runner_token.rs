@@ -27,7 +27,10 @@ impl Resource for RunnerToken {
         Box::pin(async move {
             Ok(vec![
                 super::secret::delete(ctx, ctx.names.runner_token_secret()).await?,
-                delete_tokens(ctx, &t.resource_class).await?,
+                match &t.resource_class {
+                    Some(rc) => delete_tokens(ctx, rc).await?,
+                    None => unknown_class("runner tokens", &ctx.names.token_nickname()),
+                },
             ])
         })
     }

@@ -70,3 +70,27 @@ async fn converge(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
     f.scaler_secret_arn = Some(arn.clone());
     Ok(Item::new("scaler secret", &name, action).id(arn))
 }
+
+/// The resource class a stack was created for, as it recorded it: in its
+/// scaler secret, else in its Lambda's environment. `None` when neither is
+/// there (a stack removed, or interrupted before either was made).
+pub async fn recorded_resource_class(ctx: &Ctx<'_>) -> R<Option<String>> {
+    let name = ctx.names.scaler_secret();
+    if let Some(Owned { ours: true, .. }) = super::secret::find(ctx, &name).await?
+        && let Some(text) = super::secret::secret_value(ctx, &name).await?
+        && let Ok(v) = serde_json::from_str::<Value>(&text)
+        && let Some(rc) = v["resource_class"].as_str()
+    {
+        return Ok(Some(rc.to_string()));
+    }
+    if let Some(Owned { it, ours: true }) = super::function::find(ctx).await?
+        && let Some(rc) = it
+            .configuration()
+            .and_then(|c| c.environment())
+            .and_then(|e| e.variables())
+            .and_then(|v| v.get("CCI_SCALER_RESOURCE_CLASS"))
+    {
+        return Ok(Some(rc.clone()));
+    }
+    Ok(None)
+}

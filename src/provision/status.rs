@@ -97,7 +97,7 @@ pub struct FleetInstance {
 }
 
 /// What exists (read only) and the fleet's state.
-pub async fn status(ctx: &Ctx<'_>, resource_class: &str) -> R<(Vec<Item>, Option<Fleet>)> {
+pub async fn status(ctx: &Ctx<'_>, resource_class: Option<&str>) -> R<(Vec<Item>, Option<Fleet>)> {
     let dry = Ctx {
         dry_run: true,
         ..ctx.clone()
@@ -113,7 +113,10 @@ pub async fn status(ctx: &Ctx<'_>, resource_class: &str) -> R<(Vec<Item>, Option
     let Some(Owned { it: g, .. }) = super::group::find(ctx).await? else {
         return Ok((items, None));
     };
-    let snapshot = ctx.circleci.snapshot(resource_class).await;
+    let snapshot = match resource_class {
+        Some(rc) => ctx.circleci.snapshot(rc).await.map_err(|e| e.to_string()),
+        None => Err("the resource class is unknown: pass --resource-class".to_string()),
+    };
     let (unclaimed, running, runners, err) = match snapshot {
         Ok(s) => {
             let mut r: Vec<String> = s.runners.into_iter().collect();
@@ -125,7 +128,7 @@ pub async fn status(ctx: &Ctx<'_>, resource_class: &str) -> R<(Vec<Item>, Option
                 None,
             )
         }
-        Err(e) => (None, None, None, Some(e.to_string())),
+        Err(e) => (None, None, None, Some(e)),
     };
     let rule = ctx
         .aws

@@ -88,18 +88,9 @@ impl Stack {
         run(self.converge(&["init"], extra)).await
     }
 
+    /// Teardown by the stack name alone: the stack knows its resource class.
     async fn teardown(&self) -> Run {
-        run(self.cmd(&[
-            "--output",
-            "json",
-            "teardown",
-            "--stack",
-            "demo",
-            "--resource-class",
-            RC,
-            "--yes",
-        ]))
-        .await
+        run(self.cmd(&["--output", "json", "teardown", "--stack", "demo", "--yes"])).await
     }
 }
 
@@ -503,8 +494,10 @@ async fn init_creates_everything_converges_and_teardown_removes_it() {
         .send()
         .await
         .unwrap();
-    let r = run(s.cmd(&["status", "--stack", "demo", "--resource-class", RC])).await;
+    // Status by the stack name alone: the stack knows its resource class.
+    let r = run(s.cmd(&["status", "--stack", "demo"])).await;
     assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains(&format!("stack demo ({RC})")), "{r:?}");
     assert!(
         r.stdout
             .contains("Lambda runs (last 15 minutes): 2 poll(s), 1 failed invocation(s)"),
@@ -979,4 +972,45 @@ async fn no_region_off_ec2_prints_one_line() {
         }
     }
     server.abort();
+}
+
+/// A stack that never recorded its resource class (interrupted right after
+/// its runner token was made): teardown by name removes the AWS side, says the
+/// CircleCI side needs --resource-class and exits 1; with it, nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teardown_without_a_recorded_resource_class_says_what_it_needs() {
+    let s = Stack::new().await;
+    s.cci.hold("POST /api/v3/runner/token:answered");
+    let mut cmd = s.converge(&["init"], &[]);
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    s.cci.wait_held(std::time::Duration::from_secs(60)).await;
+    child.kill().await.unwrap();
+    s.cci.release();
+    assert_eq!(s.cci.tokens().len(), 1);
+
+    let r = s.teardown().await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("run teardown again with --resource-class NAMESPACE/NAME"),
+        "{r:?}"
+    );
+    assert_eq!(s.cci.tokens().len(), 1, "not touched without the class");
+    let r = run(s.cmd(&[
+        "--output",
+        "json",
+        "teardown",
+        "--stack",
+        "demo",
+        "--resource-class",
+        RC,
+        "--yes",
+    ]))
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(s.cci.tokens().is_empty());
+    assert!(s.cci.classes().is_empty());
+    assert_no_stack_left(&s).await;
 }

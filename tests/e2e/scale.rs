@@ -392,3 +392,49 @@ fn unsafe_kill(pid: i32, sig: i32) -> i32 {
         .map(|s| s.code().unwrap_or(1))
         .unwrap_or(1)
 }
+
+/// 2,500 registered runners over 25 pages: the instances registered on the
+/// last pages are never reaped, the one on no page is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_runners_on_later_pages_are_never_reaped() {
+    use crate::support::circleci::RUNNER_PAGE_SIZE;
+    let fx = Fx::new().await;
+    fx.moto.create_group("fleet", 10, 3).await;
+    let (_, instances) = fx.moto.group("fleet").await;
+    let ids: Vec<String> = instances
+        .iter()
+        .filter_map(|i| i.instance_id().map(String::from))
+        .collect();
+    assert_eq!(ids.len(), 3);
+    let mut names: Vec<String> = (0..2_500).map(|n| format!("other-runner-{n}")).collect();
+    names[1_234] = ids[0].clone();
+    names[2_499] = ids[1].clone();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    fx.cci.set_runners(&refs);
+    fx.cci.set_queue(0, 2);
+
+    let r = run(fx.scale(&["--boot-timeout", "0s", "--output", "json"])).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let v: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    let reaped: Vec<&str> = v["reaped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["instance_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(reaped, vec![ids[2].as_str()], "{v}");
+    assert_eq!(
+        fx.cci.count("/api/v3/runner"),
+        2_500usize.div_ceil(RUNNER_PAGE_SIZE),
+        "every page read once"
+    );
+    let left: Vec<String> = fx
+        .moto
+        .group("fleet")
+        .await
+        .1
+        .iter()
+        .filter_map(|i| i.instance_id().map(String::from))
+        .collect();
+    assert!(left.contains(&ids[0]) && left.contains(&ids[1]), "{left:?}");
+}

@@ -193,7 +193,12 @@ struct Params {
     #[serde(rename = "resource-class")]
     resource_class: Option<String>,
     namespace: Option<String>,
+    #[serde(rename = "page-token")]
+    page_token: Option<String>,
 }
+
+/// Runners per page of the runner list, as a paginating API would serve them.
+pub const RUNNER_PAGE_SIZE: usize = 100;
 
 /// Record, wait, apply a fault; `None` means answer normally.
 async fn gate(
@@ -319,7 +324,19 @@ async fn runners(State(s): State<Shared>, h: HeaderMap, Query(p): Query<Params>)
         s.lock().unwrap().runners.clone(),
         p.resource_class.unwrap_or_default(),
     );
-    let items: Vec<_> = names
+    // Pages of RUNNER_PAGE_SIZE; the token is the next offset, opaque to the client.
+    let start = match p
+        .page_token
+        .as_deref()
+        .map(|t| t.strip_prefix("off-").map(str::parse::<usize>))
+    {
+        None => 0,
+        Some(Some(Ok(n))) if n <= names.len() => n,
+        Some(_) => return error(StatusCode::BAD_REQUEST, "invalid page token"),
+    };
+    let end = (start + RUNNER_PAGE_SIZE).min(names.len());
+    let next = (end < names.len()).then(|| format!("off-{end}"));
+    let items: Vec<_> = names[start..end]
         .iter()
         .map(|n| {
             json!({
@@ -329,7 +346,7 @@ async fn runners(State(s): State<Shared>, h: HeaderMap, Query(p): Query<Params>)
             })
         })
         .collect();
-    axum::Json(json!({ "items": items })).into_response()
+    axum::Json(json!({ "items": items, "next_page_token": next })).into_response()
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
