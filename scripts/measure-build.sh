@@ -10,6 +10,8 @@
 # Usage: scripts/measure-build.sh [debug] [install] [dist]   (default: all three)
 # Prints wall and CPU (user + system) seconds per step. CPU seconds compare
 # across runs even on a busy machine; wall seconds only on a quiet one.
+# MEASURE_TARGET_DIR=DIR (an empty or missing folder) builds there and keeps
+# the result, for `CARGO_TARGET_DIR=DIR scripts/bench.sh` to reuse.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,8 +41,13 @@ zipped() {
   size "$work/l.zip" "lambda zip (bootstrap)"
 }
 
+keep="${MEASURE_TARGET_DIR:-}"
+if [ -n "$keep" ] && [ -n "$(ls -A "$keep" 2>/dev/null)" ]; then
+  echo "measure-build: $keep is not empty; a cold build needs an empty folder" >&2
+  exit 2
+fi
 for step in "${steps[@]}"; do
-  export CARGO_TARGET_DIR="$work/target-$step"
+  export CARGO_TARGET_DIR="${keep:-$work/target-$step}"
   case "$step" in
   debug)
     timed "cold cargo build --bins" cargo build --locked --bins
@@ -48,7 +55,7 @@ for step in "${steps[@]}"; do
     echo "  compiled again for the tests: $(grep ' Compiling ' "$work/log" | awk '{ print $2 }' | sort | tr '\n' ' ')"
     ;;
   install)
-    timed "cold cargo install --path ." cargo install --locked --path . --root "$work/root"
+    timed "cold cargo install --path ." cargo install --locked --path . --root "$work/root" --no-track
     size "$work/root/bin/cci-scaler" cci-scaler
     size "$work/root/bin/cci-scaler-lambda" cci-scaler-lambda
     zipped "$work/root/bin/cci-scaler-lambda"
@@ -64,5 +71,5 @@ for step in "${steps[@]}"; do
     exit 2
     ;;
   esac
-  rm -rf "$CARGO_TARGET_DIR"
+  [ -n "$keep" ] || rm -rf "$CARGO_TARGET_DIR"
 done

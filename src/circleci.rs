@@ -2,7 +2,7 @@
 //! our own types. Authenticates with a personal API token (`Circle-Token`),
 //! which never appears in an error, a log line or a `Debug` print.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -41,7 +41,7 @@ impl Default for HttpLimits {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CircleCiError {
     #[error(
         "CircleCI rejected the personal API token (HTTP {status}) for {what}: check that CIRCLECI_TOKEN \
@@ -120,10 +120,21 @@ pub struct QueueSnapshot {
 
 /// The queue as the scaling core sees it.
 pub trait RunnerQueue {
+    /// Queue depth and registered runners of one resource class.
     fn snapshot(
         &self,
         resource_class: &str,
     ) -> impl std::future::Future<Output = Result<QueueSnapshot, CircleCiError>> + Send;
+    /// Queue depth of one resource class.
+    fn depth(
+        &self,
+        resource_class: &str,
+    ) -> impl std::future::Future<Output = Result<QueueDepth, CircleCiError>> + Send;
+    /// The registered runners of a whole namespace, by resource class.
+    fn registered(
+        &self,
+        namespace: &str,
+    ) -> impl std::future::Future<Output = Result<HashMap<String, HashSet<String>>, CircleCiError>> + Send;
 }
 
 #[derive(Clone)]
@@ -453,6 +464,25 @@ impl RunnerQueue for RunnerApi {
             depth: QueueDepth { unclaimed, running },
             runners: runners.into_iter().map(|r| r.name).collect(),
         })
+    }
+
+    async fn depth(&self, resource_class: &str) -> Result<QueueDepth, CircleCiError> {
+        let (unclaimed, running) = tokio::try_join!(
+            self.unclaimed_tasks(resource_class),
+            self.running_tasks(resource_class),
+        )?;
+        Ok(QueueDepth { unclaimed, running })
+    }
+
+    async fn registered(
+        &self,
+        namespace: &str,
+    ) -> Result<HashMap<String, HashSet<String>>, CircleCiError> {
+        let mut by_class: HashMap<String, HashSet<String>> = HashMap::new();
+        for r in self.namespace_runners(namespace).await? {
+            by_class.entry(r.resource_class).or_default().insert(r.name);
+        }
+        Ok(by_class)
     }
 }
 

@@ -60,6 +60,17 @@ pub fn resolve_resource_class(
     Ok(rc.to_string())
 }
 
+/// The token alone (several pools: each names its own resource class): from
+/// the secret when one is named, else from the environment.
+pub async fn resolve_token(
+    secrets: Option<(&aws_sdk_secretsmanager::Client, &str)>,
+) -> Result<SecretString, TokenError> {
+    match secrets {
+        Some((client, id)) => Ok(read_scaler_secret(client, id).await?.circle_token),
+        None => token_from_env().ok_or(TokenError::Missing),
+    }
+}
+
 /// Token and resource class: from the secret when one is named, else from the
 /// environment.
 pub async fn resolve(

@@ -34,42 +34,74 @@ fn count(v: Option<i32>) -> u32 {
     v.unwrap_or(0).max(0) as u32
 }
 
+/// DescribeAutoScalingGroups takes at most this many names a call.
+const NAMES_PER_CALL: usize = 100;
+
+fn group_state(name: &str, group: &aws_sdk_autoscaling::types::AutoScalingGroup) -> GroupState {
+    let instances = group
+        .instances()
+        .iter()
+        .filter_map(|i| {
+            Some(Instance {
+                id: i.instance_id()?.to_string(),
+                lifecycle: Lifecycle::parse(i.lifecycle_state()?.as_str()),
+                launch_time: None,
+                protected_from_scale_in: i.protected_from_scale_in().unwrap_or(false),
+            })
+        })
+        .collect();
+    GroupState {
+        name: name.to_string(),
+        min: count(group.min_size()),
+        max: count(group.max_size()),
+        desired: count(group.desired_capacity()),
+        instances,
+    }
+}
+
 impl GroupApi for AsgClient {
     async fn describe(&self, name: &str) -> Result<GroupState, AwsError> {
-        let out = self
-            .autoscaling
-            .describe_auto_scaling_groups()
-            .auto_scaling_group_names(name)
-            .send()
-            .await
-            .map_err(|e| AwsError::call("autoscaling:DescribeAutoScalingGroups", name, &e))?;
-        let group = out
-            .auto_scaling_groups()
-            .iter()
-            .find(|g| g.auto_scaling_group_name() == Some(name))
+        self.describe_many(&[name.to_string()])
+            .await?
+            .remove(name)
             .ok_or_else(|| AwsError::GroupNotFound {
                 name: name.to_string(),
                 region: self.region.clone(),
-            })?;
-        let instances = group
-            .instances()
-            .iter()
-            .filter_map(|i| {
-                Some(Instance {
-                    id: i.instance_id()?.to_string(),
-                    lifecycle: Lifecycle::parse(i.lifecycle_state()?.as_str()),
-                    launch_time: None,
-                    protected_from_scale_in: i.protected_from_scale_in().unwrap_or(false),
-                })
             })
-            .collect();
-        Ok(GroupState {
-            name: name.to_string(),
-            min: count(group.min_size()),
-            max: count(group.max_size()),
-            desired: count(group.desired_capacity()),
-            instances,
-        })
+    }
+
+    async fn describe_many(
+        &self,
+        names: &[String],
+    ) -> Result<HashMap<String, GroupState>, AwsError> {
+        let mut groups = HashMap::new();
+        for chunk in names.chunks(NAMES_PER_CALL) {
+            let what = if chunk.len() == 1 {
+                chunk[0].clone()
+            } else {
+                format!("{} groups", chunk.len())
+            };
+            let mut pages = self
+                .autoscaling
+                .describe_auto_scaling_groups()
+                .set_auto_scaling_group_names(Some(chunk.to_vec()))
+                .max_records(NAMES_PER_CALL as i32)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| {
+                    AwsError::call("autoscaling:DescribeAutoScalingGroups", what.clone(), &e)
+                })?;
+                for g in page.auto_scaling_groups() {
+                    if let Some(name) = g.auto_scaling_group_name()
+                        && chunk.iter().any(|n| n == name)
+                    {
+                        groups.insert(name.to_string(), group_state(name, g));
+                    }
+                }
+            }
+        }
+        Ok(groups)
     }
 
     async fn launch_times(&self, ids: &[String]) -> Result<HashMap<String, SystemTime>, AwsError> {

@@ -15,7 +15,7 @@ pub struct AwsOptions {
     pub endpoint_url: Option<String>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum AwsError {
     #[error(
         "no AWS region configured: pass --region, set AWS_REGION, or set a region in the AWS profile"

@@ -7,8 +7,12 @@
 //!
 //! Environment:
 //! - `CCI_SCALER_SECRET_ID` (required): secret holding {"resource_class", "circle_token"}
-//! - `CCI_SCALER_ASG` (required): the Auto Scaling group
+//! - `CCI_SCALER_ASG`: the Auto Scaling group
 //! - `CCI_SCALER_RESOURCE_CLASS`: overrides/checks the secret's resource class
+//! - `CCI_SCALER_POOLS`, instead of the two above: several pools as JSON,
+//!   `[{"name": ..., "asg": ..., "resource_class": ...}, ...]`; every poll scales
+//!   all of them at once, one JSON line per pool; a pool that fails is logged
+//!   and the others still scaled; the invocation fails if any pool failed.
 //! - `CCI_SCALER_POLL_INTERVAL`, `CCI_SCALER_POLL_WINDOW`, `CCI_SCALER_BOOT_TIMEOUT`,
 //!   `CCI_SCALER_CIRCLECI_TIMEOUT`: durations (`10s`, `500ms`, or plain seconds)
 //! - `CIRCLECI_RUNNER_API_URL`: runner API base URL
@@ -22,12 +26,14 @@ use tokio::sync::OnceCell;
 use cci_scaler::aws::{self, AwsOptions, autoscaling::AsgClient};
 use cci_scaler::circleci::{self, HttpLimits, RunnerApi};
 use cci_scaler::scale::decide::Policy;
+use cci_scaler::scale::pools::{Pool, run_pools};
 use cci_scaler::scale::{ScaleSettings, run_once};
 use cci_scaler::{error_chain, token};
 
 struct Env {
     secret_id: String,
-    asg: String,
+    asg: Option<String>,
+    pools: Option<Vec<Pool>>,
     resource_class: Option<String>,
     interval: Duration,
     window: Duration,
@@ -57,7 +63,16 @@ impl Env {
         let required = |n: &str| var(n).ok_or_else(|| format!("{n} is not set"));
         let env = Env {
             secret_id: required("CCI_SCALER_SECRET_ID")?,
-            asg: required("CCI_SCALER_ASG")?,
+            asg: var("CCI_SCALER_ASG"),
+            pools: var("CCI_SCALER_POOLS")
+                .map(|v| {
+                    serde_json::from_str::<Vec<Pool>>(&v).map_err(|e| {
+                        format!(
+                            "CCI_SCALER_POOLS is not a JSON list of {{\"name\", \"asg\", \"resource_class\"}}: {e}"
+                        )
+                    })
+                })
+                .transpose()?,
             resource_class: var("CCI_SCALER_RESOURCE_CLASS"),
             interval: duration_var("CCI_SCALER_POLL_INTERVAL", Duration::from_secs(10))?,
             window: duration_var("CCI_SCALER_POLL_WINDOW", Duration::from_secs(50))?,
@@ -72,6 +87,21 @@ impl Env {
         if let Some(rc) = &env.resource_class {
             circleci::validate_resource_class(rc)?;
         }
+        match (&env.asg, &env.pools) {
+            (None, None) => return Err("set CCI_SCALER_ASG (or CCI_SCALER_POOLS)".into()),
+            (Some(_), Some(_)) => {
+                return Err("set CCI_SCALER_ASG or CCI_SCALER_POOLS, not both".into());
+            }
+            (None, Some(pools)) => {
+                if pools.is_empty() {
+                    return Err("CCI_SCALER_POOLS lists no pool".into());
+                }
+                for p in pools {
+                    circleci::validate_resource_class(&p.resource_class)?;
+                }
+            }
+            (Some(_), None) => {}
+        }
         Ok(env)
     }
 }
@@ -81,7 +111,13 @@ struct Scaler {
     group: AsgClient,
     secrets: aws_sdk_secretsmanager::Client,
     /// Read from the secret once per container, on the first invocation.
-    queue: OnceCell<(RunnerApi, ScaleSettings)>,
+    queue: OnceCell<(RunnerApi, Mode)>,
+}
+
+/// One group (today's environment) or several pools.
+enum Mode {
+    One(ScaleSettings),
+    Pools(Vec<Pool>, Policy),
 }
 
 fn failure(kind: &str, message: String) -> Diagnostic {
@@ -97,41 +133,110 @@ fn log(line: Value) {
 }
 
 impl Scaler {
-    async fn queue(&self) -> Result<&(RunnerApi, ScaleSettings), Diagnostic> {
+    async fn queue(&self) -> Result<&(RunnerApi, Mode), Diagnostic> {
         self.queue
             .get_or_try_init(|| async {
-                let (token, resource_class) = token::resolve(
-                    Some((&self.secrets, &self.env.secret_id)),
-                    self.env.resource_class.as_deref(),
-                )
-                .await
-                .map_err(|e| failure("SecretError", e.to_string()))?;
+                let secret = Some((&self.secrets, self.env.secret_id.as_str()));
+                let policy = Policy {
+                    boot_timeout: self.env.boot_timeout,
+                };
+                let (token, mode) = match (&self.env.asg, &self.env.pools) {
+                    (Some(asg), _) => {
+                        let (token, resource_class) =
+                            token::resolve(secret, self.env.resource_class.as_deref())
+                                .await
+                                .map_err(|e| failure("SecretError", e.to_string()))?;
+                        let settings = ScaleSettings {
+                            asg: asg.clone(),
+                            resource_class,
+                            policy,
+                            dry_run: false,
+                        };
+                        (token, Mode::One(settings))
+                    }
+                    (None, pools) => {
+                        let token = token::resolve_token(secret)
+                            .await
+                            .map_err(|e| failure("SecretError", e.to_string()))?;
+                        (
+                            token,
+                            Mode::Pools(pools.clone().unwrap_or_default(), policy),
+                        )
+                    }
+                };
                 let limits = HttpLimits {
                     timeout: self.env.circleci_timeout,
                     ..HttpLimits::default()
                 };
                 let api = RunnerApi::new(&self.env.circleci_url, token, limits)
                     .map_err(|e| failure("ConfigError", e.to_string()))?;
-                let settings = ScaleSettings {
-                    asg: self.env.asg.clone(),
-                    resource_class,
-                    policy: Policy {
-                        boot_timeout: self.env.boot_timeout,
-                    },
-                    dry_run: false,
-                };
-                Ok((api, settings))
+                Ok((api, mode))
             })
             .await
+    }
+
+    /// One poll of several pools: a line per pool; failures are logged and
+    /// returned (the others are still scaled).
+    async fn poll_pools(
+        &self,
+        api: &RunnerApi,
+        pools: &[Pool],
+        policy: &Policy,
+        poll: u32,
+        request_id: &str,
+    ) -> Vec<String> {
+        let mut failed = Vec::new();
+        let results = run_pools(api, &self.group, pools, policy, false).await;
+        for (pool, result) in pools.iter().zip(results) {
+            match result {
+                Ok(round) => {
+                    let mut line = serde_json::to_value(&round).unwrap_or(Value::Null);
+                    if let Value::Object(m) = &mut line {
+                        m.insert("poll".into(), json!(poll));
+                        m.insert("request_id".into(), json!(request_id));
+                    }
+                    log(line);
+                }
+                Err(e) => {
+                    let message = format!(
+                        "scaling {} for {} failed; the group was not changed: {}",
+                        pool.asg,
+                        pool.resource_class,
+                        error_chain(&e)
+                    );
+                    log(
+                        json!({"level": "error", "error_type": "ScaleError", "pool": pool.name,
+                        "poll": poll, "request_id": request_id, "error": message}),
+                    );
+                    failed.push(pool.name.clone());
+                }
+            }
+        }
+        failed
     }
 
     async fn handle(&self, event: LambdaEvent<Value>) -> Result<Value, Diagnostic> {
         let start = Instant::now();
         let deadline = UNIX_EPOCH + Duration::from_millis(event.context.deadline);
-        let (api, settings) = self.queue().await?;
+        let (api, mode) = self.queue().await?;
         let mut polls: u32 = 0;
-        let mut desired;
+        let mut desired = None;
+        let mut failed: std::collections::BTreeSet<String> = Default::default();
         loop {
+            let settings = match mode {
+                Mode::One(s) => s,
+                Mode::Pools(pools, policy) => {
+                    polls += 1;
+                    failed.extend(
+                        self.poll_pools(api, pools, policy, polls, &event.context.request_id)
+                            .await,
+                    );
+                    if !self.next_poll(start, deadline, polls).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
             let round = run_once(api, &self.group, settings).await.map_err(|e| {
                 failure(
                     "ScaleError",
@@ -151,24 +256,41 @@ impl Scaler {
                 m.insert("request_id".into(), json!(event.context.request_id));
             }
             log(line);
-
-            // Polls at 0, interval, 2*interval, ... up to the window, while the
-            // invocation's deadline leaves room for one more round.
-            let next = self.env.interval * polls;
-            if next > self.env.window {
+            if !self.next_poll(start, deadline, polls).await {
                 break;
             }
-            let next_at = start + next;
-            let left = deadline
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO);
-            if next_at.saturating_duration_since(Instant::now()) + self.env.circleci_timeout > left
-            {
-                break;
-            }
-            tokio::time::sleep_until(next_at.into()).await;
+        }
+        if !failed.is_empty() {
+            let names: Vec<String> = failed.into_iter().collect();
+            return Err(failure(
+                "ScaleError",
+                format!(
+                    "{} pool(s) failed (the others were scaled): {}",
+                    names.len(),
+                    names.join(", ")
+                ),
+            ));
         }
         Ok(json!({"polls": polls, "desired": desired}))
+    }
+
+    /// Polls at 0, interval, 2*interval, ... up to the window, while the
+    /// invocation's deadline leaves room for one more round: waits for the
+    /// next one, or says there is none.
+    async fn next_poll(&self, start: Instant, deadline: SystemTime, polls: u32) -> bool {
+        let next = self.env.interval * polls;
+        if next > self.env.window {
+            return false;
+        }
+        let next_at = start + next;
+        let left = deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        if next_at.saturating_duration_since(Instant::now()) + self.env.circleci_timeout > left {
+            return false;
+        }
+        tokio::time::sleep_until(next_at.into()).await;
+        true
     }
 }
 

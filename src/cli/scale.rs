@@ -10,6 +10,7 @@ use clap::Args;
 use cci_scaler::aws::{self, autoscaling::AsgClient};
 use cci_scaler::circleci::{self, HttpLimits, RunnerApi};
 use cci_scaler::scale::decide::Policy;
+use cci_scaler::scale::pools::Pool;
 use cci_scaler::scale::{ScaleSettings, run_once};
 use cci_scaler::token;
 
@@ -17,12 +18,14 @@ use super::{GlobalArgs, Output, parse_duration};
 
 #[derive(Debug, Args)]
 pub struct ScaleArgs {
-    /// Auto Scaling group to size.
-    #[arg(long, value_name = "NAME")]
-    pub asg: String,
-    /// Runner resource class NAMESPACE/NAME (default: the secret's resource_class).
+    /// Auto Scaling group to size. Repeat it, each with its --resource-class
+    /// in the same order, to scale several pools in one poll.
+    #[arg(long, value_name = "NAME", required = true)]
+    pub asg: Vec<String>,
+    /// Runner resource class NAMESPACE/NAME (one group: default the secret's
+    /// resource_class; several: one per --asg).
     #[arg(long, value_name = "NS/NAME")]
-    pub resource_class: Option<String>,
+    pub resource_class: Vec<String>,
     /// Secrets Manager secret (name or ARN) holding {"resource_class", "circle_token"};
     /// without it the token comes from CIRCLECI_TOKEN or CIRCLECI_CLI_TOKEN.
     #[arg(long, value_name = "ID")]
@@ -48,15 +51,27 @@ pub struct ScaleArgs {
 }
 
 pub async fn run(global: &GlobalArgs, args: ScaleArgs) -> anyhow::Result<ExitCode> {
-    if args.asg.trim().is_empty() || args.asg.len() > 255 {
-        anyhow::bail!("--asg must be a group name of 1 to 255 characters");
+    for asg in &args.asg {
+        if asg.trim().is_empty() || asg.len() > 255 {
+            anyhow::bail!("--asg must be a group name of 1 to 255 characters");
+        }
     }
     if !args.once && args.interval < Duration::from_secs(1) {
         anyhow::bail!("--interval must be at least 1s");
     }
-    if let Some(rc) = &args.resource_class {
+    for rc in &args.resource_class {
         circleci::validate_resource_class(rc).map_err(anyhow::Error::msg)?;
     }
+    if args.asg.len() > 1 {
+        return run_pools(global, args).await;
+    }
+    if args.resource_class.len() > 1 {
+        anyhow::bail!(
+            "one --resource-class per --asg: {} given for 1 group",
+            args.resource_class.len()
+        );
+    }
+    let asg = args.asg[0].clone();
 
     let config = aws::load_config(&global.aws.options()).await?;
     let secrets = args
@@ -65,7 +80,7 @@ pub async fn run(global: &GlobalArgs, args: ScaleArgs) -> anyhow::Result<ExitCod
         .map(|_| aws_sdk_secretsmanager::Client::new(&config));
     let (token, resource_class) = token::resolve(
         secrets.as_ref().zip(args.secret_id.as_deref()),
-        args.resource_class.as_deref(),
+        args.resource_class.first().map(String::as_str),
     )
     .await?;
     let limits = HttpLimits {
@@ -75,7 +90,7 @@ pub async fn run(global: &GlobalArgs, args: ScaleArgs) -> anyhow::Result<ExitCod
     let queue = RunnerApi::new(&args.circleci_url, token, limits)?;
     let group = AsgClient::new(&config);
     let settings = ScaleSettings {
-        asg: args.asg.clone(),
+        asg,
         resource_class,
         policy: Policy {
             boot_timeout: args.boot_timeout,
@@ -103,7 +118,7 @@ pub async fn run(global: &GlobalArgs, args: ScaleArgs) -> anyhow::Result<ExitCod
                 if args.once {
                     return Err(err);
                 }
-                report_round_error(global.output, &err)?;
+                report_round_error(global.output, &err, None)?;
             }
         }
         if args.once {
@@ -125,6 +140,85 @@ pub async fn run(global: &GlobalArgs, args: ScaleArgs) -> anyhow::Result<ExitCod
     }
 }
 
+/// Several pools, each decided and applied on its own in one poll; a pool that
+/// fails is reported and the others are still scaled. Exit 1 if any failed.
+async fn run_pools(global: &GlobalArgs, args: ScaleArgs) -> anyhow::Result<ExitCode> {
+    if args.resource_class.len() != args.asg.len() {
+        anyhow::bail!(
+            "several groups need one --resource-class each, in the same order: {} --asg, {} --resource-class",
+            args.asg.len(),
+            args.resource_class.len()
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = args.asg.iter().find(|a| !seen.insert(*a)) {
+        anyhow::bail!("--asg {dup} is given twice");
+    }
+    let pools: Vec<Pool> = args
+        .asg
+        .iter()
+        .zip(&args.resource_class)
+        .map(|(asg, rc)| Pool {
+            name: asg.clone(),
+            asg: asg.clone(),
+            resource_class: rc.clone(),
+        })
+        .collect();
+    let config = aws::load_config(&global.aws.options()).await?;
+    let secrets = args
+        .secret_id
+        .as_ref()
+        .map(|_| aws_sdk_secretsmanager::Client::new(&config));
+    let token = token::resolve_token(secrets.as_ref().zip(args.secret_id.as_deref())).await?;
+    let limits = HttpLimits {
+        timeout: args.circleci_timeout,
+        ..HttpLimits::default()
+    };
+    let queue = RunnerApi::new(&args.circleci_url, token, limits)?;
+    let group = AsgClient::new(&config);
+    let policy = Policy {
+        boot_timeout: args.boot_timeout,
+    };
+    let mut stop = shutdown_signal();
+    loop {
+        let results =
+            cci_scaler::scale::pools::run_pools(&queue, &group, &pools, &policy, args.dry_run)
+                .await;
+        let mut ok = true;
+        for (pool, result) in pools.iter().zip(results) {
+            match result {
+                Ok(round) => {
+                    let line = match global.output {
+                        Output::Text => round.human(),
+                        Output::Json => serde_json::to_string(&round)?,
+                    };
+                    print_line(&line)?;
+                }
+                Err(e) => {
+                    ok = false;
+                    let err = anyhow::Error::new(e).context(format!(
+                        "scaling {} for {} failed; the group was not changed",
+                        pool.asg, pool.resource_class
+                    ));
+                    report_round_error(global.output, &err, Some(&pool.name))?;
+                }
+            }
+        }
+        let code = if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+        if args.once || *stop.borrow() {
+            return Ok(code);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(args.interval) => {}
+            _ = stop.changed() => return Ok(code),
+        }
+    }
+}
+
 fn print_line(line: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}")
@@ -133,13 +227,20 @@ fn print_line(line: &str) -> anyhow::Result<()> {
 }
 
 /// In a loop an error is reported and the next round tried.
-fn report_round_error(output: Output, err: &anyhow::Error) -> anyhow::Result<()> {
+fn report_round_error(
+    output: Output,
+    err: &anyhow::Error,
+    pool: Option<&str>,
+) -> anyhow::Result<()> {
     eprintln!("error: {err:#}");
     if output == Output::Json {
-        let line = serde_json::json!({
+        let mut line = serde_json::json!({
             "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             "error": format!("{err:#}"),
         });
+        if let Some(p) = pool {
+            line["pool"] = serde_json::json!(p);
+        }
         print_line(&line.to_string())?;
     }
     Ok(())

@@ -79,10 +79,14 @@ pub async fn run(global: &GlobalArgs, args: TeardownArgs) -> anyhow::Result<Exit
         );
     }
     if rc.is_none() {
-        bail!(
-            "the stack's resource class is unknown (neither its scaler secret nor its Lambda is left): \
-             its CircleCI runner tokens and resource class were not looked at; run teardown again \
-             with --resource-class NAMESPACE/NAME to remove them"
+        // init records the class (in the scaler secret) before it makes
+        // anything at CircleCI, and teardown removes that record last: without
+        // it, nothing of the stack is left there, unless the secret was
+        // deleted by hand.
+        eprintln!(
+            "note: the stack recorded no resource class (its scaler secret is gone), so CircleCI was \
+             not looked at; if runner tokens of it remain, run teardown again with --resource-class \
+             NAMESPACE/NAME"
         );
     }
     Ok(ExitCode::SUCCESS)

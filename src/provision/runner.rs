@@ -38,11 +38,14 @@ pub(crate) struct Teardown {
 }
 
 /// Every kind, in dependency order (a resource only needs those before it).
+/// The scaler secret comes first: it records the resource class before
+/// anything is made at CircleCI, and goes last, so a stack that exists in any
+/// part can always be found and removed by its name alone.
 fn resources(artifact: Option<&Artifact>) -> Vec<Box<dyn Resource + '_>> {
     vec![
+        Box::new(super::scaler_secret::ScalerSecret),
         Box::new(super::resource_class::ResourceClass),
         Box::new(super::runner_token::RunnerToken),
-        Box::new(super::scaler_secret::ScalerSecret),
         Box::new(super::security_group::SecurityGroup),
         Box::new(super::runner_role::RunnerRole),
         Box::new(super::instance_profile::InstanceProfile),

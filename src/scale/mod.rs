@@ -2,6 +2,7 @@
 //! and the group at once, decide (pure), apply (or only report, in a dry run).
 
 pub mod decide;
+pub mod pools;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,6 +18,12 @@ use decide::{Action, DecideError, GroupState, Policy, QueueDepth, Reap};
 pub trait GroupApi {
     /// The group's sizes and instances (launch times not filled in).
     fn describe(&self, name: &str) -> impl Future<Output = Result<GroupState, AwsError>> + Send;
+    /// Several groups in as few calls as the API allows; a name that is not
+    /// found is left out of the map.
+    fn describe_many(
+        &self,
+        names: &[String],
+    ) -> impl Future<Output = Result<HashMap<String, GroupState>, AwsError>> + Send;
     /// Launch times of the given instances; ids not found are left out.
     fn launch_times(
         &self,
@@ -42,7 +49,7 @@ pub struct ScaleSettings {
     pub dry_run: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ScaleError {
     #[error(transparent)]
     CircleCi(#[from] CircleCiError),
@@ -71,6 +78,9 @@ pub struct GroupSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct Round {
     pub time: String,
+    /// The pool, when several are scaled at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
     pub asg: String,
     pub resource_class: String,
     pub queue: QueueDepth,
@@ -86,6 +96,11 @@ impl Round {
     /// One line for a terminal or a log file.
     pub fn human(&self) -> String {
         let verb = if self.dry_run { "would " } else { "" };
+        let pool = self
+            .pool
+            .as_deref()
+            .map(|p| format!("[{p}] "))
+            .unwrap_or_default();
         let action = match self.action {
             Action::None => "no change".to_string(),
             a => format!("{verb}{a}"),
@@ -97,7 +112,7 @@ impl Round {
             format!(" [{}]", ids.join(", "))
         };
         format!(
-            "{time} {rc}: queue {u} unclaimed + {r} running | {asg}: desired {b} -> {a} (min {min}, max {max}, {n} instance(s)) | {action}{reaped} | {reason}",
+            "{pool}{time} {rc}: queue {u} unclaimed + {r} running | {asg}: desired {b} -> {a} (min {min}, max {max}, {n} instance(s)) | {action}{reaped} | {reason}",
             time = self.time,
             rc = self.resource_class,
             u = self.queue.unclaimed,
@@ -161,26 +176,54 @@ pub async fn run_once<Q: RunnerQueue, G: GroupApi>(
     )?;
 
     if !settings.dry_run {
-        let mut done: Vec<String> = Vec::new();
-        for r in &decision.reap {
-            if let Err(source) = group_api.terminate(&r.instance_id, r.decrement).await {
-                return Err(apply_error(&done, source));
-            }
-            done.push(format!("terminated {}", r.instance_id));
-        }
-        if let Some(n) = decision.set_desired
-            && let Err(source) = group_api.set_desired(&settings.asg, n).await
-        {
+        apply(group_api, &settings.asg, &decision).await?;
+    }
+    Ok(round(
+        now,
+        settings,
+        snapshot.depth,
+        snapshot.runners.len(),
+        &group,
+        decision,
+    ))
+}
+
+/// Terminate, then set desired; what was done before a failure is named.
+pub(crate) async fn apply<G: GroupApi>(
+    group_api: &G,
+    asg: &str,
+    decision: &decide::Decision,
+) -> Result<(), ScaleError> {
+    let mut done: Vec<String> = Vec::new();
+    for r in &decision.reap {
+        if let Err(source) = group_api.terminate(&r.instance_id, r.decrement).await {
             return Err(apply_error(&done, source));
         }
+        done.push(format!("terminated {}", r.instance_id));
     }
+    if let Some(n) = decision.set_desired
+        && let Err(source) = group_api.set_desired(asg, n).await
+    {
+        return Err(apply_error(&done, source));
+    }
+    Ok(())
+}
 
-    Ok(Round {
+pub(crate) fn round(
+    now: SystemTime,
+    settings: &ScaleSettings,
+    queue: QueueDepth,
+    registered_runners: usize,
+    group: &GroupState,
+    decision: decide::Decision,
+) -> Round {
+    Round {
         time: humantime::format_rfc3339_millis(now).to_string(),
+        pool: None,
         asg: settings.asg.clone(),
         resource_class: settings.resource_class.clone(),
-        queue: snapshot.depth,
-        registered_runners: snapshot.runners.len(),
+        queue,
+        registered_runners,
         group: GroupSummary {
             min: group.min,
             max: group.max,
@@ -192,7 +235,7 @@ pub async fn run_once<Q: RunnerQueue, G: GroupApi>(
         reaped: decision.reap.clone(),
         dry_run: settings.dry_run,
         reason: decision.reason,
-    })
+    }
 }
 
 fn apply_error(done: &[String], source: AwsError) -> ScaleError {

@@ -196,3 +196,54 @@ async fn lambda_missing_configuration_is_reported() {
     assert_ne!(r.code, 0, "{r:?}");
     assert!(r.all().contains("CCI_SCALER_SECRET_ID is not set"), "{r:?}");
 }
+
+/// Several pools from CCI_SCALER_POOLS: each poll scales every pool, one line
+/// per pool; a pool whose group is missing is logged and fails the
+/// invocation, while the other pool is still scaled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lambda_scales_several_pools_and_fails_only_for_the_broken_one() {
+    let lf = LambdaFx::new(10).await;
+    lf.fx.moto.create_group("arm", 4, 0).await;
+    lf.fx.cci.set_class_queue("acme/linux-x64", 2, 0);
+    lf.fx.cci.set_class_queue("acme/linux-arm64", 1, 0);
+    lf.fx.cci.set_class_queue("acme/gpu", 0, 0);
+    let pools = serde_json::json!([
+        {"name": "x64", "asg": "fleet", "resource_class": "acme/linux-x64"},
+        {"name": "arm64", "asg": "arm", "resource_class": "acme/linux-arm64"},
+        {"name": "gpu", "asg": "no-such-group", "resource_class": "acme/gpu"},
+    ]);
+    let mut cmd = command("cci-scaler-lambda", lf.fx.home.path());
+    lf.fx.moto.env(&mut cmd);
+    lf.api.env(&mut cmd);
+    cmd.env("CCI_SCALER_SECRET_ID", &lf.arn)
+        .env("CCI_SCALER_POOLS", pools.to_string())
+        .env("CCI_SCALER_POLL_INTERVAL", "200ms")
+        .env("CCI_SCALER_POLL_WINDOW", "200ms")
+        .env("CIRCLECI_RUNNER_API_URL", &lf.fx.cci.url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().expect("spawn lambda");
+    lf.api
+        .push_scheduled_event("inv-1", Duration::from_secs(30));
+    let outcome = lf.outcome("inv-1").await;
+    let Outcome::Error(e) = &outcome else {
+        panic!("expected an error report, got {outcome:?}")
+    };
+    assert!(e.to_string().contains("1 pool(s) failed"), "{e}");
+    assert!(e.to_string().contains("gpu"), "{e}");
+    assert_eq!(lf.fx.desired().await, 2);
+    assert_eq!(lf.fx.moto.desired("arm").await, 1);
+
+    let (stdout, stderr) = finish(child).await;
+    let polls = poll_lines(&stdout);
+    let ok: Vec<&Value> = polls.iter().filter(|p| p.get("action").is_some()).collect();
+    assert_eq!(
+        ok.len(),
+        4,
+        "two good pools, two polls:\n{stdout}\n{stderr}"
+    );
+    let failed: Vec<&Value> = polls.iter().filter(|p| p["level"] == "error").collect();
+    assert_eq!(failed.len(), 2, "the broken pool once a poll:\n{stdout}");
+    assert!(failed.iter().all(|f| f["pool"] == "gpu"));
+    assert!(!stdout.contains(TOKEN) && !stderr.contains(TOKEN));
+}

@@ -438,3 +438,87 @@ async fn registered_runners_on_later_pages_are_never_reaped() {
         .collect();
     assert!(left.contains(&ids[0]) && left.contains(&ids[1]), "{left:?}");
 }
+
+/// Three pools in one poll: a queue on one class raises only its group, a
+/// registered instance of another is kept, a missing group fails only its own
+/// pool (exit 1) while the others are scaled, and the runner list is read
+/// once per namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_pools_in_one_poll() {
+    let fx = Fx::new().await;
+    fx.moto.create_group("x64", 10, 0).await;
+    fx.moto.create_group("arm", 4, 1).await;
+    let arm_id = fx.moto.group("arm").await.1[0]
+        .instance_id()
+        .unwrap()
+        .to_string();
+    fx.cci.set_class_queue("acme/x64", 3, 0);
+    fx.cci.set_class_queue("acme/arm64", 0, 1);
+    fx.cci.set_class_queue("other/gpu", 0, 0);
+    fx.cci
+        .set_class_runners("acme/arm64", std::slice::from_ref(&arm_id));
+    fx.cci
+        .set_class_runners("acme/x64", &["some-other-runner".to_string()]);
+
+    let r = run(fx.scale_bare(&[
+        "--asg",
+        "x64",
+        "--resource-class",
+        "acme/x64",
+        "--asg",
+        "arm",
+        "--resource-class",
+        "acme/arm64",
+        "--asg",
+        "gone",
+        "--resource-class",
+        "other/gpu",
+        "--boot-timeout",
+        "0s",
+        "--output",
+        "json",
+    ]))
+    .await;
+    assert_eq!(r.code, 1, "one pool failed: {r:?}");
+    assert_no_token(&r);
+    let lines: Vec<Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "one line per pool: {r:?}");
+    assert_eq!(lines[0]["pool"], "x64");
+    assert_eq!(lines[0]["action"], "scale-out");
+    assert_eq!(lines[0]["group"]["desired_after"], 3);
+    assert_eq!(lines[1]["pool"], "arm");
+    assert_eq!(lines[1]["action"], "none", "registered: kept");
+    assert_eq!(lines[2]["pool"], "gone");
+    assert!(
+        lines[2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("Auto Scaling group 'gone' not found"),
+        "{r:?}"
+    );
+    assert_eq!(fx.moto.desired("x64").await, 3);
+    assert_eq!(fx.moto.desired("arm").await, 1);
+    assert_eq!(fx.moto.group("arm").await.1.len(), 1);
+    assert_eq!(
+        fx.cci.count("/api/v3/runner"),
+        2,
+        "one runner list per namespace"
+    );
+
+    // Several groups need one class each.
+    let r = run(fx.scale_bare(&[
+        "--asg",
+        "x64",
+        "--asg",
+        "arm",
+        "--resource-class",
+        "acme/x64",
+    ]))
+    .await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("one --resource-class each"), "{r:?}");
+}

@@ -49,6 +49,10 @@ pub struct Queue {
     pub next_id: u32,
     /// A request held open until the test releases it (see `CircleCi::hold`).
     pub hold: Option<Hold>,
+    /// Per resource class: (unclaimed, running), over the global counts.
+    pub class_queues: std::collections::HashMap<String, (u32, u32)>,
+    /// Per resource class: registered runner names, over the global list.
+    pub class_runners: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -137,6 +141,24 @@ impl CircleCi {
         let mut s = self.state.lock().unwrap();
         s.unclaimed = unclaimed;
         s.running = running;
+    }
+
+    /// The queue of one resource class (others keep the global counts).
+    pub fn set_class_queue(&self, rc: &str, unclaimed: u32, running: u32) {
+        self.state
+            .lock()
+            .unwrap()
+            .class_queues
+            .insert(rc.to_string(), (unclaimed, running));
+    }
+
+    /// The registered runners of one resource class (listed by namespace too).
+    pub fn set_class_runners(&self, rc: &str, names: &[String]) {
+        self.state
+            .lock()
+            .unwrap()
+            .class_runners
+            .insert(rc.to_string(), names.to_vec());
     }
 
     pub fn set_runners(&self, names: &[&str]) {
@@ -304,7 +326,11 @@ async fn unclaimed(State(s): State<Shared>, h: HeaderMap, Query(p): Query<Params
     if let Some(r) = gate(&s, "/api/v3/runner/tasks", &h, &p).await {
         return r;
     }
-    let n = s.lock().unwrap().unclaimed;
+    let n = {
+        let st = s.lock().unwrap();
+        let rc = p.resource_class.unwrap_or_default();
+        st.class_queues.get(&rc).map_or(st.unclaimed, |q| q.0)
+    };
     axum::Json(json!({ "unclaimed_task_count": n })).into_response()
 }
 
@@ -312,18 +338,40 @@ async fn running(State(s): State<Shared>, h: HeaderMap, Query(p): Query<Params>)
     if let Some(r) = gate(&s, "/api/v3/runner/tasks/running", &h, &p).await {
         return r;
     }
-    let n = s.lock().unwrap().running;
+    let n = {
+        let st = s.lock().unwrap();
+        let rc = p.resource_class.unwrap_or_default();
+        st.class_queues.get(&rc).map_or(st.running, |q| q.1)
+    };
     axum::Json(json!({ "running_runner_tasks": n })).into_response()
 }
 
 async fn runners(State(s): State<Shared>, h: HeaderMap, Query(p): Query<Params>) -> Response {
-    if let Some(r) = gate(&s, "/api/v3/runner", &h, &p).await {
+    if let Some(r) = gate_with(&s, "/api/v3/runner", &h, &p, false).await {
         return r;
     }
-    let (names, rc) = (
-        s.lock().unwrap().runners.clone(),
-        p.resource_class.unwrap_or_default(),
-    );
+    // (name, resource class) of every runner the filter selects.
+    let names: Vec<(String, String)> = {
+        let st = s.lock().unwrap();
+        match (&p.resource_class, &p.namespace) {
+            (Some(rc), None) => match st.class_runners.get(rc) {
+                Some(v) => v.iter().map(|n| (n.clone(), rc.clone())).collect(),
+                None => st.runners.iter().map(|n| (n.clone(), rc.clone())).collect(),
+            },
+            (None, Some(ns)) => st
+                .class_runners
+                .iter()
+                .filter(|(rc, _)| rc.starts_with(&format!("{ns}/")))
+                .flat_map(|(rc, v)| v.iter().map(|n| (n.clone(), rc.clone())))
+                .collect(),
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "exactly one of resource-class and namespace is required",
+                );
+            }
+        }
+    };
     // Pages of RUNNER_PAGE_SIZE; the token is the next offset, opaque to the client.
     let start = match p
         .page_token
@@ -338,7 +386,7 @@ async fn runners(State(s): State<Shared>, h: HeaderMap, Query(p): Query<Params>)
     let next = (end < names.len()).then(|| format!("off-{end}"));
     let items: Vec<_> = names[start..end]
         .iter()
-        .map(|n| {
+        .map(|(n, rc)| {
             json!({
                 "resource_class": rc, "hostname": format!("ip-10-0-0-1-{n}"), "name": n,
                 "first_connected": "2026-01-01T00:00:00Z", "last_connected": "2026-01-01T00:00:00Z",
