@@ -83,6 +83,36 @@ async fn cold_scale(moto: &Moto, cci: &CircleCi, home: &std::path::Path) -> Dura
     median(times)
 }
 
+/// One poll of `pools` pools (one `scale --once` with that many
+/// --asg/--resource-class pairs, no change to make), median of a few runs.
+async fn pools_poll(moto: &Moto, cci: &CircleCi, home: &std::path::Path, pools: usize) -> Duration {
+    let mut times = Vec::new();
+    for _ in 0..7 {
+        let mut cmd = command("cci-scaler", home);
+        moto.env(&mut cmd);
+        cmd.env("CIRCLECI_TOKEN", TOKEN)
+            .env("CIRCLECI_RUNNER_API_URL", &cci.url)
+            .args(["scale", "--once"]);
+        for n in 0..pools {
+            cmd.args([
+                "--asg".to_string(),
+                format!("pool-{n}"),
+                "--resource-class".to_string(),
+                format!("a/pool-{n}"),
+            ]);
+        }
+        let start = Instant::now();
+        let out = cmd.output().await.unwrap();
+        times.push(start.elapsed());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    median(times)
+}
+
 async fn lambda_cold_start(home: &std::path::Path) -> Duration {
     let mut times = Vec::new();
     for _ in 0..RUNS {
@@ -125,6 +155,20 @@ async fn main() {
             ms(c.saturating_sub(f))
         );
     }
+    println!("one poll of N pools (scale --once, N --asg/--resource-class pairs), median of 7:");
+    for n in 0..50 {
+        moto.create_group(&format!("pool-{n}"), 10, 0).await;
+    }
+    for latency in [0u64, 50] {
+        cci.set_delay(Duration::from_millis(latency));
+        let mut line = format!("  CircleCI latency {latency:>2} ms:");
+        for pools in [1, 10, 50] {
+            let t = pools_poll(&moto, &cci, home.path(), pools).await;
+            line.push_str(&format!(" {pools} pool(s) {},", ms(t)));
+        }
+        println!("{}", line.trim_end_matches(','));
+    }
+    cci.set_delay(Duration::ZERO);
     let l = lambda_cold_start(home.path()).await;
     println!(
         "cci-scaler-lambda cold start (spawn to first /next), median of {RUNS}: {}",
