@@ -56,21 +56,22 @@ async fn floor(moto: &Moto, cci: &CircleCi) -> Duration {
     median(times)
 }
 
-async fn cold_scale(moto: &Moto, cci: &CircleCi, home: &std::path::Path) -> Duration {
+/// Median wall time of `runs` cold `cci-scaler scale --once ARGS` processes.
+async fn cold_scale(
+    moto: &Moto,
+    cci: &CircleCi,
+    home: &std::path::Path,
+    args: &[String],
+    runs: usize,
+) -> Duration {
     let mut times = Vec::new();
-    for _ in 0..RUNS {
+    for _ in 0..runs {
         let mut cmd = command("cci-scaler", home);
         moto.env(&mut cmd);
         cmd.env("CIRCLECI_TOKEN", TOKEN)
             .env("CIRCLECI_RUNNER_API_URL", &cci.url)
-            .args([
-                "scale",
-                "--once",
-                "--asg",
-                "fleet",
-                "--resource-class",
-                "a/b",
-            ]);
+            .args(["scale", "--once"])
+            .args(args);
         let start = Instant::now();
         let out = cmd.output().await.unwrap();
         times.push(start.elapsed());
@@ -83,34 +84,18 @@ async fn cold_scale(moto: &Moto, cci: &CircleCi, home: &std::path::Path) -> Dura
     median(times)
 }
 
-/// One poll of `pools` pools (one `scale --once` with that many
-/// --asg/--resource-class pairs, no change to make), median of a few runs.
-async fn pools_poll(moto: &Moto, cci: &CircleCi, home: &std::path::Path, pools: usize) -> Duration {
-    let mut times = Vec::new();
-    for _ in 0..7 {
-        let mut cmd = command("cci-scaler", home);
-        moto.env(&mut cmd);
-        cmd.env("CIRCLECI_TOKEN", TOKEN)
-            .env("CIRCLECI_RUNNER_API_URL", &cci.url)
-            .args(["scale", "--once"]);
-        for n in 0..pools {
-            cmd.args([
+/// `--asg`/`--resource-class` pairs for `pools` pools.
+fn pool_args(pools: usize) -> Vec<String> {
+    (0..pools)
+        .flat_map(|n| {
+            [
                 "--asg".to_string(),
                 format!("pool-{n}"),
                 "--resource-class".to_string(),
                 format!("a/pool-{n}"),
-            ]);
-        }
-        let start = Instant::now();
-        let out = cmd.output().await.unwrap();
-        times.push(start.elapsed());
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    median(times)
+            ]
+        })
+        .collect()
 }
 
 async fn lambda_cold_start(home: &std::path::Path) -> Duration {
@@ -147,7 +132,8 @@ async fn main() {
     for latency in [0u64, 50] {
         cci.set_delay(Duration::from_millis(latency));
         let f = floor(&moto, &cci).await;
-        let c = cold_scale(&moto, &cci, home.path()).await;
+        let one = ["--asg", "fleet", "--resource-class", "a/b"].map(String::from);
+        let c = cold_scale(&moto, &cci, home.path(), &one, RUNS).await;
         println!(
             "  CircleCI latency {latency:>2} ms: cold run {}, floor {}, overhead {}",
             ms(c),
@@ -165,7 +151,7 @@ async fn main() {
         cci.set_delay(Duration::from_millis(latency));
         let mut line = format!("  CircleCI latency {latency:>2} ms:");
         for pools in [1, 10, 50] {
-            let t = pools_poll(&moto, &cci, home.path(), pools).await;
+            let t = cold_scale(&moto, &cci, home.path(), &pool_args(pools), 7).await;
             line.push_str(&format!(" {pools} pool(s) {},", ms(t)));
         }
         println!("{}", line.trim_end_matches(','));

@@ -103,18 +103,9 @@ pub async fn run(global: &GlobalArgs, args: ScaleArgs) -> anyhow::Result<ExitCod
         let result = run_once(&queue, &group, &settings).await;
         let ok = result.is_ok();
         match result {
-            Ok(round) => {
-                let line = match global.output {
-                    Output::Text => round.human(),
-                    Output::Json => serde_json::to_string(&round)?,
-                };
-                print_line(&line)?;
-            }
+            Ok(round) => print_round(global.output, &round)?,
             Err(e) => {
-                let err = anyhow::Error::new(e).context(format!(
-                    "scaling {} for {} failed; the group was not changed",
-                    settings.asg, settings.resource_class
-                ));
+                let err = failed(e, &settings.asg, &settings.resource_class);
                 if args.once {
                     return Err(err);
                 }
@@ -187,19 +178,10 @@ async fn run_pools(global: &GlobalArgs, args: ScaleArgs) -> anyhow::Result<ExitC
         let mut ok = true;
         for (pool, result) in pools.iter().zip(results) {
             match result {
-                Ok(round) => {
-                    let line = match global.output {
-                        Output::Text => round.human(),
-                        Output::Json => serde_json::to_string(&round)?,
-                    };
-                    print_line(&line)?;
-                }
+                Ok(round) => print_round(global.output, &round)?,
                 Err(e) => {
                     ok = false;
-                    let err = anyhow::Error::new(e).context(format!(
-                        "scaling {} for {} failed; the group was not changed",
-                        pool.asg, pool.resource_class
-                    ));
+                    let err = failed(e, &pool.asg, &pool.resource_class);
                     report_round_error(global.output, &err, Some(&pool.name))?;
                 }
             }
@@ -217,6 +199,20 @@ async fn run_pools(global: &GlobalArgs, args: ScaleArgs) -> anyhow::Result<ExitC
             _ = stop.changed() => return Ok(code),
         }
     }
+}
+
+fn print_round(output: Output, round: &cci_scaler::scale::Round) -> anyhow::Result<()> {
+    let line = match output {
+        Output::Text => round.human(),
+        Output::Json => serde_json::to_string(round)?,
+    };
+    print_line(&line)
+}
+
+fn failed(e: cci_scaler::scale::ScaleError, asg: &str, rc: &str) -> anyhow::Error {
+    anyhow::Error::new(e).context(format!(
+        "scaling {asg} for {rc} failed; the group was not changed"
+    ))
 }
 
 fn print_line(line: &str) -> anyhow::Result<()> {
