@@ -88,6 +88,20 @@ impl Stack {
         run(self.converge(&["init"], extra)).await
     }
 
+    /// `teardown` naming the resource class too, JSON output.
+    fn teardown_with_class(&self, flag: &str) -> tokio::process::Command {
+        self.cmd(&[
+            "--output",
+            "json",
+            "teardown",
+            "--stack",
+            "demo",
+            "--resource-class",
+            RC,
+            flag,
+        ])
+    }
+
     /// Teardown by the stack name alone: the stack knows its resource class.
     async fn teardown(&self) -> Run {
         run(self.cmd(&["--output", "json", "teardown", "--stack", "demo", "--yes"])).await
@@ -520,17 +534,7 @@ async fn init_creates_everything_converges_and_teardown_removes_it() {
     assert!(r.stdout.contains("schedule: enabled"), "{r:?}");
 
     // A dry-run teardown: the plan, nothing removed.
-    let r = run(s.cmd(&[
-        "--output",
-        "json",
-        "teardown",
-        "--stack",
-        "demo",
-        "--resource-class",
-        RC,
-        "--dry-run",
-    ]))
-    .await;
+    let r = run(s.teardown_with_class("--dry-run")).await;
     assert_eq!(r.code, 0, "{r:?}");
     let plan = json(&r);
     assert_eq!(plan["dry_run"], true);
@@ -566,17 +570,7 @@ async fn init_creates_everything_converges_and_teardown_removes_it() {
         "{r:?}"
     );
     // With the class given, CircleCI is looked at too: nothing there either.
-    let r = run(s.cmd(&[
-        "--output",
-        "json",
-        "teardown",
-        "--stack",
-        "demo",
-        "--resource-class",
-        RC,
-        "--yes",
-    ]))
-    .await;
+    let r = run(s.teardown_with_class("--yes")).await;
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
         actions(&json(&r)).iter().all(|(_, a)| a == "absent"),
