@@ -64,10 +64,10 @@ step "three jobs queued in the stand-in; cci-scaler scale --once"
 curl -fsS -X POST "$cci/_stand-in/queue" -d '{"unclaimed": 3, "running": 0}' >/dev/null
 "$bin" scale --once --asg demo-runners --resource-class demo-org/linux-x64
 
-step "cci-scaler status"
-"$bin" status "${stack[@]}"
+step "cci-scaler status (the stack name is enough: it knows its resource class)"
+"$bin" status --stack demo
 
 step "cci-scaler teardown --yes"
-"$bin" teardown "${stack[@]}" --yes
+"$bin" teardown --stack demo --yes
 
 step "done: the emulator and the stand-in are stopped"
