@@ -60,6 +60,10 @@ fn group_state(name: &str, group: &aws_sdk_autoscaling::types::AutoScalingGroup)
 }
 
 impl GroupApi for AsgClient {
+    fn region(&self) -> String {
+        self.region.clone()
+    }
+
     async fn describe(&self, name: &str) -> Result<GroupState, AwsError> {
         self.describe_many(&[name.to_string()])
             .await?

@@ -16,6 +16,8 @@ use decide::{Action, DecideError, GroupState, Policy, QueueDepth, Reap};
 
 /// The Auto Scaling group as the scaling core uses it.
 pub trait GroupApi {
+    /// The region the groups are in, for messages.
+    fn region(&self) -> String;
     /// The group's sizes and instances (launch times not filled in).
     fn describe(&self, name: &str) -> impl Future<Output = Result<GroupState, AwsError>> + Send;
     /// Several groups in as few calls as the API allows; a name that is not

@@ -69,7 +69,7 @@ pub async fn run_pools<Q: RunnerQueue + Sync, G: GroupApi + Sync>(
                 Ok(g) => g.get(&p.asg).cloned().ok_or_else(|| {
                     ScaleError::Aws(AwsError::GroupNotFound {
                         name: p.asg.clone(),
-                        region: "the configured region".into(),
+                        region: group_api.region(),
                     })
                 })?,
                 Err(e) => return Err(ScaleError::from(e.clone())),
