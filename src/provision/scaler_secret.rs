@@ -76,12 +76,14 @@ async fn converge(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
 /// there (a stack removed, or interrupted before either was made).
 pub async fn recorded_resource_class(ctx: &Ctx<'_>) -> R<Option<String>> {
     let name = ctx.names.scaler_secret();
-    if let Some(Owned { ours: true, .. }) = super::secret::find(ctx, &name).await?
-        && let Some(text) = super::secret::secret_value(ctx, &name).await?
-        && let Ok(v) = serde_json::from_str::<Value>(&text)
-        && let Some(rc) = v["resource_class"].as_str()
-    {
-        return Ok(Some(rc.to_string()));
+    if let Some(Owned { ours: true, .. }) = super::secret::find(ctx, &name).await? {
+        use crate::aws::secrets::{SecretError, read_scaler_secret};
+        match read_scaler_secret(&ctx.aws.secrets, &name).await {
+            Ok(secret) if secret.resource_class.is_some() => return Ok(secret.resource_class),
+            Ok(_) | Err(SecretError::NotFound(_)) => {}
+            Err(SecretError::Aws(e)) => return Err(e.into()),
+            Err(e) => return Err(ProvisionError::Invalid(e.to_string())),
+        }
     }
     if let Some(Owned { it, ours: true }) = super::function::find(ctx).await?
         && let Some(rc) = it
