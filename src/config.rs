@@ -13,6 +13,11 @@ use crate::render::{self, parse_go_duration, validate_stack};
 /// Canonical's Ubuntu 22.04 LTS (amd64), through its public SSM parameter.
 pub const DEFAULT_IMAGE: &str =
     "/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp2/ami-id";
+/// The same release for arm64 (Graviton) instance types.
+pub const DEFAULT_IMAGE_ARM64: &str =
+    "/aws/service/canonical/ubuntu/server/22.04/stable/current/arm64/hvm/ebs-gp2/ami-id";
+/// At most this many instance types in one pool.
+pub const MAX_INSTANCE_TYPES: usize = 20;
 pub const DEFAULT_INSTANCE_TYPE: &str = "t3.medium";
 pub const DEFAULT_STACK_FILE: &str = "cci-scaler.toml";
 
@@ -27,6 +32,7 @@ pub struct StackFile {
     pub description: Option<String>,
     pub max_instances: Option<u32>,
     pub instance_type: Option<String>,
+    pub instance_types: Option<Vec<String>>,
     pub image: Option<String>,
     pub subnets: Option<Vec<String>>,
     pub key_pair: Option<String>,
@@ -37,6 +43,36 @@ pub struct StackFile {
     pub boot_timeout: Option<String>,
     #[serde(default)]
     pub runner: RunnerFile,
+    /// Values every `[[pool]]` takes unless it sets its own.
+    pub defaults: Option<PoolFile>,
+    /// Several runner pools (`[[pool]]` tables); without them the top-level
+    /// keys describe the stack's one pool.
+    #[serde(rename = "pool")]
+    pub pools: Option<Vec<PoolFile>>,
+}
+
+/// One `[[pool]]` table (or `[defaults]`): the keys that may differ between
+/// pools. The runner keys sit directly in it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolFile {
+    /// Short name used in the pool's resource names [default: the resource
+    /// class's name part].
+    pub name: Option<String>,
+    pub resource_class: Option<String>,
+    pub description: Option<String>,
+    pub max_instances: Option<u32>,
+    pub instance_type: Option<String>,
+    pub instance_types: Option<Vec<String>>,
+    pub image: Option<String>,
+    pub key_pair: Option<String>,
+    pub root_volume_gb: Option<u32>,
+    pub imds_hop_limit: Option<u32>,
+    pub idle_timeout: Option<String>,
+    pub max_run_time: Option<String>,
+    pub working_directory: Option<String>,
+    pub setup_script: Option<PathBuf>,
+    pub apt_packages: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -82,6 +118,9 @@ impl ConfigError {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ImageSource {
+    /// Ubuntu LTS for the pool's architecture ([`DEFAULT_IMAGE`] or
+    /// [`DEFAULT_IMAGE_ARM64`]).
+    Default,
     Ami(String),
     SsmParameter(String),
 }
@@ -101,10 +140,14 @@ pub struct RunnerSettings {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StackSettings {
     pub stack: String,
+    /// The pool's short name; `None` for a stack file without `[[pool]]`
+    /// tables, whose resources keep the names of a one-pool stack.
+    pub pool: Option<String>,
     pub resource_class: String,
     pub description: String,
     pub max_instances: u32,
-    pub instance_type: String,
+    /// One or more; the first is the launch template's.
+    pub instance_types: Vec<String>,
     pub image: ImageSource,
     /// Empty: the default VPC's default subnets.
     pub subnets: Vec<String>,
@@ -133,10 +176,21 @@ impl StackFile {
             path: path.display().to_string(),
             detail: e.to_string().replace('\n', " "),
         })?;
-        if let (Some(script), Some(dir)) = (&file.runner.setup_script, path.parent())
-            && script.is_relative()
-        {
-            file.runner.setup_script = Some(dir.join(script));
+        if let Some(dir) = path.parent() {
+            let anchor = |script: &mut Option<PathBuf>| {
+                if let Some(s) = script
+                    && s.is_relative()
+                {
+                    *s = dir.join(&*s);
+                }
+            };
+            anchor(&mut file.runner.setup_script);
+            if let Some(d) = &mut file.defaults {
+                anchor(&mut d.setup_script);
+            }
+            for p in file.pools.iter_mut().flatten() {
+                anchor(&mut p.setup_script);
+            }
         }
         Ok(file)
     }
@@ -160,6 +214,9 @@ impl StackFile {
             description,
             max_instances,
             instance_type,
+            instance_types,
+            defaults,
+            pools,
             image,
             subnets,
             key_pair,
@@ -172,7 +229,9 @@ impl StackFile {
     }
 
     /// Check every value; read the setup script. An error names the key.
-    pub fn settings(&self) -> Result<StackSettings, ConfigError> {
+    /// `pool`: the pool's name when the file has `[[pool]]` tables (`self`
+    /// is then that pool's values, resolved by [`StackFile::pools`]).
+    fn pool_settings(&self, pool: Option<String>) -> Result<StackSettings, ConfigError> {
         fn bad(key: &str, detail: impl Into<String>) -> ConfigError {
             ConfigError::invalid(key, detail)
         }
@@ -205,25 +264,52 @@ impl StackFile {
                 format!("{max_instances} is out of range: must be 1 to 1000"),
             ));
         }
-        let instance_type = self
-            .instance_type
-            .clone()
-            .unwrap_or_else(|| DEFAULT_INSTANCE_TYPE.into());
-        let it_ok = instance_type.len() <= 64
-            && instance_type.split_once('.').is_some_and(|(a, b)| {
-                !a.is_empty()
-                    && !b.is_empty()
-                    && instance_type.chars().all(|c| {
-                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-'
-                    })
-            });
-        if !it_ok {
+        let instance_types = match (&self.instance_type, &self.instance_types) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "instance_types",
+                    "set instance_type or instance_types, not both",
+                ));
+            }
+            (Some(t), None) => vec![t.clone()],
+            (None, Some(ts)) => ts.clone(),
+            (None, None) => vec![DEFAULT_INSTANCE_TYPE.into()],
+        };
+        let types_key = if self.instance_type.is_some() {
+            "instance_type"
+        } else {
+            "instance_types"
+        };
+        if instance_types.is_empty() || instance_types.len() > MAX_INSTANCE_TYPES {
             return Err(bad(
-                "instance_type",
-                format!("instance type {instance_type:?}: expected a name such as t3.medium"),
+                types_key,
+                format!("give 1 to {MAX_INSTANCE_TYPES} instance types"),
             ));
         }
-        let image = match self.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.into()) {
+        for (i, instance_type) in instance_types.iter().enumerate() {
+            let it_ok = instance_type.len() <= 64
+                && instance_type.split_once('.').is_some_and(|(a, b)| {
+                    !a.is_empty()
+                        && !b.is_empty()
+                        && instance_type.chars().all(|c| {
+                            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-'
+                        })
+                });
+            if !it_ok {
+                return Err(bad(
+                    types_key,
+                    format!("instance type {instance_type:?}: expected a name such as t3.medium"),
+                ));
+            }
+            if instance_types[..i].contains(instance_type) {
+                return Err(bad(
+                    types_key,
+                    format!("instance type {instance_type} is listed twice"),
+                ));
+            }
+        }
+        let image = match self.image.clone().unwrap_or_default() {
+            i if i.is_empty() && self.image.is_none() => ImageSource::Default,
             i if i.starts_with("ami-")
                 && (12..=21).contains(&i.len())
                 && i[4..].chars().all(|c| c.is_ascii_hexdigit()) =>
@@ -357,10 +443,10 @@ impl StackFile {
         // any call, rather than at launch-template time.
         render::render_user_data(&render::UserDataInput {
             stack: stack.clone(),
-            group: crate::names::group(&stack),
+            group: crate::names::group(&stack, pool.as_deref()),
             region: "us-east-1".into(),
             resource_class: resource_class.clone(),
-            token_secret_id: crate::names::runner_token_secret(&stack),
+            token_secret_id: crate::names::runner_token_secret(&stack, pool.as_deref()),
             idle_timeout: idle_timeout.clone(),
             max_run_time: max_run_time.clone(),
             working_directory: working_directory.clone(),
@@ -389,9 +475,10 @@ impl StackFile {
                 .clone()
                 .unwrap_or_else(|| format!("cci-scaler stack {stack}")),
             stack,
+            pool,
             resource_class,
             max_instances,
-            instance_type,
+            instance_types,
             image,
             subnets,
             key_pair: self.key_pair.clone(),
@@ -410,6 +497,193 @@ impl StackFile {
             },
         })
     }
+
+    /// The top-level keys that describe a pool (set in a stack file without
+    /// `[[pool]]` tables, or by flags), by name.
+    fn top_pool_keys(&self) -> Vec<&'static str> {
+        let r = &self.runner;
+        [
+            ("resource_class", self.resource_class.is_some()),
+            ("description", self.description.is_some()),
+            ("max_instances", self.max_instances.is_some()),
+            ("instance_type", self.instance_type.is_some()),
+            ("instance_types", self.instance_types.is_some()),
+            ("image", self.image.is_some()),
+            ("key_pair", self.key_pair.is_some()),
+            ("root_volume_gb", self.root_volume_gb.is_some()),
+            ("imds_hop_limit", self.imds_hop_limit.is_some()),
+            ("runner.idle_timeout", r.idle_timeout.is_some()),
+            ("runner.max_run_time", r.max_run_time.is_some()),
+            ("runner.working_directory", r.working_directory.is_some()),
+            ("runner.setup_script", r.setup_script.is_some()),
+            ("runner.apt_packages", r.apt_packages.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect()
+    }
+
+    /// Every pool of the stack, checked: one (named `None`) for a stack file
+    /// without `[[pool]]` tables, else one per table, each resolved as its
+    /// own value, else `[defaults]`, else the built-in default. An error
+    /// names the key (`pool[2].max_instances`, `defaults.image`).
+    pub fn pools(&self) -> Result<Vec<StackSettings>, ConfigError> {
+        let Some(tables) = &self.pools else {
+            if let Some(d) = &self.defaults
+                && d != &PoolFile::default()
+            {
+                return Err(ConfigError::invalid(
+                    "defaults",
+                    "[defaults] applies to [[pool]] tables, and the stack file has none",
+                ));
+            }
+            return Ok(vec![self.pool_settings(None)?]);
+        };
+        if let Some(key) = self.top_pool_keys().first() {
+            return Err(ConfigError::invalid(
+                key,
+                format!(
+                    "the stack file has [[pool]] tables: set {} in [defaults] or in a [[pool]] (not at the top level, nor as a flag)",
+                    key.trim_start_matches("runner.")
+                ),
+            ));
+        }
+        if tables.is_empty() {
+            return Err(ConfigError::invalid("pool", "no [[pool]] table"));
+        }
+        let defaults = self.defaults.clone().unwrap_or_default();
+        if defaults.name.is_some() || defaults.resource_class.is_some() {
+            let key = if defaults.name.is_some() {
+                "defaults.name"
+            } else {
+                "defaults.resource_class"
+            };
+            return Err(ConfigError::invalid(
+                key,
+                "set it in each [[pool]], not in [defaults]",
+            ));
+        }
+        let mut out: Vec<StackSettings> = Vec::new();
+        for (i, p) in tables.iter().enumerate() {
+            let at = format!("pool[{}]", i + 1);
+            let rc = p.resource_class.clone().ok_or_else(|| {
+                ConfigError::invalid(
+                    &format!("{at}.resource_class"),
+                    "every [[pool]] needs a resource_class",
+                )
+            })?;
+            let (name, name_key) = match &p.name {
+                Some(n) => (n.clone(), format!("{at}.name")),
+                None => (
+                    rc.rsplit('/').next().unwrap_or_default().to_string(),
+                    format!("{at}.resource_class"),
+                ),
+            };
+            crate::names::validate_pool(&name).map_err(|e| {
+                let hint = if p.name.is_none() {
+                    " (the name part of its resource class): set `name`"
+                } else {
+                    ""
+                };
+                ConfigError::invalid(&name_key, format!("{e}{hint}"))
+            })?;
+            if let Some(other) = out.iter().find(|o| o.pool.as_deref() == Some(&name)) {
+                return Err(ConfigError::invalid(
+                    &name_key,
+                    format!(
+                        "two pools are named {name} ({} and {rc}): give one a `name`",
+                        other.resource_class
+                    ),
+                ));
+            }
+            if out.iter().any(|o| o.resource_class == rc) {
+                return Err(ConfigError::invalid(
+                    &format!("{at}.resource_class"),
+                    format!("{rc} is served by another pool already"),
+                ));
+            }
+            // The pool's own value, else the default.
+            let d = &defaults;
+            let one = StackFile {
+                resource_class: Some(rc),
+                description: p.description.clone().or(d.description.clone()),
+                max_instances: p.max_instances.or(d.max_instances),
+                // A pool that names its types does not inherit the other form.
+                instance_type: if p.instance_types.is_some() {
+                    p.instance_type.clone()
+                } else {
+                    p.instance_type.clone().or(d.instance_type.clone())
+                },
+                instance_types: if p.instance_type.is_some() {
+                    p.instance_types.clone()
+                } else {
+                    p.instance_types.clone().or(d.instance_types.clone())
+                },
+                image: p.image.clone().or(d.image.clone()),
+                key_pair: p.key_pair.clone().or(d.key_pair.clone()),
+                root_volume_gb: p.root_volume_gb.or(d.root_volume_gb),
+                imds_hop_limit: p.imds_hop_limit.or(d.imds_hop_limit),
+                runner: RunnerFile {
+                    idle_timeout: p.idle_timeout.clone().or(d.idle_timeout.clone()),
+                    max_run_time: p.max_run_time.clone().or(d.max_run_time.clone()),
+                    working_directory: p.working_directory.clone().or(d.working_directory.clone()),
+                    setup_script: p.setup_script.clone().or(d.setup_script.clone()),
+                    apt_packages: p.apt_packages.clone().or(d.apt_packages.clone()),
+                },
+                defaults: None,
+                pools: None,
+                ..self.clone()
+            };
+            let s = one.pool_settings(Some(name)).map_err(|e| match e {
+                ConfigError::Invalid { key, detail } => {
+                    let short = key.trim_start_matches("runner.");
+                    let from_pool = serde_json::to_value(p)
+                        .ok()
+                        .is_some_and(|v| !v[short].is_null());
+                    let from_defaults = serde_json::to_value(d)
+                        .ok()
+                        .is_some_and(|v| !v[short].is_null());
+                    let key = if from_pool || short == "resource_class" {
+                        format!("{at}.{short}")
+                    } else if from_defaults {
+                        format!("defaults.{short}")
+                    } else {
+                        key
+                    };
+                    ConfigError::Invalid { key, detail }
+                }
+                e => e,
+            })?;
+            out.push(s);
+        }
+        Ok(out)
+    }
+}
+
+/// The pools `--pool NAME` selects (all of them without it).
+pub fn select_pools(
+    pools: Vec<StackSettings>,
+    pool: Option<&str>,
+) -> Result<Vec<StackSettings>, ConfigError> {
+    let Some(want) = pool else { return Ok(pools) };
+    let names: Vec<String> = pools
+        .iter()
+        .map(|p| p.pool.clone().unwrap_or_else(|| "(none)".into()))
+        .collect();
+    let picked: Vec<StackSettings> = pools
+        .into_iter()
+        .filter(|p| p.pool.as_deref() == Some(want))
+        .collect();
+    if picked.is_empty() {
+        return Err(ConfigError::invalid(
+            "pool",
+            format!(
+                "no pool named {want} in the stack file (its pools: {})",
+                names.join(", ")
+            ),
+        ));
+    }
+    Ok(picked)
 }
 
 #[cfg(test)]
@@ -434,12 +708,110 @@ mod tests {
             max_instances: Some(7),
             ..StackFile::default()
         };
-        let s = file.merged(flags).settings().unwrap();
+        let s = file.merged(flags).pools().unwrap().remove(0);
         assert_eq!(s.max_instances, 7);
         assert_eq!(s.runner.idle_timeout, "5m");
-        assert_eq!(s.image, ImageSource::SsmParameter(DEFAULT_IMAGE.into()));
-        assert_eq!(s.instance_type, DEFAULT_INSTANCE_TYPE);
+        assert_eq!(s.image, ImageSource::Default);
+        assert_eq!(s.instance_types, [DEFAULT_INSTANCE_TYPE]);
         assert_eq!(s.imds_hop_limit, 1);
+        assert_eq!(s.pool, None);
+    }
+
+    #[test]
+    fn pools_take_defaults_and_their_own_values() {
+        let text = r#"
+stack = "ci"
+region = "eu-west-1"
+
+[defaults]
+max_instances = 10
+idle_timeout = "1m"
+
+[[pool]]
+resource_class = "acme/linux-x64"
+instance_types = ["c7i.large"]
+
+[[pool]]
+resource_class = "acme/linux-arm64"
+instance_types = ["c7g.large", "m7g.large"]
+max_instances = 4
+
+[[pool]]
+name = "big"
+resource_class = "acme/linux_large"
+instance_type = "c7i.4xlarge"
+"#;
+        let pools = StackFile::parse(text, Path::new("x.toml"))
+            .unwrap()
+            .pools()
+            .unwrap();
+        let names: Vec<_> = pools.iter().map(|p| p.pool.clone().unwrap()).collect();
+        assert_eq!(names, ["linux-x64", "linux-arm64", "big"]);
+        assert_eq!(pools[0].max_instances, 10);
+        assert_eq!(pools[1].max_instances, 4);
+        assert_eq!(pools[1].instance_types, ["c7g.large", "m7g.large"]);
+        assert_eq!(pools[2].instance_types, ["c7i.4xlarge"]);
+        assert!(pools.iter().all(|p| p.runner.idle_timeout == "1m"));
+        assert_eq!(select_pools(pools.clone(), Some("big")).unwrap().len(), 1);
+        let e = select_pools(pools, Some("nope")).unwrap_err().to_string();
+        assert!(
+            e.contains("no pool named nope") && e.contains("linux-x64, linux-arm64, big"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_pools_are_refused_by_key() {
+        let cases = [
+            (
+                "[[pool]]\nresource_class = \"a/b\"\n[[pool]]\nresource_class = \"c/b\"\n",
+                "pool[2].resource_class: two pools are named b",
+            ),
+            (
+                "[[pool]]\nresource_class = \"a/b\"\n[[pool]]\nname = \"c\"\nresource_class = \"a/b\"\n",
+                "pool[2].resource_class: a/b is served by another pool",
+            ),
+            (
+                "[[pool]]\nmax_instances = 3\n",
+                "pool[1].resource_class: every [[pool]] needs",
+            ),
+            (
+                "[[pool]]\nresource_class = \"a/B_x\"\n",
+                "pool[1].resource_class: pool name \"B_x\"",
+            ),
+            (
+                "[defaults]\nmax_instances = 0\n[[pool]]\nresource_class = \"a/b\"\n",
+                "defaults.max_instances",
+            ),
+            (
+                "[[pool]]\nresource_class = \"a/b\"\nimage = \"x\"\n",
+                "pool[1].image",
+            ),
+            (
+                "[[pool]]\nresource_class = \"a/b\"\ninstance_types = []\n",
+                "pool[1].instance_types: give 1 to 20",
+            ),
+            (
+                "[[pool]]\nresource_class = \"a/b\"\ninstance_types = [\"c7g.large\", \"c7g.large\"]\n",
+                "listed twice",
+            ),
+            (
+                "max_instances = 3\n[[pool]]\nresource_class = \"a/b\"\n",
+                "max_instances: the stack file has [[pool]] tables",
+            ),
+            (
+                "resource_class = \"a/b\"\n[defaults]\nmax_instances = 3\n",
+                "defaults: [defaults] applies to [[pool]] tables",
+            ),
+        ];
+        for (body, want) in cases {
+            let text = format!("stack = \"ci\"\n{body}");
+            let e = StackFile::parse(&text, Path::new("x.toml"))
+                .and_then(|f| f.pools())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
     }
 
     #[test]
@@ -510,7 +882,7 @@ mod tests {
             ),
         ];
         for (f, want) in cases {
-            let e = f.settings().unwrap_err().to_string();
+            let e = f.pools().unwrap_err().to_string();
             assert!(e.contains(want), "{want}: {e}");
         }
         assert!(
@@ -675,6 +1047,7 @@ mod props {
                 };
                 let present = match (*key, *valid) {
                     ("stack" | "resource_class", _) => 0.9,
+                    ("name", _) => 0.3,
                     (_, 0) => 0.03,
                     _ => 0.5,
                 };
@@ -706,7 +1079,7 @@ mod props {
                 }
             }
             let path = Path::new("/nonexistent-folder/cci-scaler.toml");
-            match StackFile::parse(&text, path).and_then(|f| f.settings()) {
+            match StackFile::parse(&text, path).and_then(|f| f.pools()).map(|mut p| p.remove(0)) {
                 Ok(s) => {
                     prop_assert!(keys.iter().any(|k| k == "stack"));
                     prop_assert!(keys.iter().any(|k| k == "resource_class"));
@@ -735,5 +1108,109 @@ mod props {
                 Err(e) => prop_assert!(false, "{e}"),
             }
         }
+
+        #[test]
+        fn any_pool_file_loads_or_names_a_key(
+            top in picks(POOL_TOP),
+            defaults in prop::option::weighted(0.5, picks(POOL)),
+            pools in prop::collection::vec(picks(POOL), 1..4),
+        ) {
+            let mut text = String::new();
+            let mut keys: Vec<String> = Vec::new();
+            let mut table = |text: &mut String, prefix: &str, cand: &[Candidates], picks: &[Option<usize>]| {
+                for ((key, _, values), pick) in cand.iter().zip(picks) {
+                    if let Some(i) = pick {
+                        text.push_str(&format!("{key} = {}\n", values[*i]));
+                        keys.push(format!("{prefix}{key}"));
+                    }
+                }
+            };
+            table(&mut text, "", POOL_TOP, &top);
+            if let Some(d) = &defaults {
+                text.push_str("[defaults]\n");
+                table(&mut text, "defaults.", POOL, d);
+            }
+            for (i, p) in pools.iter().enumerate() {
+                text.push_str("[[pool]]\n");
+                table(&mut text, &format!("pool[{}].", i + 1), POOL, p);
+            }
+            let path = Path::new("/nonexistent-folder/cci-scaler.toml");
+            match StackFile::parse(&text, path).and_then(|f| f.pools()) {
+                Ok(all) => {
+                    prop_assert_eq!(all.len(), pools.len());
+                    for (i, s) in all.iter().enumerate() {
+                        let rc_key = format!("pool[{}].resource_class", i + 1);
+                        prop_assert!(keys.contains(&rc_key));
+                        prop_assert!(s.pool.is_some());
+                        prop_assert!((1..=1000).contains(&s.max_instances));
+                        prop_assert!(!s.instance_types.is_empty());
+                    }
+                    let mut names: Vec<_> = all.iter().map(|s| s.pool.clone()).collect();
+                    names.dedup();
+                    prop_assert_eq!(names.len(), all.len());
+                }
+                Err(ConfigError::Invalid { key, detail }) => {
+                    let required_missing = (key == "stack"
+                        || (key.starts_with("pool[") && key.ends_with(".resource_class")))
+                        && !keys.contains(&key);
+                    prop_assert!(
+                        keys.contains(&key) || required_missing,
+                        "error names {key:?} ({detail}), not a key of:\n{text}"
+                    );
+                }
+                Err(ConfigError::Parse { detail, .. }) => {
+                    prop_assert!(
+                        keys.iter().any(|k| detail.contains(k.rsplit('.').next().unwrap())),
+                        "parse error names no key ({detail}):\n{text}"
+                    );
+                }
+                Err(e) => prop_assert!(false, "{e}"),
+            }
+        }
     }
+
+    /// Top-level keys of a stack file with pools: stack-wide ones, and a
+    /// pool key that belongs in [defaults] instead.
+    const POOL_TOP: &[Candidates] = &[
+        ("stack", 1, &["\"ci\"", "\"1st\""]),
+        ("poll_interval", 1, &["\"10s\"", "\"0s\""]),
+        ("max_instances", 0, &["5"]),
+    ];
+    /// Keys of a [[pool]] table (and [defaults]).
+    const POOL: &[Candidates] = &[
+        (
+            "name",
+            2,
+            &["\"small\"", "\"arm\"", "\"Big\"", "\"a_b\"", "3"],
+        ),
+        (
+            "resource_class",
+            3,
+            &[
+                "\"acme/linux-x64\"",
+                "\"acme/linux-arm64\"",
+                "\"acme/linux-large\"",
+                "\"acme/Linux_X\"",
+                "\"acme\"",
+            ],
+        ),
+        ("max_instances", 2, &["4", "10", "0", "\"4\""]),
+        (
+            "instance_types",
+            2,
+            &[
+                "[\"c7g.large\"]",
+                "[\"c7i.large\", \"m7i.large\"]",
+                "[]",
+                "[\"big\"]",
+                "[\"c7g.large\", \"c7g.large\"]",
+                "\"c7g.large\"",
+            ],
+        ),
+        ("instance_type", 1, &["\"t3.medium\"", "\"x\""]),
+        ("image", 1, &["\"ami-0123456789abcdef0\"", "\"ubuntu\""]),
+        ("idle_timeout", 1, &["\"1m\"", "\"soon\""]),
+        ("apt_packages", 1, &["[\"jq\"]", "[\"Bad\"]"]),
+        ("typo", 0, &["1"]),
+    ];
 }

@@ -6,9 +6,11 @@ use std::process::ExitCode;
 use clap::Args;
 
 use cci_scaler::config::{RunnerFile, StackFile};
-use cci_scaler::provision::{self, StepName, artifact};
+use std::io::{BufRead, IsTerminal, Write};
 
-use super::stack::{CliProgress, StackArgs, connect, print_items};
+use cci_scaler::provision::{self, Ctx, PoolRecord, StepName, artifact};
+
+use super::stack::{CliProgress, StackArgs, connect, describe, pool_names, print_items};
 use super::{GlobalArgs, Output};
 
 #[derive(Debug, Args)]
@@ -73,6 +75,9 @@ pub struct InitArgs {
     /// Print the plan (create/update/keep per resource); write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Remove pools the stack file no longer lists without asking.
+    #[arg(long, short)]
+    pub yes: bool,
 }
 
 /// `cci-scaler step NAME`: one piece of `init`, for bootstrap scripts.
@@ -120,8 +125,14 @@ async fn converge(
         ..StackFile::default()
     };
     // Everything local is checked before the first call.
+    if args.stack.pool.is_some() {
+        anyhow::bail!(
+            "init converges every pool of the stack file; --pool is for status, teardown and scale"
+        );
+    }
     let file = args.stack.file(flags, global)?;
-    let settings = file.settings()?;
+    let pools = file.pools()?;
+    let stack = pools[0].stack.clone();
     let artifact = match (&args.lambda_zip, &args.lambda_binary) {
         (Some(z), _) => artifact::from_zip(z)?,
         (None, Some(b)) => artifact::from_binary(b)?,
@@ -133,21 +144,75 @@ async fn converge(
     let ctx = connect(
         global,
         &file,
-        &settings.stack,
+        &stack,
         &args.stack.circleci_url,
         args.dry_run,
         &progress,
         &mut api,
     )
     .await?;
-    let items = provision::init(&ctx, &settings, &artifact, only).await?;
-    let snippet = format!(
-        "version: 2.1\njobs:\n  build:\n    machine: true\n    resource_class: {}\n    steps:\n      - checkout\n",
-        settings.resource_class
-    );
+    // Pools the stack has and the file no longer lists: shown, confirmed,
+    // removed after the rest converged (the Lambda stops scaling them first).
+    let removing: Vec<PoolRecord> = provision::recorded_pools(&ctx)
+        .await?
+        .into_iter()
+        .filter(|r| !pools.iter().any(|p| p.pool == r.name))
+        .collect();
+    if !removing.is_empty() && only.is_none() && !args.dry_run {
+        let names = pool_names(&removing);
+        let plan = Ctx {
+            dry_run: true,
+            progress: &provision::Quiet,
+            ..ctx.clone()
+        };
+        let planned = provision::remove_pools(&plan, &removing, false).await?;
+        eprintln!("the stack file no longer lists pool(s) {names}; init will remove:");
+        for i in planned.iter().filter(|i| i.action.changes()) {
+            eprintln!("  {}", describe(i, true));
+        }
+        if !args.yes {
+            if !std::io::stdin().is_terminal() {
+                anyhow::bail!(
+                    "init would remove pool(s) {names} and their instances: pass --yes to confirm (stdin is not a terminal); nothing was changed"
+                );
+            }
+            eprint!("Remove them, terminating their instances? [y/N] ");
+            std::io::stderr().flush()?;
+            let mut answer = String::new();
+            std::io::stdin().lock().read_line(&mut answer)?;
+            if !matches!(answer.trim(), "y" | "yes") {
+                anyhow::bail!("not confirmed; nothing was changed");
+            }
+        }
+    }
+    let mut items = provision::init(&ctx, &pools, &removing, &artifact, only).await?;
+    if !removing.is_empty() && only.is_none() {
+        items.extend(provision::remove_pools(&ctx, &removing, false).await?);
+    }
+    let jobs: String = pools
+        .iter()
+        .map(|p| {
+            format!(
+                "  build-{}:\n    machine: true\n    resource_class: {}\n    steps:\n      - checkout\n",
+                p.pool.as_deref().unwrap_or("default"),
+                p.resource_class
+            )
+        })
+        .collect();
+    let snippet = match pools.as_slice() {
+        [p] => format!(
+            "version: 2.1\njobs:\n  build:\n    machine: true\n    resource_class: {}\n    steps:\n      - checkout\n",
+            p.resource_class
+        ),
+        _ => format!("version: 2.1\njobs:\n{jobs}"),
+    };
+    let settings = match pools.as_slice() {
+        [p] if p.pool.is_none() => serde_json::to_value(p)?,
+        _ => serde_json::to_value(&pools)?,
+    };
     print_items(
         global.output,
-        &settings.stack,
+        &stack,
         &ctx.region,
         args.dry_run,
         &items,

@@ -110,11 +110,11 @@ pub async fn run(global: &GlobalArgs, cmd: RenderCommand) -> anyhow::Result<Exit
         group: args
             .asg
             .clone()
-            .unwrap_or_else(|| names::group(&args.stack)),
+            .unwrap_or_else(|| names::group(&args.stack, None)),
         token_secret_id: args
             .token_secret_id
             .clone()
-            .unwrap_or_else(|| names::runner_token_secret(&args.stack)),
+            .unwrap_or_else(|| names::runner_token_secret(&args.stack, None)),
         stack: args.stack,
         region: region(global)?,
         resource_class: args.resource_class,

@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use cci_scaler::aws;
 use cci_scaler::circleci::{self, HttpLimits, RunnerApi};
 use cci_scaler::config::{DEFAULT_STACK_FILE, StackFile};
-use cci_scaler::provision::{Action, Clients, Ctx, Item, Names, Progress};
+use cci_scaler::provision::{Action, Clients, Ctx, Item, Names, PoolRecord, Progress};
 use cci_scaler::token;
 
 use super::{GlobalArgs, Output};
@@ -26,9 +26,12 @@ pub struct StackArgs {
     /// Stack name: prefixes and tags every resource.
     #[arg(long, value_name = "NAME")]
     pub stack: Option<String>,
-    /// Runner resource class NAMESPACE/NAME.
+    /// Runner resource class NAMESPACE/NAME (a stack without [[pool]] tables).
     #[arg(long, value_name = "NS/NAME")]
     pub resource_class: Option<String>,
+    /// Act on this pool of the stack only (status, teardown).
+    #[arg(long, value_name = "NAME")]
+    pub pool: Option<String>,
     /// CircleCI runner API base URL.
     #[arg(long, env = "CIRCLECI_RUNNER_API_URL", default_value = circleci::DEFAULT_URL, value_name = "URL")]
     pub circleci_url: String,
@@ -221,13 +224,56 @@ pub fn require_stack(file: &StackFile) -> anyhow::Result<(String, Option<String>
     Ok((stack, file.resource_class.clone()))
 }
 
-/// The resource class given, else the one the stack recorded.
-pub async fn stack_resource_class(
+/// The stack's pools as it recorded them (a given --resource-class wins for
+/// a stack without pools), narrowed to `--pool`. A stack that recorded
+/// nothing is taken as one pool of a stack without pools (its resources are
+/// still found by name).
+pub async fn stack_pools(
     ctx: &Ctx<'_>,
     given: Option<String>,
-) -> anyhow::Result<Option<String>> {
-    match given {
-        Some(rc) => Ok(Some(rc)),
-        None => Ok(cci_scaler::provision::recorded_resource_class(ctx).await?),
+    pool: Option<&str>,
+) -> anyhow::Result<Vec<PoolRecord>> {
+    let mut pools = cci_scaler::provision::recorded_pools(ctx).await?;
+    if pools.is_empty() {
+        pools.push(PoolRecord {
+            name: None,
+            resource_class: None,
+        });
     }
+    if let Some(rc) = given {
+        match pools.as_mut_slice() {
+            [p] if p.name.is_none() => p.resource_class = Some(rc),
+            _ => anyhow::bail!(
+                "--resource-class is for a stack without pools; stack {} has pools {}: use --pool NAME",
+                ctx.names.stack,
+                pool_names(&pools)
+            ),
+        }
+    }
+    let Some(want) = pool else { return Ok(pools) };
+    let picked: Vec<PoolRecord> = pools
+        .iter()
+        .filter(|p| p.name.as_deref() == Some(want))
+        .cloned()
+        .collect();
+    if picked.is_empty() {
+        anyhow::bail!(
+            "stack {} has no pool named {want} (its pools: {})",
+            ctx.names.stack,
+            pool_names(&pools)
+        );
+    }
+    Ok(picked)
+}
+
+pub fn pool_names(pools: &[PoolRecord]) -> String {
+    pools
+        .iter()
+        .map(|p| {
+            p.name
+                .clone()
+                .unwrap_or_else(|| "(one pool, unnamed)".into())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

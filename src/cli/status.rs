@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use clap::Args;
 
 use cci_scaler::config::StackFile;
-use cci_scaler::provision::{self, Quiet};
+use cci_scaler::provision::{self, Quiet, StackStatus};
 
-use super::stack::{StackArgs, connect, describe, require_stack, stack_resource_class};
+use super::stack::{StackArgs, connect, describe, require_stack, stack_pools};
 use super::{GlobalArgs, Output};
 
 #[derive(Debug, Args)]
@@ -30,87 +30,108 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<ExitCo
         &mut api,
     )
     .await?;
-    let rc = stack_resource_class(&ctx, rc).await?;
-    let (items, fleet) = provision::status(&ctx, rc.as_deref()).await?;
+    let pools = stack_pools(&ctx, rc, args.stack.pool.as_deref()).await?;
+    let st = provision::status(&ctx, &pools).await?;
     match global.output {
         Output::Json => {
             println!(
                 "{}",
-                serde_json::json!({"stack": stack, "region": ctx.region, "resources": items, "fleet": fleet})
+                serde_json::json!({"stack": stack, "region": ctx.region, "status": st})
             );
         }
-        Output::Text => {
-            let rc = rc.as_deref().unwrap_or("resource class unknown");
-            println!("stack {stack} ({rc}) in {}", ctx.region);
-            for i in &items {
-                let line = describe(i, false).replacen("unchanged", "present  ", 1);
-                println!("  {line}");
-            }
-            match fleet {
-                None => println!("no Auto Scaling group"),
-                Some(f) => {
-                    match (f.unclaimed_tasks, f.running_tasks) {
-                        (Some(u), Some(r)) => println!("queue: {u} unclaimed, {r} running"),
-                        _ => println!(
-                            "queue: unavailable ({})",
-                            f.circleci_error.unwrap_or_default()
-                        ),
-                    }
-                    println!(
-                        "group: desired {} (min {}, max {}), {} instance(s)",
-                        f.desired,
-                        f.min,
-                        f.max,
-                        f.instances.len()
-                    );
-                    for i in &f.instances {
-                        println!(
-                            "  {} {} {}{}{}",
-                            i.id,
-                            i.lifecycle,
-                            i.health,
-                            if i.protected { " protected" } else { "" },
-                            if i.registered {
-                                " registered"
-                            } else {
-                                " not registered"
-                            }
-                        );
-                    }
-                    if let Some(r) = f.registered_runners {
-                        println!(
-                            "registered runners: {}",
-                            if r.is_empty() {
-                                "none".into()
-                            } else {
-                                r.join(", ")
-                            }
-                        );
-                    }
-                    match f.schedule_enabled {
-                        Some(true) => println!("schedule: enabled"),
-                        Some(false) => println!("schedule: DISABLED"),
-                        None => println!("schedule: missing"),
-                    }
-                    let runs = &f.lambda_runs;
-                    match &runs.unreadable {
-                        Some(why) => println!("Lambda runs: {why}"),
-                        None => {
-                            println!(
-                                "Lambda runs (last 15 minutes): {} poll(s), {} failed invocation(s)",
-                                runs.polls, runs.errors
-                            );
-                            if let Some(p) = &runs.last_poll {
-                                println!("  last poll: {p}");
-                            }
-                            if let Some(e) = &runs.last_error {
-                                println!("  last error: {e}");
-                            }
-                        }
-                    }
+        Output::Text => print_text(&stack, &ctx.region, &st),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_text(stack: &str, region: &str, st: &StackStatus) {
+    match st.pools.as_slice() {
+        [p] if p.pool.is_none() => {
+            let rc = p
+                .resource_class
+                .as_deref()
+                .unwrap_or("resource class unknown");
+            println!("stack {stack} ({rc}) in {region}");
+        }
+        _ => println!("stack {stack} in {region}"),
+    }
+    for i in &st.resources {
+        let line = describe(i, false).replacen("unchanged", "present  ", 1);
+        println!("  {line}");
+    }
+    for p in &st.pools {
+        let indent = if let Some(name) = &p.pool {
+            let rc = p
+                .resource_class
+                .as_deref()
+                .unwrap_or("resource class unknown");
+            println!("pool {name} ({rc}):");
+            "  "
+        } else {
+            ""
+        };
+        let Some(f) = &p.fleet else {
+            println!("{indent}no Auto Scaling group ({})", p.group);
+            continue;
+        };
+        match (f.unclaimed_tasks, f.running_tasks) {
+            (Some(u), Some(r)) => println!("{indent}queue: {u} unclaimed, {r} running"),
+            _ => println!(
+                "{indent}queue: unavailable ({})",
+                f.circleci_error.as_deref().unwrap_or_default()
+            ),
+        }
+        println!(
+            "{indent}group: desired {} (min {}, max {}), {} instance(s)",
+            f.desired,
+            f.min,
+            f.max,
+            f.instances.len()
+        );
+        for i in &f.instances {
+            println!(
+                "{indent}  {} {} {}{}{}",
+                i.id,
+                i.lifecycle,
+                i.health,
+                if i.protected { " protected" } else { "" },
+                if i.registered {
+                    " registered"
+                } else {
+                    " not registered"
                 }
+            );
+        }
+        if let Some(r) = &f.registered_runners {
+            println!(
+                "{indent}registered runners: {}",
+                if r.is_empty() {
+                    "none".into()
+                } else {
+                    r.join(", ")
+                }
+            );
+        }
+    }
+    match st.schedule_enabled {
+        Some(true) => println!("schedule: enabled"),
+        Some(false) => println!("schedule: DISABLED"),
+        None => println!("schedule: missing"),
+    }
+    let runs = &st.lambda_runs;
+    match &runs.unreadable {
+        Some(why) => println!("Lambda runs: {why}"),
+        None => {
+            println!(
+                "Lambda runs (last 15 minutes): {} poll(s), {} failed invocation(s)",
+                runs.polls, runs.errors
+            );
+            if let Some(p) = &runs.last_poll {
+                println!("  last poll: {p}");
+            }
+            if let Some(e) = &runs.last_error {
+                println!("  last error: {e}");
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -11,7 +11,7 @@ use cci_scaler::provision;
 
 use super::GlobalArgs;
 use super::stack::{
-    CliProgress, StackArgs, any_foreign, connect, print_items, require_stack, stack_resource_class,
+    CliProgress, StackArgs, any_foreign, connect, print_items, require_stack, stack_pools,
 };
 
 #[derive(Debug, Args)]
@@ -32,20 +32,24 @@ pub struct TeardownArgs {
 pub async fn run(global: &GlobalArgs, args: TeardownArgs) -> anyhow::Result<ExitCode> {
     let file = args.stack.file(StackFile::default(), global)?;
     let (stack, rc) = require_stack(&file)?;
+    let pool = args.stack.pool.as_deref();
+    let what = match pool {
+        Some(p) => format!("pool {p} of stack {stack}"),
+        None => format!("stack {stack}"),
+    };
     if !args.yes && !args.dry_run {
         if !std::io::stdin().is_terminal() {
             bail!(
-                "teardown removes stack {stack} and its instances: pass --yes to confirm (stdin is not a terminal)"
+                "teardown removes {what} and its instances: pass --yes to confirm (stdin is not a terminal)"
             );
         }
         let class = rc.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
-        eprint!(
-            "Remove stack {stack}{class}, terminating its instances? Type the stack name to confirm: "
-        );
+        let word = pool.unwrap_or(&stack);
+        eprint!("Remove {what}{class}, terminating its instances? Type {word} to confirm: ");
         std::io::stderr().flush()?;
         let mut answer = String::new();
         std::io::stdin().lock().read_line(&mut answer)?;
-        if answer.trim() != stack {
+        if answer.trim() != word {
             bail!("not confirmed; nothing was removed");
         }
     }
@@ -61,10 +65,24 @@ pub async fn run(global: &GlobalArgs, args: TeardownArgs) -> anyhow::Result<Exit
         &mut api,
     )
     .await?;
-    // The stack knows its own resource class (its scaler secret); read it
-    // before the secret goes.
-    let rc = stack_resource_class(&ctx, rc).await?;
-    let items = provision::teardown(&ctx, rc.as_deref(), args.keep_resource_class).await?;
+    // The stack knows its own pools and resource classes (its scaler
+    // secret); read them before the secret goes.
+    let all = stack_pools(&ctx, rc, None).await?;
+    let pools = match pool {
+        None => all.clone(),
+        Some(_) => stack_pools(&ctx, None, pool).await?,
+    };
+    let items = match pool {
+        None => provision::teardown(&ctx, &all, args.keep_resource_class).await?,
+        Some(p) => {
+            if all.len() < 2 {
+                bail!(
+                    "{p} is the last pool of stack {stack}: remove the whole stack (teardown without --pool)"
+                );
+            }
+            provision::remove_pools(&ctx, &pools, args.keep_resource_class).await?
+        }
+    };
     print_items(
         global.output,
         &stack,
@@ -78,7 +96,7 @@ pub async fn run(global: &GlobalArgs, args: TeardownArgs) -> anyhow::Result<Exit
             "warning: some resources carry the stack's names but not its tag; they were left alone"
         );
     }
-    if rc.is_none() {
+    if pools.iter().any(|p| p.resource_class.is_none()) {
         // init records the class (in the scaler secret) before it makes
         // anything at CircleCI, and teardown removes that record last: without
         // it, nothing of the stack is left there, unless the secret was

@@ -3,7 +3,7 @@
 
 use super::common::*;
 
-use crate::config::ImageSource;
+use crate::config::{DEFAULT_IMAGE, DEFAULT_IMAGE_ARM64, ImageSource};
 
 pub(crate) async fn account(ctx: &Ctx<'_>) -> R<String> {
     let out = ctx
@@ -100,10 +100,87 @@ pub(crate) async fn subnets(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> 
     Ok(())
 }
 
-pub(crate) async fn image(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<()> {
-    f.image = match &s.image {
-        ImageSource::Ami(id) => id.clone(),
-        ImageSource::SsmParameter(name) => ctx
+/// The pool's architecture, from its instance types (all must share one).
+pub(crate) async fn instance_types(ctx: &Ctx<'_>, s: &StackSettings, p: &mut PoolFound) -> R<()> {
+    let out = ctx
+        .aws
+        .ec2
+        .describe_instance_types()
+        .set_instance_types(Some(
+            s.instance_types
+                .iter()
+                .map(|t| ec2t::InstanceType::from(t.as_str()))
+                .collect(),
+        ))
+        .send()
+        .await
+        .map_err(|e| {
+            if code(&e).starts_with("InvalidInstanceType") {
+                ProvisionError::Invalid(format!(
+                    "instance types {}: not all are offered in {} (check instance_types)",
+                    s.instance_types.join(", "),
+                    ctx.region
+                ))
+            } else {
+                ProvisionError::Aws(AwsError::call(
+                    "ec2:DescribeInstanceTypes",
+                    s.instance_types.join(","),
+                    &e,
+                ))
+            }
+        })?;
+    let mut arches: Vec<(String, String)> = Vec::new();
+    for want in &s.instance_types {
+        let info = out
+            .instance_types()
+            .iter()
+            .find(|i| i.instance_type().map(|t| t.as_str()) == Some(want.as_str()))
+            .ok_or_else(|| {
+                ProvisionError::Invalid(format!(
+                    "instance type {want} is not offered in {} (check instance_types)",
+                    ctx.region
+                ))
+            })?;
+        let supported: Vec<&str> = info
+            .processor_info()
+            .map(|p| {
+                p.supported_architectures()
+                    .iter()
+                    .map(|a| a.as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let arch = ["arm64", "x86_64"]
+            .into_iter()
+            .find(|a| supported.contains(a))
+            .or(supported.first().copied())
+            .unwrap_or("x86_64");
+        arches.push((want.clone(), arch.to_string()));
+    }
+    let (first, arch) = arches[0].clone();
+    if let Some((odd, other)) = arches.iter().find(|(_, a)| *a != arch) {
+        return Err(ProvisionError::Invalid(format!(
+            "instance type {odd} is {other} but {first} is {arch}: the instance types of a pool must share one architecture (give {odd} its own pool)"
+        )));
+    }
+    p.architecture = arch;
+    Ok(())
+}
+
+/// The image: the one given, or Ubuntu LTS for the pool's architecture; its
+/// architecture must be the pool's.
+pub(crate) async fn image(ctx: &Ctx<'_>, s: &StackSettings, p: &mut PoolFound) -> R<()> {
+    let param = match &s.image {
+        ImageSource::Ami(id) => {
+            p.image = id.clone();
+            None
+        }
+        ImageSource::SsmParameter(name) => Some(name.as_str()),
+        ImageSource::Default if p.architecture == "arm64" => Some(DEFAULT_IMAGE_ARM64),
+        ImageSource::Default => Some(DEFAULT_IMAGE),
+    };
+    if let Some(name) = param {
+        p.image = ctx
             .aws
             .ssm
             .get_parameter()
@@ -123,25 +200,34 @@ pub(crate) async fn image(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<
             .parameter()
             .and_then(|p| p.value())
             .unwrap_or_default()
-            .to_string(),
-    };
+            .to_string();
+    }
+    let image = p.image.clone();
     let images = ctx
         .aws
         .ec2
         .describe_images()
-        .image_ids(&f.image)
+        .image_ids(&image)
         .send()
         .await
         .map_err(|e| {
             if code(&e).starts_with("InvalidAMIID") {
-                ProvisionError::Invalid(format!("image {} not found in {}", f.image, ctx.region))
+                ProvisionError::Invalid(format!("image {image} not found in {}", ctx.region))
             } else {
-                ProvisionError::Aws(AwsError::call("ec2:DescribeImages", &f.image, &e))
+                ProvisionError::Aws(AwsError::call("ec2:DescribeImages", &image, &e))
             }
         })?;
     let img = images.images().first().ok_or_else(|| {
-        ProvisionError::Invalid(format!("image {} not found in {}", f.image, ctx.region))
+        ProvisionError::Invalid(format!("image {image} not found in {}", ctx.region))
     })?;
-    f.root_device = img.root_device_name().unwrap_or("/dev/sda1").to_string();
+    if let Some(a) = img.architecture().map(|a| a.as_str())
+        && a != p.architecture
+    {
+        return Err(ProvisionError::Invalid(format!(
+            "image {image} is {a} but instance type {} is {}: give an image for {} (or leave image unset for Ubuntu LTS)",
+            s.instance_types[0], p.architecture, p.architecture
+        )));
+    }
+    p.root_device = img.root_device_name().unwrap_or("/dev/sda1").to_string();
     Ok(())
 }

@@ -10,8 +10,8 @@ pub(crate) use futures::future::BoxFuture;
 pub(crate) use serde_json::{Value, json};
 
 pub(crate) use super::circleci_admin as cci;
-pub(crate) use super::runner::{Resource, StepName, Teardown};
-pub(crate) use super::{Action, Ctx, Item, ProvisionError, STACK_TAG, with_patience};
+pub(crate) use super::runner::{PoolRecord, Resource, StepName, Teardown};
+pub(crate) use super::{Action, Ctx, Item, POOL_TAG, ProvisionError, STACK_TAG, with_patience};
 pub(crate) use crate::aws::AwsError;
 pub(crate) use crate::config::StackSettings;
 
@@ -85,14 +85,23 @@ pub(crate) struct Owned<T> {
 
 pub(crate) const PENDING: &str = "(pending)";
 
+/// The ownership tags of a resource: the stack, and the pool for a pool's
+/// resources in a stack with `[[pool]]` tables.
+pub(crate) fn tags(ctx: &Ctx<'_>) -> Vec<(&'static str, String)> {
+    let mut t = vec![(STACK_TAG, ctx.names.stack.clone())];
+    if let Some(p) = &ctx.names.pool {
+        t.push((POOL_TAG, p.clone()));
+    }
+    t
+}
+
 pub(crate) fn ec2_tags(ctx: &Ctx<'_>, name: &str) -> Vec<ec2t::Tag> {
-    vec![
-        ec2t::Tag::builder()
-            .key(STACK_TAG)
-            .value(&ctx.names.stack)
-            .build(),
-        ec2t::Tag::builder().key("Name").value(name).build(),
-    ]
+    let mut t: Vec<ec2t::Tag> = tags(ctx)
+        .into_iter()
+        .map(|(k, v)| ec2t::Tag::builder().key(k).value(v).build())
+        .collect();
+    t.push(ec2t::Tag::builder().key("Name").value(name).build());
+    t
 }
 
 pub(crate) fn iam_tag(ctx: &Ctx<'_>) -> aws_sdk_iam::types::Tag {
@@ -110,18 +119,44 @@ pub(crate) struct Found {
     pub account: String,
     pub subnets: Vec<String>,
     pub vpc: String,
+    pub security_group: Option<String>,
+    pub scaler_secret_arn: Option<String>,
+    pub scaler_role_arn: Option<String>,
+    pub function_arn: Option<String>,
+    /// Every pool, in the stack file's order.
+    pub pools: Vec<PoolFound>,
+    /// Pools being removed: still recorded until they are gone.
+    pub removing: Vec<super::runner::PoolRecord>,
+    /// The pool a per-pool resource is being worked on for.
+    pub current: usize,
+}
+
+impl Found {
+    pub fn pool(&self) -> &PoolFound {
+        &self.pools[self.current]
+    }
+    pub fn pool_mut(&mut self) -> &mut PoolFound {
+        &mut self.pools[self.current]
+    }
+}
+
+/// What is known of one pool.
+#[derive(Default, Clone)]
+pub(crate) struct PoolFound {
+    /// `None`: the one pool of a stack without `[[pool]]` tables.
+    pub name: Option<String>,
+    pub resource_class: String,
+    pub group: String,
+    pub token_secret: String,
+    pub architecture: String,
     pub image: String,
     pub root_device: String,
     pub user_data: String,
     /// The resource class as CircleCI has it (`None`: not created yet).
     pub class: Option<cci::ResourceClass>,
-    pub security_group: Option<String>,
     pub runner_token_secret_arn: Option<String>,
-    pub scaler_secret_arn: Option<String>,
     pub launch_template_id: Option<String>,
     pub group_arn: Option<String>,
-    pub scaler_role_arn: Option<String>,
-    pub function_arn: Option<String>,
 }
 
 /// An item of the CircleCI side when the resource class is not known.

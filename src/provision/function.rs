@@ -66,8 +66,27 @@ fn lambda_env(ctx: &Ctx<'_>, s: &StackSettings, f: &Found) -> HashMap<String, St
             .clone()
             .unwrap_or_else(|| PENDING.into()),
     );
-    env.insert("CCI_SCALER_ASG".into(), ctx.names.group());
-    env.insert("CCI_SCALER_RESOURCE_CLASS".into(), s.resource_class.clone());
+    // One pool: the two variables of a stack made before pools (so such a
+    // stack's function does not change); several: the list.
+    match f.pools.as_slice() {
+        [p] => {
+            env.insert("CCI_SCALER_ASG".into(), p.group.clone());
+            env.insert("CCI_SCALER_RESOURCE_CLASS".into(), s.resource_class.clone());
+        }
+        pools => {
+            let list: Vec<Value> = pools
+                .iter()
+                .map(|p| {
+                    json!({
+                        "name": p.name.clone().unwrap_or_else(|| "default".into()),
+                        "asg": p.group,
+                        "resource_class": p.resource_class,
+                    })
+                })
+                .collect();
+            env.insert("CCI_SCALER_POOLS".into(), Value::Array(list).to_string());
+        }
+    }
     env.insert("CCI_SCALER_POLL_INTERVAL".into(), secs(s.poll_interval));
     env.insert("CCI_SCALER_POLL_WINDOW".into(), secs(s.poll_window));
     env.insert("CCI_SCALER_BOOT_TIMEOUT".into(), secs(s.boot_timeout));
@@ -255,4 +274,48 @@ async fn delete(ctx: &Ctx<'_>) -> R<Item> {
             .map_err(aws_err("lambda:DeleteFunction", &name))?;
     }
     Ok(Item::new("Lambda function", &name, Action::Delete).id(arn))
+}
+
+/// Stop scaling removed pools: drop them from the function's pool list.
+pub(crate) async fn forget(ctx: &Ctx<'_>, gone: &[PoolRecord]) -> R<Option<Item>> {
+    use aws_sdk_lambda::types as lt;
+    let name = ctx.names.function();
+    let Some(Owned { it, ours: true }) = find(ctx).await? else {
+        return Ok(None);
+    };
+    let Some(mut env) = it
+        .configuration()
+        .and_then(|c| c.environment())
+        .and_then(|e| e.variables())
+        .cloned()
+    else {
+        return Ok(None);
+    };
+    let Some(Ok(Value::Array(mut list))) = env
+        .get("CCI_SCALER_POOLS")
+        .map(|v| serde_json::from_str::<Value>(v))
+    else {
+        return Ok(None);
+    };
+    let before = list.len();
+    list.retain(|p| !gone.iter().any(|g| g.name.as_deref() == p["name"].as_str()));
+    let dropped = before - list.len();
+    if dropped == 0 {
+        return Ok(None);
+    }
+    env.insert("CCI_SCALER_POOLS".into(), Value::Array(list).to_string());
+    if !ctx.dry_run {
+        ctx.aws
+            .lambda
+            .update_function_configuration()
+            .function_name(&name)
+            .environment(lt::Environment::builder().set_variables(Some(env)).build())
+            .send()
+            .await
+            .map_err(aws_err("lambda:UpdateFunctionConfiguration", &name))?;
+    }
+    Ok(Some(
+        Item::new("Lambda function", &name, Action::Update)
+            .detail(format!("{dropped} removed pool(s) no longer scaled")),
+    ))
 }

@@ -14,6 +14,9 @@ impl Resource for Group {
     fn label(&self) -> &'static str {
         "auto scaling group"
     }
+    fn per_pool(&self) -> bool {
+        true
+    }
     fn converge<'a>(
         &'a self,
         ctx: &'a Ctx<'a>,
@@ -56,21 +59,48 @@ async fn converge(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
     let asg = &ctx.aws.asg;
     let subnets = f.subnets.join(",");
     let lt = at::LaunchTemplateSpecification::builder()
-        .set_launch_template_id(f.launch_template_id.clone())
+        .set_launch_template_id(f.pool().launch_template_id.clone())
         .version("$Latest")
         .build();
+    // Several types: a mixed-instances policy over them (on demand only), so
+    // one type's shortage does not stop the pool. Always the whole policy.
+    let mixed = (s.instance_types.len() > 1).then(|| mixed_policy(lt.clone(), &s.instance_types));
     let max = s.max_instances as i32;
     let item = match find(ctx).await? {
         Some(Owned { ours: false, .. }) => return Err(not_ours("Auto Scaling group", &name, ctx)),
         Some(Owned { it: g, .. }) => {
-            f.group_arn = g.auto_scaling_group_arn().map(String::from);
+            f.pool_mut().group_arn = g.auto_scaling_group_arn().map(String::from);
             let mut current_subnets: Vec<&str> =
                 g.vpc_zone_identifier().unwrap_or("").split(',').collect();
             current_subnets.sort();
-            let lt_ok = g.launch_template().is_some_and(|l| {
-                l.launch_template_id() == f.launch_template_id.as_deref()
+            let template_ok = |l: &at::LaunchTemplateSpecification| {
+                l.launch_template_id() == f.pool().launch_template_id.as_deref()
                     && l.version() == Some("$Latest")
-            });
+            };
+            let lt_ok = match (&mixed, g.mixed_instances_policy()) {
+                (None, None) => g.launch_template().is_some_and(template_ok),
+                (Some(_), Some(m)) => {
+                    let l = m.launch_template();
+                    let types: Vec<&str> = l
+                        .map(|l| {
+                            l.overrides()
+                                .iter()
+                                .filter_map(|o| o.instance_type())
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let d = m.instances_distribution();
+                    l.and_then(|l| l.launch_template_specification())
+                        .is_some_and(template_ok)
+                        && types
+                            == s.instance_types
+                                .iter()
+                                .map(String::as_str)
+                                .collect::<Vec<_>>()
+                        && d.and_then(|d| d.on_demand_percentage_above_base_capacity()) == Some(100)
+                }
+                _ => false,
+            };
             let suspended = g
                 .suspended_processes()
                 .iter()
@@ -85,16 +115,20 @@ async fn converge(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
             } else {
                 if !ctx.dry_run {
                     if !same {
-                        asg.update_auto_scaling_group()
+                        let update = asg
+                            .update_auto_scaling_group()
                             .auto_scaling_group_name(&name)
                             .min_size(0)
                             .max_size(max)
                             .vpc_zone_identifier(&subnets)
-                            .launch_template(lt)
-                            .new_instances_protected_from_scale_in(true)
-                            .send()
-                            .await
-                            .map_err(aws_err("autoscaling:UpdateAutoScalingGroup", &name))?;
+                            .new_instances_protected_from_scale_in(true);
+                        match mixed {
+                            Some(m) => update.mixed_instances_policy(m),
+                            None => update.launch_template(lt),
+                        }
+                        .send()
+                        .await
+                        .map_err(aws_err("autoscaling:UpdateAutoScalingGroup", &name))?;
                     }
                     suspend_rebalance(ctx, &name).await?;
                 }
@@ -115,31 +149,71 @@ async fn converge(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
                     .resource_type("auto-scaling-group")
                     .build()
             };
-            asg.create_auto_scaling_group()
-                .auto_scaling_group_name(&name)
-                .launch_template(lt)
+            let create = asg
+                .create_auto_scaling_group()
+                .auto_scaling_group_name(&name);
+            let create = match mixed {
+                Some(m) => create.mixed_instances_policy(m),
+                None => create.launch_template(lt),
+            };
+            create
+                .set_tags(Some(tags(ctx).iter().map(|(k, v)| tag(k, v)).collect()))
                 .min_size(0)
                 .max_size(max)
                 .desired_capacity(0)
                 .vpc_zone_identifier(&subnets)
                 .new_instances_protected_from_scale_in(true)
-                .tags(tag(STACK_TAG, &ctx.names.stack))
                 .tags(tag("Name", &name))
                 .send()
                 .await
                 .map_err(aws_err("autoscaling:CreateAutoScalingGroup", &name))?;
             suspend_rebalance(ctx, &name).await?;
-            f.group_arn = find(ctx)
+            f.pool_mut().group_arn = find(ctx)
                 .await?
                 .and_then(|g| g.it.auto_scaling_group_arn().map(String::from));
             Item::new("Auto Scaling group", &name, Action::Create)
         }
     };
-    let mut item = item.detail(format!("min 0, max {max}"));
-    if let Some(a) = &f.group_arn {
+    let mut detail = format!("min 0, max {max}");
+    if s.instance_types.len() > 1 {
+        detail.push_str(&format!(", types {}", s.instance_types.join(" ")));
+    }
+    let mut item = item.detail(detail);
+    if let Some(a) = &f.pool().group_arn {
         item = item.id(a);
     }
     Ok(item)
+}
+
+fn mixed_policy(
+    lt: aws_sdk_autoscaling::types::LaunchTemplateSpecification,
+    types: &[String],
+) -> aws_sdk_autoscaling::types::MixedInstancesPolicy {
+    use aws_sdk_autoscaling::types as at;
+    at::MixedInstancesPolicy::builder()
+        .launch_template(
+            at::LaunchTemplate::builder()
+                .launch_template_specification(lt)
+                .set_overrides(Some(
+                    types
+                        .iter()
+                        .map(|t| {
+                            at::LaunchTemplateOverrides::builder()
+                                .instance_type(t)
+                                .build()
+                        })
+                        .collect(),
+                ))
+                .build(),
+        )
+        .instances_distribution(
+            at::InstancesDistribution::builder()
+                .on_demand_allocation_strategy("prioritized")
+                .on_demand_base_capacity(0)
+                .on_demand_percentage_above_base_capacity(100)
+                .build(),
+        )
+        .build()
 }
 
 async fn suspend_rebalance(ctx: &Ctx<'_>, name: &str) -> R<()> {

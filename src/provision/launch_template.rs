@@ -16,6 +16,9 @@ impl Resource for LaunchTemplate {
     fn label(&self) -> &'static str {
         "launch template"
     }
+    fn per_pool(&self) -> bool {
+        true
+    }
     fn converge<'a>(
         &'a self,
         ctx: &'a Ctx<'a>,
@@ -70,8 +73,8 @@ fn template_data(
             .build()
     };
     ec2t::RequestLaunchTemplateData::builder()
-        .image_id(&f.image)
-        .instance_type(ec2t::InstanceType::from(s.instance_type.as_str()))
+        .image_id(&f.pool().image)
+        .instance_type(ec2t::InstanceType::from(s.instance_types[0].as_str()))
         .set_key_name(s.key_pair.clone())
         .user_data(base64::engine::general_purpose::STANDARD.encode(user_data))
         .iam_instance_profile(
@@ -90,7 +93,7 @@ fn template_data(
         .instance_initiated_shutdown_behavior(ec2t::ShutdownBehavior::Terminate)
         .block_device_mappings(
             ec2t::LaunchTemplateBlockDeviceMappingRequest::builder()
-                .device_name(&f.root_device)
+                .device_name(&f.pool().root_device)
                 .ebs(
                     ec2t::LaunchTemplateEbsBlockDeviceRequest::builder()
                         .volume_size(s.root_volume_gb as i32)
@@ -127,12 +130,12 @@ macro_rules! fingerprint {
 async fn converge(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
     let name = ctx.names.launch_template();
     let ec2 = &ctx.aws.ec2;
-    let data = template_data(ctx, s, &f.user_data, f);
+    let data = template_data(ctx, s, &f.pool().user_data, f);
     match find(ctx).await? {
         Some(Owned { ours: false, .. }) => Err(not_ours("launch template", &name, ctx)),
         Some(Owned { it: t, .. }) => {
             let id = t.launch_template_id().unwrap_or_default().to_string();
-            f.launch_template_id = Some(id.clone());
+            f.pool_mut().launch_template_id = Some(id.clone());
             let latest = ec2
                 .describe_launch_template_versions()
                 .launch_template_id(&id)
@@ -202,7 +205,7 @@ async fn converge(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
                 .and_then(|t| t.launch_template_id())
                 .unwrap_or_default()
                 .to_string();
-            f.launch_template_id = Some(id.clone());
+            f.pool_mut().launch_template_id = Some(id.clone());
             Ok(Item::new("launch template", &name, Action::Create)
                 .id(id)
                 .detail("version 1"))

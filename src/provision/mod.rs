@@ -36,30 +36,50 @@ use crate::aws::AwsError;
 use crate::circleci::{CircleCiError, RunnerApi};
 use crate::config::StackSettings;
 
-pub use runner::{StepName, init, teardown};
-pub use scaler_secret::recorded_resource_class;
-pub use status::{Fleet, FleetInstance, LambdaRuns, status};
+pub use runner::{PoolRecord, StepName, init, recorded_pools, remove_pools, teardown};
+pub use status::{Fleet, FleetInstance, LambdaRuns, PoolStatus, StackStatus, status};
 
 /// The tag that marks a resource as this stack's.
 pub const STACK_TAG: &str = "cci-scaler:stack";
 
-/// Resource names, all derived from the stack name.
+/// The tag that names the pool a per-pool resource belongs to (stacks with
+/// `[[pool]]` tables only).
+pub const POOL_TAG: &str = "cci-scaler:pool";
+
+/// Resource names, all derived from the stack name and, for the per-pool
+/// ones, the pool's name (`None`: the one pool of a stack without
+/// `[[pool]]` tables, named as before pools existed).
 #[derive(Debug, Clone)]
 pub struct Names {
     pub stack: String,
+    pub pool: Option<String>,
 }
 
 impl Names {
     pub fn new(stack: &str) -> Names {
         Names {
             stack: stack.to_string(),
+            pool: None,
         }
     }
+    /// The names of one pool of the stack.
+    pub fn for_pool(&self, pool: Option<&str>) -> Names {
+        Names {
+            stack: self.stack.clone(),
+            pool: pool.map(String::from),
+        }
+    }
+    fn pool_part(&self) -> String {
+        self.pool
+            .as_ref()
+            .map(|p| format!("-{p}"))
+            .unwrap_or_default()
+    }
     pub fn group(&self) -> String {
-        crate::names::group(&self.stack)
+        crate::names::group(&self.stack, self.pool.as_deref())
     }
     pub fn runner_token_secret(&self) -> String {
-        crate::names::runner_token_secret(&self.stack)
+        crate::names::runner_token_secret(&self.stack, self.pool.as_deref())
     }
     pub fn scaler_secret(&self) -> String {
         crate::names::scaler_secret(&self.stack)
@@ -68,7 +88,7 @@ impl Names {
         format!("cci-scaler-{}{what}", self.stack)
     }
     pub fn launch_template(&self) -> String {
-        self.prefixed("-runner")
+        self.prefixed(&format!("{}-runner", self.pool_part()))
     }
     pub fn security_group(&self) -> String {
         self.prefixed("-runner")
@@ -86,7 +106,7 @@ impl Names {
         self.prefixed("-schedule")
     }
     pub fn token_nickname(&self) -> String {
-        self.prefixed("")
+        self.prefixed(&self.pool_part())
     }
 }
 

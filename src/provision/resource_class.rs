@@ -13,13 +13,16 @@ impl Resource for ResourceClass {
     fn label(&self) -> &'static str {
         "resource class"
     }
+    fn per_pool(&self) -> bool {
+        true
+    }
     fn converge<'a>(
         &'a self,
         ctx: &'a Ctx<'a>,
         s: &'a StackSettings,
         f: &'a mut Found,
     ) -> BoxFuture<'a, R<Item>> {
-        Box::pin(converge(ctx, s, f.class.clone()))
+        Box::pin(converge(ctx, s, f.pool().class.clone()))
     }
     fn delete<'a>(&'a self, ctx: &'a Ctx<'a>, t: &'a Teardown) -> BoxFuture<'a, R<Vec<Item>>> {
         Box::pin(async move {

@@ -31,11 +31,10 @@ pub(crate) fn trust(service: &str) -> String {
     .to_string()
 }
 
-pub(crate) fn group_arn_pattern(ctx: &Ctx<'_>, account: &str) -> String {
+pub(crate) fn group_arn_pattern(ctx: &Ctx<'_>, account: &str, group: &str) -> String {
     format!(
-        "arn:aws:autoscaling:{}:{account}:autoScalingGroup:*:autoScalingGroupName/{}",
+        "arn:aws:autoscaling:{}:{account}:autoScalingGroup:*:autoScalingGroupName/{group}",
         ctx.region,
-        ctx.names.group()
     )
 }
 

@@ -27,14 +27,36 @@ pub(crate) trait Resource: Sync {
     /// Remove it if it is ours (a dry run only says). A resource with our name
     /// but without our tag is reported as foreign and left alone.
     fn delete<'a>(&'a self, ctx: &'a Ctx<'a>, t: &'a Teardown) -> BoxFuture<'a, R<Vec<Item>>>;
+    /// One per pool (it is then given the pool's names and settings), rather
+    /// than one per stack.
+    fn per_pool(&self) -> bool {
+        false
+    }
 }
 
-/// What a teardown needs beyond the stack's names.
+/// What a teardown needs beyond the stack's names (for a per-pool kind: of
+/// the pool).
 pub(crate) struct Teardown {
     /// `None`: unknown (the stack recorded none); its CircleCI side is then
     /// reported, not touched.
     pub resource_class: Option<String>,
     pub keep_resource_class: bool,
+}
+
+/// A pool as the stack recorded it (in its scaler secret, else its Lambda).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PoolRecord {
+    /// `None`: the one pool of a stack without `[[pool]]` tables.
+    pub name: Option<String>,
+    pub resource_class: Option<String>,
+}
+
+/// The context of one pool: the same connections, the pool's names.
+fn pool_ctx<'a>(ctx: &Ctx<'a>, pool: Option<&str>) -> Ctx<'a> {
+    Ctx {
+        names: ctx.names.for_pool(pool),
+        ..ctx.clone()
+    }
 }
 
 /// Every kind, in dependency order (a resource only needs those before it).
@@ -107,30 +129,45 @@ async fn requires(ctx: &Ctx<'_>, step: StepName, f: &mut Found) -> R<()> {
     match step {
         StepName::Iam => {
             need(
-                &f.runner_token_secret_arn,
-                step,
-                "runner token secret",
-                StepName::ResourceClass,
-            )?;
-            need(
                 &f.scaler_secret_arn,
                 step,
                 "scaler secret",
                 StepName::Secrets,
             )?;
-            // The group comes after the roles in the walk; its ARN is known
-            // here only when it exists.
-            f.group_arn = super::group::find(ctx)
-                .await?
-                .and_then(|g| g.it.auto_scaling_group_arn().map(String::from));
-            need(&f.group_arn, step, "Auto Scaling group", StepName::Group)
+            for i in 0..f.pools.len() {
+                f.current = i;
+                let pctx = pool_ctx(ctx, f.pool().name.as_deref());
+                need(
+                    &f.pool().runner_token_secret_arn,
+                    step,
+                    "runner token secret",
+                    StepName::ResourceClass,
+                )?;
+                // The group comes after the roles in the walk; its ARN is
+                // known here only when it exists.
+                f.pool_mut().group_arn = super::group::find(&pctx)
+                    .await?
+                    .and_then(|g| g.it.auto_scaling_group_arn().map(String::from));
+                need(
+                    &f.pool().group_arn,
+                    step,
+                    "Auto Scaling group",
+                    StepName::Group,
+                )?;
+            }
+            Ok(())
         }
-        StepName::Group => need(
-            &f.launch_template_id,
-            step,
-            "launch template",
-            StepName::LaunchTemplate,
-        ),
+        StepName::Group => {
+            for p in &f.pools {
+                need(
+                    &p.launch_template_id,
+                    step,
+                    "launch template",
+                    StepName::LaunchTemplate,
+                )?;
+            }
+            Ok(())
+        }
         StepName::Lambda => {
             need(&f.scaler_role_arn, step, "scaler role", StepName::Iam)?;
             need(
@@ -146,15 +183,25 @@ async fn requires(ctx: &Ctx<'_>, step: StepName, f: &mut Found) -> R<()> {
 }
 
 /// Create or converge the whole stack (`only: None`), or one step of it: the
-/// other steps then only read, to find what the step builds on. Returns one
-/// item per resource touched.
+/// other steps then only read, to find what the step builds on. `pools`: the
+/// stack's pools (at least one; the stack-wide settings are the same in
+/// each). `removing`: pools the stack had and the settings no longer list;
+/// they stay recorded (so a run cut short can still find them) until
+/// [`remove_pools`] has removed them. Returns one item per resource touched.
 pub async fn init(
     ctx: &Ctx<'_>,
-    s: &StackSettings,
+    pools: &[StackSettings],
+    removing: &[PoolRecord],
     artifact: &Artifact,
     only: Option<StepName>,
 ) -> R<Vec<Item>> {
-    let mut f = Found::default();
+    let s0 = pools
+        .first()
+        .ok_or_else(|| ProvisionError::Invalid("the stack has no pool".into()))?;
+    let mut f = Found {
+        removing: removing.to_vec(),
+        ..Found::default()
+    };
     let reader = Ctx {
         dry_run: true,
         ..ctx.clone()
@@ -163,27 +210,42 @@ pub async fn init(
     // Reads that fail fast on bad settings, before anything is written.
     ctx.progress.start("checking settings against AWS");
     f.account = step("account", super::checks::account(ctx).await)?;
-    step("subnets", super::checks::subnets(ctx, s, &mut f).await)?;
-    step("image", super::checks::image(ctx, s, &mut f).await)?;
-    f.user_data = render_user_data(&UserDataInput {
-        stack: s.stack.clone(),
-        group: ctx.names.group(),
-        region: ctx.region.clone(),
-        resource_class: s.resource_class.clone(),
-        token_secret_id: ctx.names.runner_token_secret(),
-        idle_timeout: s.runner.idle_timeout.clone(),
-        max_run_time: s.runner.max_run_time.clone(),
-        working_directory: s.runner.working_directory.clone(),
-        setup_script: s.runner.setup_script.clone(),
-        apt_packages: s.runner.apt_packages.clone(),
-        embedded_token: None,
-    })?;
-    f.class = step(
-        "resource class",
-        cci::find_resource_class(ctx.circleci, &s.resource_class)
-            .await
-            .map_err(Into::into),
-    )?;
+    step("subnets", super::checks::subnets(ctx, s0, &mut f).await)?;
+    for s in pools {
+        let pctx = pool_ctx(ctx, s.pool.as_deref());
+        let mut p = PoolFound {
+            name: s.pool.clone(),
+            resource_class: s.resource_class.clone(),
+            group: pctx.names.group(),
+            token_secret: pctx.names.runner_token_secret(),
+            ..PoolFound::default()
+        };
+        step(
+            "instance types",
+            super::checks::instance_types(&pctx, s, &mut p).await,
+        )?;
+        step("image", super::checks::image(&pctx, s, &mut p).await)?;
+        p.user_data = render_user_data(&UserDataInput {
+            stack: s.stack.clone(),
+            group: p.group.clone(),
+            region: ctx.region.clone(),
+            resource_class: s.resource_class.clone(),
+            token_secret_id: p.token_secret.clone(),
+            idle_timeout: s.runner.idle_timeout.clone(),
+            max_run_time: s.runner.max_run_time.clone(),
+            working_directory: s.runner.working_directory.clone(),
+            setup_script: s.runner.setup_script.clone(),
+            apt_packages: s.runner.apt_packages.clone(),
+            embedded_token: None,
+        })?;
+        p.class = step(
+            "resource class",
+            cci::find_resource_class(ctx.circleci, &s.resource_class)
+                .await
+                .map_err(Into::into),
+        )?;
+        f.pools.push(p);
+    }
 
     let mut items = Vec::new();
     let mut checked = None;
@@ -194,36 +256,110 @@ pub async fn init(
             checked = Some(r.step());
         }
         let c: &Ctx<'_> = if selected { ctx } else { &reader };
-        if selected {
-            ctx.progress.start(r.label());
-        }
-        let item = step(r.label(), r.converge(c, s, &mut f).await)?;
-        if selected {
-            ctx.progress.done(&item);
-            items.push(item);
+        let targets: Vec<(usize, &StackSettings)> = if r.per_pool() {
+            pools.iter().enumerate().collect()
+        } else {
+            vec![(0, s0)]
+        };
+        for (i, s) in targets {
+            f.current = i;
+            let pctx;
+            let c = if r.per_pool() {
+                pctx = pool_ctx(c, s.pool.as_deref());
+                &pctx
+            } else {
+                c
+            };
+            if selected {
+                ctx.progress.start(r.label());
+            }
+            let item = step(r.label(), r.converge(c, s, &mut f).await)?;
+            if selected {
+                ctx.progress.done(&item);
+                items.push(item);
+            }
         }
     }
     Ok(items)
 }
 
-/// Remove the stack, in the reverse of the order `init` builds it (the
-/// schedule first, so nothing raises capacity while it goes). Resources
-/// without our tag are reported and left alone.
-pub async fn teardown(
+/// Remove pools the stack no longer has (their launch template, group,
+/// runner token and secret, resource class), in reverse order; nothing
+/// shared. Then record them as gone (in the scaler secret, which `init`
+/// converged with them still listed).
+pub async fn remove_pools(
     ctx: &Ctx<'_>,
-    resource_class: Option<&str>,
+    removing: &[PoolRecord],
     keep_resource_class: bool,
 ) -> R<Vec<Item>> {
-    let t = Teardown {
-        resource_class: resource_class.map(String::from),
+    let mut items = Vec::new();
+    // The Lambda first, so nothing scales a pool while it goes (after
+    // `init` it already has; `teardown --pool` needs it).
+    if let Some(item) = super::function::forget(ctx, removing).await? {
+        ctx.progress.done(&item);
+        items.push(item);
+    }
+    for r in resources(None).iter().rev().filter(|r| r.per_pool()) {
+        for pool in removing {
+            let pctx = pool_ctx(ctx, pool.name.as_deref());
+            let t = Teardown {
+                resource_class: pool.resource_class.clone(),
+                keep_resource_class,
+            };
+            ctx.progress.start(r.label());
+            for item in r.delete(&pctx, &t).await? {
+                ctx.progress.done(&item);
+                items.push(item);
+            }
+        }
+    }
+    if let Some(item) = super::scaler_secret::forget(ctx, removing).await? {
+        ctx.progress.done(&item);
+        items.push(item);
+    }
+    Ok(items)
+}
+
+/// The pools the stack recorded: in its scaler secret, else in its Lambda's
+/// environment. Empty when neither is there (a stack removed, or
+/// interrupted before either was made).
+pub async fn recorded_pools(ctx: &Ctx<'_>) -> R<Vec<PoolRecord>> {
+    super::scaler_secret::recorded_pools(ctx).await
+}
+
+/// Remove the stack, in the reverse of the order `init` builds it (the
+/// schedule first, so nothing raises capacity while it goes), every pool in
+/// `pools`. Resources without our tag are reported and left alone.
+pub async fn teardown(
+    ctx: &Ctx<'_>,
+    pools: &[PoolRecord],
+    keep_resource_class: bool,
+) -> R<Vec<Item>> {
+    let shared = Teardown {
+        resource_class: None,
         keep_resource_class,
     };
     let mut items = Vec::new();
     for r in resources(None).iter().rev() {
-        ctx.progress.start(r.label());
-        for item in r.delete(ctx, &t).await? {
-            ctx.progress.done(&item);
-            items.push(item);
+        if !r.per_pool() {
+            ctx.progress.start(r.label());
+            for item in r.delete(ctx, &shared).await? {
+                ctx.progress.done(&item);
+                items.push(item);
+            }
+            continue;
+        }
+        for pool in pools {
+            let pctx = pool_ctx(ctx, pool.name.as_deref());
+            let t = Teardown {
+                resource_class: pool.resource_class.clone(),
+                keep_resource_class,
+            };
+            ctx.progress.start(r.label());
+            for item in r.delete(&pctx, &t).await? {
+                ctx.progress.done(&item);
+                items.push(item);
+            }
         }
     }
     Ok(items)

@@ -33,25 +33,45 @@ impl Resource for RunnerRole {
 
 /// The runner instances: read their own token; terminate themselves and set
 /// their own health, within their own group.
-pub(crate) fn runner_policy(ctx: &Ctx<'_>, account: &str, token_secret_arn: &str) -> Value {
+/// One pool: a single resource, as before pools (so such a stack's policy
+/// does not change); several: a list.
+pub(crate) fn one_or_list(mut v: Vec<String>) -> Value {
+    if v.len() == 1 {
+        Value::String(v.remove(0))
+    } else {
+        json!(v)
+    }
+}
+
+pub(crate) fn runner_policy(ctx: &Ctx<'_>, account: &str, f: &Found) -> Value {
+    let secrets = f
+        .pools
+        .iter()
+        .map(|p| {
+            p.runner_token_secret_arn
+                .clone()
+                .unwrap_or_else(|| PENDING.into())
+        })
+        .collect();
+    let groups = f
+        .pools
+        .iter()
+        .map(|p| group_arn_pattern(ctx, account, &p.group))
+        .collect();
     json!({
         "Version": "2012-10-17",
         "Statement": [
             {"Sid": "ReadOwnRunnerToken", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
-             "Resource": token_secret_arn},
+             "Resource": one_or_list(secrets)},
             {"Sid": "LeaveOwnGroup", "Effect": "Allow",
              "Action": ["autoscaling:TerminateInstanceInAutoScalingGroup", "autoscaling:SetInstanceHealth"],
-             "Resource": group_arn_pattern(ctx, account)}
+             "Resource": one_or_list(groups)}
         ]
     })
 }
 
 async fn converge(ctx: &Ctx<'_>, f: &Found) -> R<Item> {
-    let secret = f
-        .runner_token_secret_arn
-        .clone()
-        .unwrap_or_else(|| PENDING.into());
-    let policy = runner_policy(ctx, &f.account, &secret);
+    let policy = runner_policy(ctx, &f.account, f);
     Ok(super::role::converge(
         ctx,
         &ctx.names.runner_role(),

@@ -15,6 +15,9 @@ impl Resource for RunnerToken {
     fn label(&self) -> &'static str {
         "runner token"
     }
+    fn per_pool(&self) -> bool {
+        true
+    }
     fn converge<'a>(
         &'a self,
         ctx: &'a Ctx<'a>,
@@ -49,7 +52,7 @@ async fn converge(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
             .await?
             .is_some_and(|v| !v.trim().is_empty())
     {
-        f.runner_token_secret_arn = Some(arn.clone());
+        f.pool_mut().runner_token_secret_arn = Some(arn.clone());
         return Ok(Item::new("runner token secret", &name, Action::Keep).id(arn));
     }
     let action = if state.is_some() {
@@ -74,7 +77,7 @@ async fn converge(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
         ),
     )
     .await?;
-    f.runner_token_secret_arn = Some(arn.clone());
+    f.pool_mut().runner_token_secret_arn = Some(arn.clone());
     // Tokens of ours that never reached the secret (an interrupted run) can no
     // longer be used by anyone: revoke them now that the new one is stored.
     let stale: Vec<_> = cci::list_tokens(ctx.circleci, &s.resource_class)

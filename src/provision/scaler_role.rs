@@ -35,7 +35,7 @@ impl Resource for ScalerRole {
 pub(crate) fn scaler_policy(
     ctx: &Ctx<'_>,
     account: &str,
-    group_arn: &str,
+    group_arns: Value,
     secret_arn: &str,
 ) -> Value {
     let log_group = format!(
@@ -50,7 +50,7 @@ pub(crate) fn scaler_policy(
              "Action": ["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances"], "Resource": "*"},
             {"Sid": "SizeOwnGroup", "Effect": "Allow",
              "Action": ["autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup"],
-             "Resource": group_arn},
+             "Resource": group_arns},
             {"Sid": "ReadScalerSecret", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
              "Resource": secret_arn},
             {"Sid": "OwnLogs", "Effect": "Allow", "Action": "logs:CreateLogGroup", "Resource": log_group},
@@ -61,12 +61,17 @@ pub(crate) fn scaler_policy(
 }
 
 async fn converge(ctx: &Ctx<'_>, f: &mut Found) -> R<Item> {
-    let group = f.group_arn.clone().unwrap_or_else(|| PENDING.into());
+    let groups = super::runner_role::one_or_list(
+        f.pools
+            .iter()
+            .map(|p| p.group_arn.clone().unwrap_or_else(|| PENDING.into()))
+            .collect(),
+    );
     let secret = f
         .scaler_secret_arn
         .clone()
         .unwrap_or_else(|| PENDING.into());
-    let policy = scaler_policy(ctx, &f.account, &group, &secret);
+    let policy = scaler_policy(ctx, &f.account, groups, &secret);
     let (item, arn) = super::role::converge(
         ctx,
         &ctx.names.scaler_role(),

@@ -32,9 +32,28 @@ impl Resource for ScalerSecret {
     }
 }
 
+/// The secret's value: the tutorial's shape (the first pool's class), and,
+/// for a stack with `[[pool]]` tables, every pool (those being removed
+/// marked so).
+fn wanted(ctx: &Ctx<'_>, s: &StackSettings, f: &Found) -> Value {
+    let mut want = json!({"resource_class": s.resource_class, "circle_token": ctx.personal_token.expose_secret()});
+    if f.pools.iter().any(|p| p.name.is_some()) || !f.removing.is_empty() {
+        let mut pools: Vec<Value> = f
+            .pools
+            .iter()
+            .map(|p| json!({"name": p.name, "resource_class": p.resource_class}))
+            .collect();
+        pools.extend(f.removing.iter().map(
+            |p| json!({"name": p.name, "resource_class": p.resource_class, "removing": true}),
+        ));
+        want["pools"] = Value::Array(pools);
+    }
+    want
+}
+
 async fn converge(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
     let name = ctx.names.scaler_secret();
-    let want = json!({"resource_class": s.resource_class, "circle_token": ctx.personal_token.expose_secret()});
+    let want = wanted(ctx, s, f);
     let state = super::secret::find(ctx, &name)
         .await?
         .map(|Owned { it, ours }| (it, ours));
@@ -71,28 +90,100 @@ async fn converge(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
     Ok(Item::new("scaler secret", &name, action).id(arn))
 }
 
-/// The resource class a stack was created for, as it recorded it: in its
-/// scaler secret, else in its Lambda's environment. `None` when neither is
-/// there (a stack removed, or interrupted before either was made).
-pub async fn recorded_resource_class(ctx: &Ctx<'_>) -> R<Option<String>> {
+/// The stack's record of its pools, from the scaler secret's value.
+fn pools_of(value: &Value) -> Option<Vec<PoolRecord>> {
+    if let Some(list) = value.get("pools").and_then(Value::as_array) {
+        return Some(
+            list.iter()
+                .map(|p| PoolRecord {
+                    name: p["name"].as_str().map(String::from),
+                    resource_class: p["resource_class"].as_str().map(String::from),
+                })
+                .collect(),
+        );
+    }
+    let rc = value.get("resource_class").and_then(Value::as_str)?;
+    Some(vec![PoolRecord {
+        name: None,
+        resource_class: Some(rc.to_string()),
+    }])
+}
+
+/// The pools a stack was created with, as it recorded them: in its scaler
+/// secret, else in its Lambda's environment. Empty when neither is there (a
+/// stack removed, or interrupted before either was made).
+pub async fn recorded_pools(ctx: &Ctx<'_>) -> R<Vec<PoolRecord>> {
     let name = ctx.names.scaler_secret();
-    if let Some(Owned { ours: true, .. }) = super::secret::find(ctx, &name).await? {
-        use crate::aws::secrets::{SecretError, read_scaler_secret};
-        match read_scaler_secret(&ctx.aws.secrets, &name).await {
-            Ok(secret) if secret.resource_class.is_some() => return Ok(secret.resource_class),
-            Ok(_) | Err(SecretError::NotFound(_)) => {}
-            Err(SecretError::Aws(e)) => return Err(e.into()),
-            Err(e) => return Err(ProvisionError::Invalid(e.to_string())),
+    if let Some(Owned { ours: true, .. }) = super::secret::find(ctx, &name).await?
+        && let Some(text) = super::secret::secret_value(ctx, &name).await?
+    {
+        let value: Value = serde_json::from_str(&text).map_err(|_| {
+            ProvisionError::Invalid(format!(
+                "secret '{name}' is malformed: it is not valid JSON (run init again to rewrite it)"
+            ))
+        })?;
+        if let Some(pools) = pools_of(&value) {
+            return Ok(pools);
         }
     }
     if let Some(Owned { it, ours: true }) = super::function::find(ctx).await?
-        && let Some(rc) = it
+        && let Some(vars) = it
             .configuration()
             .and_then(|c| c.environment())
             .and_then(|e| e.variables())
-            .and_then(|v| v.get("CCI_SCALER_RESOURCE_CLASS"))
     {
-        return Ok(Some(rc.clone()));
+        if let Some(list) = vars.get("CCI_SCALER_POOLS")
+            && let Ok(Value::Array(list)) = serde_json::from_str::<Value>(list)
+        {
+            return Ok(list
+                .iter()
+                .map(|p| PoolRecord {
+                    name: p["name"].as_str().map(String::from),
+                    resource_class: p["resource_class"].as_str().map(String::from),
+                })
+                .collect());
+        }
+        if let Some(rc) = vars.get("CCI_SCALER_RESOURCE_CLASS") {
+            return Ok(vec![PoolRecord {
+                name: None,
+                resource_class: Some(rc.clone()),
+            }]);
+        }
     }
-    Ok(None)
+    Ok(Vec::new())
+}
+
+/// Drop pools from the record once they are removed.
+pub(crate) async fn forget(ctx: &Ctx<'_>, gone: &[PoolRecord]) -> R<Option<Item>> {
+    let name = ctx.names.scaler_secret();
+    let Some(Owned {
+        it: arn,
+        ours: true,
+    }) = super::secret::find(ctx, &name).await?
+    else {
+        return Ok(None);
+    };
+    let Some(mut value) = super::secret::secret_value(ctx, &name)
+        .await?
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+    else {
+        return Ok(None);
+    };
+    let Some(list) = value.get_mut("pools").and_then(Value::as_array_mut) else {
+        return Ok(None);
+    };
+    let before = list.len();
+    list.retain(|p| !gone.iter().any(|g| p["name"].as_str() == g.name.as_deref()));
+    let dropped = before - list.len();
+    if dropped == 0 {
+        return Ok(None);
+    }
+    if !ctx.dry_run {
+        super::secret::write_secret(ctx, &name, true, &value.to_string(), "").await?;
+    }
+    Ok(Some(
+        Item::new("scaler secret", &name, Action::Update)
+            .id(arn)
+            .detail(format!("{dropped} removed pool(s) no longer recorded")),
+    ))
 }

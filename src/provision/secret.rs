@@ -68,12 +68,17 @@ pub(crate) async fn write_secret(
             .name(name)
             .description(description)
             .secret_string(value)
-            .tags(
-                aws_sdk_secretsmanager::types::Tag::builder()
-                    .key(STACK_TAG)
-                    .value(&ctx.names.stack)
-                    .build(),
-            )
+            .set_tags(Some(
+                tags(ctx)
+                    .into_iter()
+                    .map(|(k, v)| {
+                        aws_sdk_secretsmanager::types::Tag::builder()
+                            .key(k)
+                            .value(v)
+                            .build()
+                    })
+                    .collect(),
+            ))
             .send()
             .await
             .map_err(aws_err("secretsmanager:CreateSecret", name))?;

@@ -6,7 +6,27 @@ use crate::circleci::RunnerQueue;
 
 use super::common::*;
 
-/// The fleet as `status` reports it.
+/// The stack as `status` reports it.
+#[derive(Debug, Serialize)]
+pub struct StackStatus {
+    pub resources: Vec<Item>,
+    pub pools: Vec<PoolStatus>,
+    pub schedule_enabled: Option<bool>,
+    pub lambda_runs: LambdaRuns,
+}
+
+/// One pool: its queue, group, instances and registered runners.
+#[derive(Debug, Serialize)]
+pub struct PoolStatus {
+    /// `None`: the one pool of a stack without `[[pool]]` tables.
+    pub pool: Option<String>,
+    pub resource_class: Option<String>,
+    pub group: String,
+    /// `None`: the group does not exist.
+    pub fleet: Option<Fleet>,
+}
+
+/// A pool's fleet as `status` reports it.
 #[derive(Debug, Serialize)]
 pub struct Fleet {
     pub min: i32,
@@ -17,8 +37,6 @@ pub struct Fleet {
     pub running_tasks: Option<u32>,
     pub registered_runners: Option<Vec<String>>,
     pub circleci_error: Option<String>,
-    pub schedule_enabled: Option<bool>,
-    pub lambda_runs: LambdaRuns,
 }
 
 /// The scaling Lambda's recent polls, from its CloudWatch log group.
@@ -96,24 +114,54 @@ pub struct FleetInstance {
     pub registered: bool,
 }
 
-/// What exists (read only) and the fleet's state.
-pub async fn status(ctx: &Ctx<'_>, resource_class: Option<&str>) -> R<(Vec<Item>, Option<Fleet>)> {
+/// What exists (read only) and every pool's state (read concurrently).
+pub async fn status(ctx: &Ctx<'_>, pools: &[PoolRecord]) -> R<StackStatus> {
     let dry = Ctx {
         dry_run: true,
         ..ctx.clone()
     };
     // A dry-run teardown lists what exists, and whether it is ours.
-    let mut items = super::runner::teardown(&dry, resource_class, false).await?;
-    for i in &mut items {
+    let mut resources = super::runner::teardown(&dry, pools, false).await?;
+    for i in &mut resources {
         if i.action == Action::Delete {
             i.action = Action::Keep;
             i.detail = None;
         }
     }
-    let Some(Owned { it: g, .. }) = super::group::find(ctx).await? else {
-        return Ok((items, None));
+    let reads = pools.iter().map(|p| pool_status(ctx, p));
+    let pools = futures::future::try_join_all(reads).await?;
+    let rule = ctx
+        .aws
+        .events
+        .describe_rule()
+        .name(ctx.names.rule())
+        .send()
+        .await
+        .ok();
+    Ok(StackStatus {
+        resources,
+        pools,
+        schedule_enabled: rule
+            .map(|r| r.state() == Some(&aws_sdk_eventbridge::types::RuleState::Enabled)),
+        lambda_runs: lambda_runs(ctx, Duration::from_secs(15 * 60)).await,
+    })
+}
+
+async fn pool_status(ctx: &Ctx<'_>, p: &PoolRecord) -> R<PoolStatus> {
+    let pctx = Ctx {
+        names: ctx.names.for_pool(p.name.as_deref()),
+        ..ctx.clone()
     };
-    let snapshot = match resource_class {
+    let mut out = PoolStatus {
+        pool: p.name.clone(),
+        resource_class: p.resource_class.clone(),
+        group: pctx.names.group(),
+        fleet: None,
+    };
+    let Some(Owned { it: g, .. }) = super::group::find(&pctx).await? else {
+        return Ok(out);
+    };
+    let snapshot = match &p.resource_class {
         Some(rc) => ctx.circleci.snapshot(rc).await.map_err(|e| e.to_string()),
         None => Err("the resource class is unknown: pass --resource-class".to_string()),
     };
@@ -130,15 +178,7 @@ pub async fn status(ctx: &Ctx<'_>, resource_class: Option<&str>) -> R<(Vec<Item>
         }
         Err(e) => (None, None, None, Some(e)),
     };
-    let rule = ctx
-        .aws
-        .events
-        .describe_rule()
-        .name(ctx.names.rule())
-        .send()
-        .await
-        .ok();
-    let fleet = Fleet {
+    out.fleet = Some(Fleet {
         min: g.min_size().unwrap_or(0),
         max: g.max_size().unwrap_or(0),
         desired: g.desired_capacity().unwrap_or(0),
@@ -163,9 +203,6 @@ pub async fn status(ctx: &Ctx<'_>, resource_class: Option<&str>) -> R<(Vec<Item>
         running_tasks: running,
         registered_runners: runners,
         circleci_error: err,
-        schedule_enabled: rule
-            .map(|r| r.state() == Some(&aws_sdk_eventbridge::types::RuleState::Enabled)),
-        lambda_runs: lambda_runs(ctx, Duration::from_secs(15 * 60)).await,
-    };
-    Ok((items, Some(fleet)))
+    });
+    Ok(out)
 }
