@@ -20,8 +20,19 @@ use super::{GlobalArgs, Output, parse_duration};
 pub struct ScaleArgs {
     /// Auto Scaling group to size. Repeat it, each with its --resource-class
     /// in the same order, to scale several pools in one poll.
-    #[arg(long, value_name = "NAME", required = true)]
+    #[arg(long, value_name = "NAME", required_unless_present = "stack")]
     pub asg: Vec<String>,
+    /// Scale a stack made by `init`: every pool of its stack file (--config,
+    /// or ./cci-scaler.toml), or with --resource-class its one pool. The
+    /// token: CIRCLECI_TOKEN, else the stack's scaler secret.
+    #[arg(long, value_name = "NAME", conflicts_with = "asg")]
+    pub stack: Option<String>,
+    /// The stack file with --stack [default: ./cci-scaler.toml if present].
+    #[arg(long, value_name = "FILE", requires = "stack")]
+    pub config: Option<std::path::PathBuf>,
+    /// With --stack: scale this pool only.
+    #[arg(long, value_name = "NAME", requires = "stack")]
+    pub pool: Option<String>,
     /// Runner resource class NAMESPACE/NAME (one group: default the secret's
     /// resource_class; several: one per --asg).
     #[arg(long, value_name = "NS/NAME")]
@@ -62,8 +73,33 @@ pub async fn run(global: &GlobalArgs, args: ScaleArgs) -> anyhow::Result<ExitCod
     for rc in &args.resource_class {
         circleci::validate_resource_class(rc).map_err(anyhow::Error::msg)?;
     }
+    if let Some(stack) = &args.stack {
+        let pools = stack_pools(stack, &args)?;
+        return run_pools(global, args, pools).await;
+    }
     if args.asg.len() > 1 {
-        return run_pools(global, args).await;
+        if args.resource_class.len() != args.asg.len() {
+            anyhow::bail!(
+                "several groups need one --resource-class each, in the same order: {} --asg, {} --resource-class",
+                args.asg.len(),
+                args.resource_class.len()
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = args.asg.iter().find(|a| !seen.insert(*a)) {
+            anyhow::bail!("--asg {dup} is given twice");
+        }
+        let pools: Vec<Pool> = args
+            .asg
+            .iter()
+            .zip(&args.resource_class)
+            .map(|(asg, rc)| Pool {
+                name: asg.clone(),
+                asg: asg.clone(),
+                resource_class: rc.clone(),
+            })
+            .collect();
+        return run_pools(global, args, pools).await;
     }
     if args.resource_class.len() > 1 {
         anyhow::bail!(
@@ -133,34 +169,24 @@ pub async fn run(global: &GlobalArgs, args: ScaleArgs) -> anyhow::Result<ExitCod
 
 /// Several pools, each decided and applied on its own in one poll; a pool that
 /// fails is reported and the others are still scaled. Exit 1 if any failed.
-async fn run_pools(global: &GlobalArgs, args: ScaleArgs) -> anyhow::Result<ExitCode> {
-    if args.resource_class.len() != args.asg.len() {
-        anyhow::bail!(
-            "several groups need one --resource-class each, in the same order: {} --asg, {} --resource-class",
-            args.asg.len(),
-            args.resource_class.len()
-        );
-    }
-    let mut seen = std::collections::HashSet::new();
-    if let Some(dup) = args.asg.iter().find(|a| !seen.insert(*a)) {
-        anyhow::bail!("--asg {dup} is given twice");
-    }
-    let pools: Vec<Pool> = args
-        .asg
-        .iter()
-        .zip(&args.resource_class)
-        .map(|(asg, rc)| Pool {
-            name: asg.clone(),
-            asg: asg.clone(),
-            resource_class: rc.clone(),
-        })
-        .collect();
+async fn run_pools(
+    global: &GlobalArgs,
+    args: ScaleArgs,
+    pools: Vec<Pool>,
+) -> anyhow::Result<ExitCode> {
     let config = aws::load_config(&global.aws.options()).await?;
-    let secrets = args
-        .secret_id
+    // A stack's own scaler secret holds the token when none is in the
+    // environment.
+    let secret_id = args.secret_id.clone().or_else(|| {
+        args.stack
+            .as_deref()
+            .filter(|_| token::token_from_env().is_none())
+            .map(cci_scaler::names::scaler_secret)
+    });
+    let secrets = secret_id
         .as_ref()
         .map(|_| aws_sdk_secretsmanager::Client::new(&config));
-    let token = token::resolve_token(secrets.as_ref().zip(args.secret_id.as_deref())).await?;
+    let token = token::resolve_token(secrets.as_ref().zip(secret_id.as_deref())).await?;
     let limits = HttpLimits {
         timeout: args.circleci_timeout,
         ..HttpLimits::default()
@@ -199,6 +225,41 @@ async fn run_pools(global: &GlobalArgs, args: ScaleArgs) -> anyhow::Result<ExitC
             _ = stop.changed() => return Ok(code),
         }
     }
+}
+
+/// The pools of `--stack`: its stack file's, or one from --resource-class;
+/// `--pool` narrows them. Names only: nothing of provisioning is needed.
+fn stack_pools(stack: &str, args: &ScaleArgs) -> anyhow::Result<Vec<Pool>> {
+    use cci_scaler::config::{DEFAULT_STACK_FILE, StackFile, select_pools};
+    let path = args
+        .config
+        .clone()
+        .or_else(|| Some(std::path::PathBuf::from(DEFAULT_STACK_FILE)).filter(|p| p.is_file()));
+    let mut file = match &path {
+        Some(p) => StackFile::load(p)?,
+        None => StackFile::default(),
+    };
+    file.stack = Some(stack.to_string());
+    if args.resource_class.len() > 1 {
+        anyhow::bail!("with --stack, give at most one --resource-class (a stack without pools)");
+    }
+    if let Some(rc) = args.resource_class.first() {
+        file.resource_class = Some(rc.clone());
+    }
+    if path.is_none() && file.resource_class.is_none() {
+        anyhow::bail!(
+            "no stack file ({DEFAULT_STACK_FILE} or --config) to read stack {stack}'s pools from: pass --config FILE, or --resource-class NS/NAME for a stack without pools"
+        );
+    }
+    let pools = select_pools(file.pools()?, args.pool.as_deref())?;
+    Ok(pools
+        .into_iter()
+        .map(|p| Pool {
+            name: p.pool.clone().unwrap_or_else(|| stack.to_string()),
+            asg: cci_scaler::names::group(stack, p.pool.as_deref()),
+            resource_class: p.resource_class,
+        })
+        .collect())
 }
 
 fn print_round(output: Output, round: &cci_scaler::scale::Round) -> anyhow::Result<()> {

@@ -23,7 +23,7 @@ struct Stack {
 
 /// A small stand-in for the Lambda zip: an x86-64 ELF header asking for glibc
 /// 2.34 (moto stores functions, never runs them).
-fn fake_zip(dir: &std::path::Path) -> std::path::PathBuf {
+pub(crate) fn fake_zip(dir: &std::path::Path) -> std::path::PathBuf {
     let mut elf = vec![0u8; 64];
     elf[..4].copy_from_slice(b"\x7fELF");
     elf[4] = 2;

@@ -6,6 +6,7 @@
 mod build;
 mod init;
 mod lambda;
+mod pools;
 mod scale;
 mod simulate;
 mod support;
