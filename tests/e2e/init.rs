@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::support::circleci::{CircleCi, Fault};
 use crate::support::moto::Moto;
-use crate::support::{REGION, Run, TOKEN, command, run};
+use crate::support::{REGION, Run, TOKEN, run};
 
 const RC: &str = "acme/fleet";
 const IMAGE: &str = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64";
@@ -54,7 +54,12 @@ impl Stack {
     }
 
     fn cmd(&self, args: &[&str]) -> tokio::process::Command {
-        let mut cmd = command("cci-scaler", self.home.path());
+        self.cmd_of(&crate::support::bin("cci-scaler"), args)
+    }
+
+    /// A command of another build of cci-scaler (an older release).
+    fn cmd_of(&self, program: &std::path::Path, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = crate::support::command_at(program, self.home.path());
         self.moto.env(&mut cmd);
         cmd.env("CIRCLECI_TOKEN", TOKEN)
             .env("CIRCLECI_RUNNER_API_URL", &self.cci.url)
@@ -65,6 +70,15 @@ impl Stack {
 
     /// `init` (or `step NAME`) with the test's stack settings, JSON output.
     fn converge(&self, command: &[&str], extra: &[&str]) -> tokio::process::Command {
+        self.converge_with(&crate::support::bin("cci-scaler"), command, extra)
+    }
+
+    fn converge_with(
+        &self,
+        program: &std::path::Path,
+        command: &[&str],
+        extra: &[&str],
+    ) -> tokio::process::Command {
         let zip = self.zip.to_str().unwrap();
         let mut args = vec!["--output", "json"];
         args.extend_from_slice(command);
@@ -81,7 +95,7 @@ impl Stack {
             zip,
         ]);
         args.extend_from_slice(extra);
-        self.cmd(&args)
+        self.cmd_of(program, &args)
     }
 
     async fn init(&self, extra: &[&str]) -> Run {
@@ -1017,4 +1031,124 @@ async fn teardown_by_name_removes_a_partial_stack_and_its_tokens() {
     assert!(s.cci.tokens().is_empty(), "{r:?}");
     assert!(s.cci.classes().is_empty(), "{r:?}");
     assert_no_stack_left(&s).await;
+}
+
+/// A stack made before pools existed keeps every name and setting: init of
+/// the new code on it changes nothing. With CCI_SCALER_UPGRADE_FROM (the
+/// path of an older cci-scaler; `scripts/upgrade-check.sh REV` builds one)
+/// the stack is made by that binary; without it, by this one, and the
+/// names and shapes a stack without pools had are checked one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stack_without_pools_upgrades_with_no_change() {
+    let s = Stack::new().await;
+    let cfg = &s.moto.config;
+    let old = std::env::var_os("CCI_SCALER_UPGRADE_FROM").map(std::path::PathBuf::from);
+    let first = old
+        .clone()
+        .unwrap_or_else(|| crate::support::bin("cci-scaler"));
+    let r = run(s.converge_with(&first, &["init"], &[])).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    // Scaled out, so the group has instances and a desired capacity the
+    // upgrade must not touch.
+    s.moto
+        .asg()
+        .set_desired_capacity()
+        .auto_scaling_group_name("demo-runners")
+        .desired_capacity(2)
+        .send()
+        .await
+        .unwrap();
+
+    let r = s.init(&[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let v = json(&r);
+    let changed: Vec<_> = actions(&v)
+        .into_iter()
+        .filter(|(_, a)| a != "unchanged" && a != "keep")
+        .collect();
+    assert!(changed.is_empty(), "upgrade changed {changed:?}: {v}");
+    assert_eq!(v["changed"], false);
+    assert_eq!(s.moto.desired("demo-runners").await, 2);
+
+    // The names and shapes of a stack without pools.
+    let names: Vec<(String, String)> = v["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["kind"].as_str().unwrap().to_string(),
+                i["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for (kind, name) in [
+        ("resource class", RC),
+        ("runner token secret", "cci-scaler/demo/runner-token"),
+        ("launch template", "cci-scaler-demo-runner"),
+        ("Auto Scaling group", "demo-runners"),
+        ("scaler secret", "cci-scaler/demo/scaler"),
+        ("Lambda function", "cci-scaler-demo-scaler"),
+    ] {
+        assert!(
+            names.contains(&(kind.to_string(), name.to_string())),
+            "{kind} {name}: {names:?}"
+        );
+    }
+    assert_eq!(s.cci.tokens()[0].0, "cci-scaler-demo");
+    let sm = aws_sdk_secretsmanager::Client::new(cfg);
+    let scaler = sm
+        .get_secret_value()
+        .secret_id("cci-scaler/demo/scaler")
+        .send()
+        .await
+        .unwrap();
+    let scaler: Value = serde_json::from_str(scaler.secret_string().unwrap()).unwrap();
+    let mut keys: Vec<&String> = scaler.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["circle_token", "resource_class"]);
+    let env = aws_sdk_lambda::Client::new(cfg)
+        .get_function_configuration()
+        .function_name("cci-scaler-demo-scaler")
+        .send()
+        .await
+        .unwrap()
+        .environment()
+        .and_then(|e| e.variables())
+        .cloned()
+        .unwrap();
+    assert_eq!(env["CCI_SCALER_ASG"], "demo-runners");
+    assert_eq!(env["CCI_SCALER_RESOURCE_CLASS"], RC);
+    assert!(!env.contains_key("CCI_SCALER_POOLS"));
+    let g = s
+        .moto
+        .asg()
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names("demo-runners")
+        .send()
+        .await
+        .unwrap()
+        .auto_scaling_groups()[0]
+        .clone();
+    assert!(g.mixed_instances_policy().is_none());
+    assert!(
+        g.tags().iter().all(|t| t.key() != Some("cci-scaler:pool")),
+        "{:?}",
+        g.tags()
+    );
+    let iam = aws_sdk_iam::Client::new(cfg);
+    let p = iam
+        .get_role_policy()
+        .role_name("cci-scaler-demo-runner")
+        .policy_name("cci-scaler")
+        .send()
+        .await
+        .unwrap();
+    let doc = percent_encoding::percent_decode_str(p.policy_document()).decode_utf8_lossy();
+    let policy: Value = serde_json::from_str(&doc).unwrap();
+    for st in policy["Statement"].as_array().unwrap() {
+        assert!(st["Resource"].is_string(), "{policy}");
+    }
+    let r = s.teardown().await;
+    assert_eq!(r.code, 0, "{r:?}");
 }

@@ -29,7 +29,12 @@ pub fn bin(name: &str) -> PathBuf {
 /// A command with a clean environment: nothing from the developer's AWS or
 /// CircleCI setup leaks into a test, and HOME is an empty folder.
 pub fn command(name: &str, home: &std::path::Path) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(bin(name));
+    command_at(&bin(name), home)
+}
+
+/// [`command`] for a binary given by its path (an older release, say).
+pub fn command_at(program: &std::path::Path, home: &std::path::Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(program);
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", home)
