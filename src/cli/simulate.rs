@@ -24,6 +24,12 @@ pub struct SimulateArgs {
     /// With --jobs: only rows of this resource class.
     #[arg(long, value_name = "NS/NAME")]
     pub resource_class: Option<String>,
+    /// With --jobs: simulate every pool of this stack file at once (each
+    /// pool's rows by the resource_class column, with its max_instances,
+    /// idle_timeout, the stack's poll interval and boot timeout); reports
+    /// per pool and in total.
+    #[arg(long, value_name = "FILE", requires = "jobs", conflicts_with_all = ["resource_class", "sweep", "chart"])]
+    pub config: Option<PathBuf>,
     /// Scale the generated day to about this many jobs.
     #[arg(long, value_name = "N", conflicts_with = "jobs")]
     pub jobs_per_day: Option<f64>,
@@ -260,7 +266,180 @@ fn table(ours: &Report, tut: &Report, fleet: &Fleet) -> String {
     s
 }
 
+/// One pool's simulation under both policies.
+struct PoolRun {
+    pool: String,
+    resource_class: String,
+    fleet: Fleet,
+    ours: Report,
+    tutorial: Report,
+}
+
+/// The additive figures of several reports, and the longest wait.
+fn total(reports: &[&Report]) -> serde_json::Value {
+    let sum_u = |f: &dyn Fn(&Report) -> u64| reports.iter().map(|r| f(r)).sum::<u64>();
+    let sum_f = |f: &dyn Fn(&Report) -> f64| reports.iter().map(|r| f(r)).sum::<f64>();
+    let jobs = sum_u(&|r| r.jobs as u64);
+    json!({
+        "jobs": jobs,
+        "wait_max_s": reports.iter().map(|r| r.waits.max_s).max().unwrap_or(0),
+        "wait_mean_s": if jobs == 0 { 0.0 } else { sum_f(&|r| r.waits.mean_s * r.jobs as f64) / jobs as f64 },
+        "waited_over_threshold": sum_u(&|r| r.waited_over_threshold as u64),
+        "jobs_not_run": sum_u(&|r| r.jobs_not_run as u64),
+        "instance_hours": sum_f(&|r| r.instance_hours),
+        "idle_instance_hours": sum_f(&|r| r.idle_instance_hours),
+        "boots": sum_u(&|r| r.boots),
+        "replaced": sum_u(&|r| r.replaced),
+        "jobs_killed": sum_u(&|r| r.jobs_killed),
+        "left_running": sum_u(&|r| r.left_running as u64),
+        "cost": sum_f(&|r| r.cost),
+    })
+}
+
+/// `--config`: every pool of a stack file, each with its own jobs and
+/// settings, then the whole stack.
+fn run_pools(global: &GlobalArgs, args: &SimulateArgs, path: &PathBuf) -> anyhow::Result<ExitCode> {
+    use cci_scaler::config::StackFile;
+    let pools = StackFile::load(path)?.pools()?;
+    let jobs_path = args.jobs.as_ref().context("--config needs --jobs")?;
+    let text = std::fs::read_to_string(jobs_path)
+        .with_context(|| format!("cannot read the jobs file {}", jobs_path.display()))?;
+    let mut by_class = workload::parse_csv_by_class(&text)
+        .with_context(|| format!("jobs file {}", jobs_path.display()))?;
+    if let Some(rows) = by_class.get(&None) {
+        bail!(
+            "jobs file {}: {} row(s) have no resource_class; with --config every row needs one (arrival_s,duration_s,resource_class)",
+            jobs_path.display(),
+            rows.len()
+        );
+    }
+    let base = fleet(args)?;
+    let started = Instant::now();
+    let mut runs = Vec::new();
+    for p in &pools {
+        let name = p.pool.clone().unwrap_or_else(|| p.stack.clone());
+        let Some(jobs) = by_class.remove(&Some(p.resource_class.clone())) else {
+            eprintln!(
+                "note: pool {name} ({}) has no jobs in the file",
+                p.resource_class
+            );
+            continue;
+        };
+        let idle = cci_scaler::render::parse_go_duration("idle timeout", &p.runner.idle_timeout)?;
+        let f = Fleet {
+            max: p.max_instances,
+            idle_timeout_s: secs(idle)?,
+            interval_s: secs(p.poll_interval)?,
+            boot_timeout_s: secs(p.boot_timeout)?,
+            ..base.clone()
+        };
+        f.validate().with_context(|| format!("pool {name}"))?;
+        let ours = simulate::simulate(&jobs, &f, Policy::Ours, args.seed)?;
+        let tutorial = simulate::simulate(&jobs, &f, Policy::Tutorial, args.seed)?;
+        runs.push(PoolRun {
+            pool: name,
+            resource_class: p.resource_class.clone(),
+            fleet: f,
+            ours,
+            tutorial,
+        });
+    }
+    let left_out: usize = by_class.values().map(Vec::len).sum();
+    if left_out > 0 {
+        let classes: Vec<String> = by_class.keys().flatten().cloned().collect();
+        eprintln!(
+            "note: {left_out} job(s) of classes the stack has no pool for were left out: {}",
+            classes.join(", ")
+        );
+    }
+    if runs.is_empty() {
+        bail!("no pool of {} has jobs in the file", path.display());
+    }
+    let elapsed = started.elapsed();
+    let ours_total = total(&runs.iter().map(|r| &r.ours).collect::<Vec<_>>());
+    let tut_total = total(&runs.iter().map(|r| &r.tutorial).collect::<Vec<_>>());
+    let mut out = std::io::stdout().lock();
+    match global.output {
+        Output::Json => {
+            let pools: Vec<_> = runs
+                .iter()
+                .map(|r| {
+                    json!({
+                        "pool": r.pool, "resource_class": r.resource_class, "settings": r.fleet,
+                        "reports": [r.ours, r.tutorial],
+                    })
+                })
+                .collect();
+            let doc = json!({
+                "seed": args.seed,
+                "pools": pools,
+                "total": {"cci_scaler": ours_total, "tutorial": tut_total},
+                "elapsed_ms": elapsed.as_secs_f64() * 1000.0,
+            });
+            writeln!(out, "{doc}")?;
+        }
+        Output::Text => {
+            for r in &runs {
+                writeln!(
+                    out,
+                    "pool {} ({}, max {}, idle {}):",
+                    r.pool,
+                    r.resource_class,
+                    r.fleet.max,
+                    hms(r.fleet.idle_timeout_s)
+                )?;
+                write!(out, "{}", table(&r.ours, &r.tutorial, &r.fleet))?;
+                writeln!(out)?;
+            }
+            writeln!(out, "all pools:")?;
+            writeln!(out, "{:26}  {:>12}  {:>12}", "", "cci-scaler", "tutorial")?;
+            for (k, key, float) in [
+                ("jobs", "jobs", false),
+                ("wait max (s)", "wait_max_s", false),
+                ("wait mean (s)", "wait_mean_s", true),
+                (
+                    "jobs waiting over threshold",
+                    "waited_over_threshold",
+                    false,
+                ),
+                ("jobs never run", "jobs_not_run", false),
+                ("instance-hours", "instance_hours", true),
+                ("boots", "boots", false),
+                ("jobs killed", "jobs_killed", false),
+                ("left running at the end", "left_running", false),
+                ("cost", "cost", true),
+            ] {
+                let cell = |v: &serde_json::Value| {
+                    if float {
+                        format!("{:.2}", v[key].as_f64().unwrap_or(0.0))
+                    } else {
+                        v[key].to_string()
+                    }
+                };
+                writeln!(
+                    out,
+                    "{k:26}  {:>12}  {:>12}",
+                    cell(&ours_total),
+                    cell(&tut_total)
+                )?;
+            }
+            writeln!(
+                out,
+                "\nsimulated {} pool(s) under both policies in {:.0} ms (seed {})",
+                runs.len(),
+                elapsed.as_secs_f64() * 1000.0,
+                args.seed
+            )?;
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn run(global: &GlobalArgs, args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &args.config {
+        return run_pools(global, &args, path);
+    }
     let base = fleet(&args)?;
     let sweeps = args
         .sweep

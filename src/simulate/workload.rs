@@ -25,6 +25,40 @@ pub enum WorkloadError {
 /// Parse `arrival_s,duration_s[,resource_class]`; a header line and `#`
 /// comments are allowed. When `resource_class` is given, only matching rows.
 pub fn parse_csv(text: &str, resource_class: Option<&str>) -> Result<Vec<Job>, WorkloadError> {
+    let mut jobs: Vec<Job> = parse_rows(text)?
+        .into_iter()
+        .filter(|(rc, _)| match (resource_class, rc) {
+            (Some(want), Some(rc)) => want == rc,
+            _ => true,
+        })
+        .map(|(_, j)| j)
+        .collect();
+    if jobs.is_empty() {
+        return Err(WorkloadError::Empty);
+    }
+    jobs.sort_by_key(|j| j.arrival_s);
+    Ok(jobs)
+}
+
+/// The jobs of each resource class (rows without one under `None`), each
+/// list sorted by arrival.
+pub fn parse_csv_by_class(
+    text: &str,
+) -> Result<std::collections::BTreeMap<Option<String>, Vec<Job>>, WorkloadError> {
+    let mut out: std::collections::BTreeMap<Option<String>, Vec<Job>> = Default::default();
+    for (rc, job) in parse_rows(text)? {
+        out.entry(rc).or_default().push(job);
+    }
+    if out.is_empty() {
+        return Err(WorkloadError::Empty);
+    }
+    for jobs in out.values_mut() {
+        jobs.sort_by_key(|j| j.arrival_s);
+    }
+    Ok(out)
+}
+
+fn parse_rows(text: &str) -> Result<Vec<(Option<String>, Job)>, WorkloadError> {
     let mut jobs = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
@@ -50,20 +84,18 @@ pub fn parse_csv(text: &str, resource_class: Option<&str>) -> Result<Vec<Job>, W
         };
         let arrival_s = num(fields[0], "arrival_s")?;
         let duration_s = num(fields[1], "duration_s")?.max(1);
-        if let (Some(want), Some(rc)) = (resource_class, fields.get(2))
-            && want != *rc
-        {
-            continue;
-        }
-        jobs.push(Job {
-            arrival_s,
-            duration_s,
-        });
+        let rc = fields
+            .get(2)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.to_string());
+        jobs.push((
+            rc,
+            Job {
+                arrival_s,
+                duration_s,
+            },
+        ));
     }
-    if jobs.is_empty() {
-        return Err(WorkloadError::Empty);
-    }
-    jobs.sort_by_key(|j| j.arrival_s);
     Ok(jobs)
 }
 

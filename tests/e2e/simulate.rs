@@ -134,3 +134,90 @@ async fn simulate_refuses_bad_input() {
         assert!(r.stderr.contains(want), "{args:?}: want {want:?}: {r:?}");
     }
 }
+
+#[tokio::test]
+async fn simulate_every_pool_of_a_stack_file() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path();
+    std::fs::write(
+        dir.join("cci-scaler.toml"),
+        "stack = \"ci\"\n[defaults]\nmax_instances = 4\nidle_timeout = \"1m\"\n\
+         [[pool]]\nresource_class = \"acme/small\"\n\
+         [[pool]]\nresource_class = \"acme/arm\"\ninstance_types = [\"c7g.large\"]\nmax_instances = 1\nidle_timeout = \"5m\"\n",
+    )
+    .unwrap();
+    // Ten small jobs a minute apart; three arm64 jobs at once (one runner:
+    // they queue behind each other); one job of a class with no pool.
+    let mut csv = String::from("arrival_s,duration_s,resource_class\n");
+    for i in 0..10 {
+        csv.push_str(&format!("{},120,acme/small\n", 60 * i));
+    }
+    for _ in 0..3 {
+        csv.push_str("100,600,acme/arm\n");
+    }
+    csv.push_str("50,60,acme/gpu\n");
+    std::fs::write(dir.join("jobs.csv"), &csv).unwrap();
+    let args = [
+        "--config",
+        "cci-scaler.toml",
+        "--jobs",
+        "jobs.csv",
+        "--boot-time",
+        "60s",
+    ];
+    let mut cmd = command("cci-scaler", dir);
+    cmd.current_dir(dir)
+        .args(["--output", "json", "simulate"])
+        .args(args);
+    let r = run(cmd).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("1 job(s) of classes the stack has no pool for were left out: acme/gpu"),
+        "{r:?}"
+    );
+    let v: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    let pools = v["pools"].as_array().unwrap();
+    assert_eq!(pools.len(), 2, "{v}");
+    assert_eq!(pools[0]["pool"], "small");
+    assert_eq!(pools[0]["reports"][0]["jobs"], 10);
+    assert_eq!(pools[1]["pool"], "arm");
+    assert_eq!(pools[1]["settings"]["max"], 1);
+    assert_eq!(pools[1]["settings"]["idle_timeout_s"], 300);
+    let arm = &pools[1]["reports"][0];
+    assert_eq!(arm["jobs"], 3);
+    // One runner for three 10-minute jobs: the last waits two of them.
+    assert!(arm["waits"]["max_s"].as_u64().unwrap() >= 1200, "{arm}");
+    let total = &v["total"]["cci_scaler"];
+    assert_eq!(total["jobs"], 13);
+    assert_eq!(total["wait_max_s"], arm["waits"]["max_s"]);
+    let cost = pools[0]["reports"][0]["cost"].as_f64().unwrap() + arm["cost"].as_f64().unwrap();
+    assert!((total["cost"].as_f64().unwrap() - cost).abs() < 1e-9, "{v}");
+
+    // Text: per pool, then all pools.
+    let mut cmd = command("cci-scaler", dir);
+    cmd.current_dir(dir).arg("simulate").args(args);
+    let r = run(cmd).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .contains("pool small (acme/small, max 4, idle 1m00s):"),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.contains("pool arm (acme/arm, max 1, idle 5m00s):"),
+        "{r:?}"
+    );
+    assert!(r.stdout.contains("all pools:"), "{r:?}");
+
+    // A row without a class cannot be given to a pool.
+    std::fs::write(dir.join("jobs.csv"), format!("{csv}70,60\n")).unwrap();
+    let mut cmd = command("cci-scaler", dir);
+    cmd.current_dir(dir).arg("simulate").args(args);
+    let r = run(cmd).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("1 row(s) have no resource_class"),
+        "{r:?}"
+    );
+}
