@@ -298,7 +298,11 @@ fn total(reports: &[&Report]) -> serde_json::Value {
 
 /// `--config`: every pool of a stack file, each with its own jobs and
 /// settings, then the whole stack.
-fn run_pools(global: &GlobalArgs, args: &SimulateArgs, path: &PathBuf) -> anyhow::Result<ExitCode> {
+fn run_pools(
+    global: &GlobalArgs,
+    args: &SimulateArgs,
+    path: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
     use cci_scaler::config::StackFile;
     let pools = StackFile::load(path)?.pools()?;
     let jobs_path = args.jobs.as_ref().context("--config needs --jobs")?;
