@@ -34,10 +34,13 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<ExitCo
     let st = provision::status(&ctx, &pools).await?;
     match global.output {
         Output::Json => {
-            println!(
-                "{}",
-                serde_json::json!({"stack": stack, "region": ctx.region, "status": st})
-            );
+            let mut v = serde_json::json!({"stack": stack, "region": ctx.region});
+            if let (Some(obj), serde_json::Value::Object(more)) =
+                (v.as_object_mut(), serde_json::to_value(&st)?)
+            {
+                obj.extend(more);
+            }
+            println!("{v}");
         }
         Output::Text => print_text(&stack, &ctx.region, &st),
     }

@@ -350,12 +350,28 @@ async fn two_pools_are_created_scaled_converged_removed_and_torn_down() {
     .await;
     assert_eq!(r.code, 0, "{r:?}");
     let st = json(&r);
-    assert_eq!(st["status"]["pools"].as_array().unwrap().len(), 1, "{st}");
-    assert_eq!(st["status"]["pools"][0]["fleet"]["desired"], 0, "{st}");
+    assert_eq!(st["pools"].as_array().unwrap().len(), 1, "{st}");
+    assert_eq!(st["pools"][0]["fleet"]["desired"], 0, "{st}");
 
     // The arm64 pool leaves the file: off a terminal init wants --yes and
     // changes nothing; with it, only that pool goes.
     d.write(&format!("{HEAD}{}", x64_pool()));
+    let r = d.init(&["--dry-run"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let planned = changes(&json(&r));
+    assert!(
+        planned
+            .contains(&"\"delete\" \"Auto Scaling group\" \"duo-linux-arm64-runners\"".to_string()),
+        "{planned:?}"
+    );
+    assert!(
+        planned.iter().all(|c| c.contains("arm64")
+            || c.contains("Lambda")
+            || c.contains("role")
+            || c.contains("scaler secret")),
+        "{planned:?}"
+    );
+    assert!(d.group("duo-linux-arm64-runners").await.is_some());
     let r = d.init(&[]).await;
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
