@@ -198,10 +198,14 @@ async fn converge(ctx: &Ctx<'_>, s: &StackSettings, artifact: &Artifact, f: &mut
                     )
                     .timeout(timeout)
                     .memory_size(128)
-                    .description(format!(
-                        "cci-scaler: sizes {} to the CircleCI queue",
-                        ctx.names.group()
-                    ))
+                    .description(match f.pools.as_slice() {
+                        [p] => format!("cci-scaler: sizes {} to the CircleCI queue", p.group),
+                        pools => format!(
+                            "cci-scaler: sizes the {} pools of stack {} to their CircleCI queues",
+                            pools.len(),
+                            ctx.names.stack
+                        ),
+                    })
                     .environment(
                         lt::Environment::builder()
                             .set_variables(Some(env.clone()))

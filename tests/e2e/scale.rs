@@ -522,3 +522,59 @@ async fn several_pools_in_one_poll() {
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("one --resource-class each"), "{r:?}");
 }
+
+/// `scale --stack`: a stack without pools from the flags (its group name
+/// follows from the stack's), a stack file's pools, `--pool` one of them,
+/// and the stack's own scaler secret when no token is in the environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_a_stack_by_its_name() {
+    let fx = Fx::new().await;
+    fx.moto.create_group("one-runners", 10, 0).await;
+    fx.cci.set_queue(0, 0);
+    fx.cci.set_class_queue(RC, 2, 0);
+    let r = run(fx.scale_bare(&["--stack", "one", "--resource-class", RC])).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(fx.moto.desired("one-runners").await, 2);
+
+    // No stack file and no class: say what is missing.
+    let r = run(fx.scale_bare(&["--stack", "one"])).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("--config FILE, or --resource-class"),
+        "{r:?}"
+    );
+
+    // A stack file of two pools; --pool scales one.
+    fx.moto.create_group("two-a-runners", 10, 0).await;
+    fx.moto.create_group("two-b-runners", 10, 0).await;
+    let file = fx.home.path().join("two.toml");
+    std::fs::write(
+        &file,
+        "stack = \"two\"\n[[pool]]\nresource_class = \"acme/a\"\n[[pool]]\nresource_class = \"acme/b\"\n",
+    )
+    .unwrap();
+    fx.cci.set_class_queue("acme/a", 1, 0);
+    fx.cci.set_class_queue("acme/b", 3, 0);
+    let cfg = file.to_str().unwrap();
+    let r = run(fx.scale_bare(&["--stack", "two", "--config", cfg, "--pool", "b"])).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(fx.moto.desired("two-b-runners").await, 3);
+    assert_eq!(fx.moto.desired("two-a-runners").await, 0);
+    let r = run(fx.scale_bare(&["--stack", "two", "--config", cfg, "--pool", "c"])).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("no pool named c"), "{r:?}");
+
+    // Without CIRCLECI_TOKEN the token comes from the stack's scaler secret.
+    fx.moto
+        .create_secret(
+            "cci-scaler/two/scaler",
+            &format!(r#"{{"resource_class":"acme/a","circle_token":"{TOKEN}"}}"#),
+        )
+        .await;
+    let mut cmd = fx.scale_bare(&["--stack", "two", "--config", cfg]);
+    cmd.env_remove("CIRCLECI_TOKEN");
+    let r = run(cmd).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(fx.moto.desired("two-a-runners").await, 1);
+    assert_no_token(&r);
+}
