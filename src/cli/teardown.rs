@@ -7,7 +7,7 @@ use anyhow::bail;
 use clap::Args;
 
 use cci_scaler::config::StackFile;
-use cci_scaler::provision;
+use cci_scaler::provision::{self, PoolRecord};
 
 use super::GlobalArgs;
 use super::stack::{
@@ -96,7 +96,19 @@ pub async fn run(global: &GlobalArgs, args: TeardownArgs) -> anyhow::Result<Exit
             "warning: some resources carry the stack's names but not its tag; they were left alone"
         );
     }
-    if pools.iter().any(|p| p.resource_class.is_none()) {
+    let unknown: Vec<&PoolRecord> = pools
+        .iter()
+        .filter(|p| p.resource_class.is_none())
+        .collect();
+    let named: Vec<&str> = unknown.iter().filter_map(|p| p.name.as_deref()).collect();
+    if !named.is_empty() {
+        eprintln!(
+            "note: pool(s) {} were found by their tags, but the stack's record of their resource \
+             class is gone (its scaler secret and Lambda), so CircleCI was not looked at: remove \
+             their runner tokens and resource classes there if they remain",
+            named.join(", ")
+        );
+    } else if !unknown.is_empty() {
         // init records the class (in the scaler secret) before it makes
         // anything at CircleCI, and teardown removes that record last: without
         // it, nothing of the stack is left there, unless the secret was

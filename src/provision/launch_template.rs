@@ -233,3 +233,40 @@ async fn delete(ctx: &Ctx<'_>) -> R<Item> {
     }
     Ok(Item::new("launch template", &name, Action::Delete).id(id))
 }
+
+/// The pools whose launch templates carry the stack's tag (a pool of a stack
+/// with `[[pool]]` tables also carries `cci-scaler:pool`): how a pool is
+/// still found when the stack's record of it is gone.
+pub(crate) async fn tagged_pools(ctx: &Ctx<'_>) -> R<Vec<String>> {
+    let mut pools = Vec::new();
+    let mut pages = ctx
+        .aws
+        .ec2
+        .describe_launch_templates()
+        .filters(
+            ec2t::Filter::builder()
+                .name(format!("tag:{STACK_TAG}"))
+                .values(&ctx.names.stack)
+                .build(),
+        )
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(aws_err(
+            "ec2:DescribeLaunchTemplates",
+            "the stack's templates",
+        ))?;
+        for t in page.launch_templates() {
+            if let Some(p) = t
+                .tags()
+                .iter()
+                .find(|t| t.key() == Some(POOL_TAG))
+                .and_then(|t| t.value())
+                && !pools.iter().any(|x| x == p)
+            {
+                pools.push(p.to_string());
+            }
+        }
+    }
+    Ok(pools)
+}

@@ -113,6 +113,24 @@ fn pools_of(value: &Value) -> Option<Vec<PoolRecord>> {
 /// secret, else in its Lambda's environment. Empty when neither is there (a
 /// stack removed, or interrupted before either was made).
 pub async fn recorded_pools(ctx: &Ctx<'_>) -> R<Vec<PoolRecord>> {
+    let mut pools = recorded(ctx).await?;
+    // Pools the record lacks (removed by hand, or a record that is gone) but
+    // whose resources are still tagged: found, with their class unknown.
+    for name in super::launch_template::tagged_pools(ctx).await? {
+        if !pools
+            .iter()
+            .any(|p| p.name.as_deref() == Some(name.as_str()))
+        {
+            pools.push(PoolRecord {
+                name: Some(name),
+                resource_class: None,
+            });
+        }
+    }
+    Ok(pools)
+}
+
+async fn recorded(ctx: &Ctx<'_>) -> R<Vec<PoolRecord>> {
     let name = ctx.names.scaler_secret();
     if let Some(Owned { ours: true, .. }) = super::secret::find(ctx, &name).await?
         && let Some(text) = super::secret::secret_value(ctx, &name).await?

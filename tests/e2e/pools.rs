@@ -433,11 +433,49 @@ async fn two_pools_are_created_scaled_converged_removed_and_torn_down() {
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("last pool of stack duo"), "{r:?}");
 
-    // Teardown by the stack name alone removes the rest.
+    // Teardown by the stack name alone removes the rest, even with the
+    // stack's record (scaler secret, Lambda) deleted by hand: the pool is
+    // found by its tags; its class is then unknown, so CircleCI is left
+    // alone and teardown says so.
     std::fs::remove_file(d.home.path().join("cci-scaler.toml")).unwrap();
+    aws_sdk_secretsmanager::Client::new(&d.moto.config)
+        .delete_secret()
+        .secret_id("cci-scaler/duo/scaler")
+        .force_delete_without_recovery(true)
+        .send()
+        .await
+        .unwrap();
+    aws_sdk_lambda::Client::new(&d.moto.config)
+        .delete_function()
+        .function_name("cci-scaler-duo-scaler")
+        .send()
+        .await
+        .unwrap();
     let r = run(d.cmd(&["--output", "json", "teardown", "--stack", "duo", "--yes"])).await;
     assert_eq!(r.code, 0, "{r:?}");
     assert!(d.group("duo-linux-x64-runners").await.is_none());
-    assert!(d.cci.classes().is_empty() && d.cci.tokens().is_empty());
-    assert!(d.secret("cci-scaler/duo/scaler").await.is_none());
+    assert!(
+        d.secret("cci-scaler/duo/linux-x64/runner-token")
+            .await
+            .is_none()
+    );
+    assert!(
+        r.stderr
+            .contains("pool(s) linux-x64 were found by their tags"),
+        "{r:?}"
+    );
+    assert_eq!(d.cci.classes(), [X64]);
+    let r = run(d.cmd(&["--output", "json", "status", "--stack", "duo"])).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let st = json(&r);
+    assert!(
+        st["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["action"] == "absent"
+                || i["kind"] == "runner tokens"
+                || i["kind"] == "resource class"),
+        "{st}"
+    );
 }
