@@ -2,6 +2,7 @@
 //! and the group at once, decide (pure), apply (or only report, in a dry run).
 
 pub mod decide;
+pub mod headroom;
 pub mod pools;
 
 use std::collections::HashMap;
