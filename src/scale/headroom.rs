@@ -341,7 +341,7 @@ mod tests {
             (spec("0 8 * * *", "1h", None, 0), "count"),
         ] {
             assert_eq!(
-                Schedule::new(&[s.clone()]).unwrap_err().field,
+                Schedule::new(std::slice::from_ref(&s)).unwrap_err().field,
                 field,
                 "{s:?}"
             );
