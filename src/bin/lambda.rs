@@ -139,6 +139,7 @@ impl Scaler {
                 let secret = Some((&self.secrets, self.env.secret_id.as_str()));
                 let policy = Policy {
                     boot_timeout: self.env.boot_timeout,
+                    headroom: 0,
                 };
                 let (token, mode) = match (&self.env.asg, &self.env.pools) {
                     (Some(asg), _) => {

@@ -130,6 +130,7 @@ pub async fn run(global: &GlobalArgs, args: ScaleArgs) -> anyhow::Result<ExitCod
         resource_class,
         policy: Policy {
             boot_timeout: args.boot_timeout,
+            headroom: 0,
         },
         dry_run: args.dry_run,
     };
@@ -195,6 +196,7 @@ async fn run_pools(
     let group = AsgClient::new(&config);
     let policy = Policy {
         boot_timeout: args.boot_timeout,
+        headroom: 0,
     };
     let mut stop = shutdown_signal();
     loop {

@@ -2,7 +2,9 @@
 //! runners, the policy and the clock. No I/O, no clock reads, no logging.
 //!
 //! Rules (see the README's "Scaling rules"):
-//! - `demand = unclaimed + running`, `target = clamp(demand, min, max)`.
+//! - `demand = unclaimed + running`, `target = clamp(demand + headroom, min, max)`
+//!   where `headroom` is the spare runners the active scheduled period wants
+//!   (an input: the clock is not read here).
 //! - Raise only: desired capacity goes up to `target`, never down because the
 //!   queue shrank. Instances remove themselves (with decrement) when their runner
 //!   exits, so the decrement has exactly one owner.
@@ -82,12 +84,16 @@ pub struct Policy {
     /// An instance older than this whose id matches no registered runner is
     /// taken to have failed its boot.
     pub boot_timeout: Duration,
+    /// Spare idle runners wanted now, on top of the demand (the active
+    /// headroom period's count; 0 outside any).
+    pub headroom: u32,
 }
 
 impl Default for Policy {
     fn default() -> Self {
         Policy {
             boot_timeout: Duration::from_secs(600),
+            headroom: 0,
         }
     }
 }
@@ -170,7 +176,8 @@ pub fn decide(
         });
     }
     let demand = queue.demand();
-    let target = demand.clamp(group.min, group.max);
+    let wanted = demand.saturating_add(policy.headroom);
+    let target = wanted.clamp(group.min, group.max);
     let mut reasons = Vec::new();
 
     // Instances that never registered within the boot timeout.
@@ -233,17 +240,24 @@ pub fn decide(
     let decremented = reap.iter().filter(|r| r.decrement).count() as u32;
     let desired_after_reap = group.desired - decremented;
 
-    let queue_text = format!(
-        "demand {demand} ({} unclaimed + {} running)",
-        queue.unclaimed, queue.running
-    );
+    let queue_text = if policy.headroom > 0 {
+        format!(
+            "demand {demand} ({} unclaimed + {} running) + {} spare",
+            queue.unclaimed, queue.running, policy.headroom
+        )
+    } else {
+        format!(
+            "demand {demand} ({} unclaimed + {} running)",
+            queue.unclaimed, queue.running
+        )
+    };
     let set_desired = if target > desired_after_reap {
-        let why = if demand > group.max {
+        let why = if wanted > group.max {
             format!(
                 "{queue_text} above max {}: raise desired to {target}",
                 group.max
             )
-        } else if demand < group.min {
+        } else if wanted < group.min {
             format!(
                 "group min {} above desired {desired_after_reap}: raise desired to {target}",
                 group.min
@@ -572,6 +586,78 @@ mod tests {
         ]
     }
 
+    /// Headroom: spares on top of the demand, clamped to max, raise only.
+    #[test]
+    fn headroom_table() {
+        // (name, queue, group, headroom, set_desired, desired_after, reason)
+        let rows = [
+            (
+                "2 spares on an empty queue",
+                q(0, 0),
+                group(0, 10, 0, vec![]),
+                2,
+                Some(2),
+                2,
+                "+ 2 spare",
+            ),
+            (
+                "2 spares beside 3 jobs",
+                q(1, 2),
+                group(0, 10, 0, vec![]),
+                2,
+                Some(5),
+                5,
+                "demand 3 (1 unclaimed + 2 running) + 2 spare",
+            ),
+            (
+                "spares up already: nothing to do",
+                q(0, 0),
+                group(0, 10, 2, vec![]),
+                2,
+                None,
+                2,
+                "within desired 2",
+            ),
+            (
+                "spares clamp to max",
+                q(4, 0),
+                group(0, 5, 0, vec![]),
+                3,
+                Some(5),
+                5,
+                "above max 5",
+            ),
+            (
+                "period over: desired is not lowered",
+                q(0, 0),
+                group(0, 10, 3, vec![]),
+                0,
+                None,
+                3,
+                "within desired 3",
+            ),
+            (
+                "fewer spares wanted: not lowered either",
+                q(0, 0),
+                group(0, 10, 4, vec![]),
+                1,
+                None,
+                4,
+                "within desired 4",
+            ),
+        ];
+        for (name, queue, g, headroom, set, after, reason) in rows {
+            let policy = Policy {
+                headroom,
+                ..Policy::default()
+            };
+            let d = decide(queue, &g, &names(&[]), &policy, now()).unwrap();
+            assert_eq!(d.set_desired, set, "{name}");
+            assert_eq!(d.desired_after, after, "{name}");
+            assert!(d.reason.contains(reason), "{name}: {}", d.reason);
+        }
+    }
+
     #[test]
     fn decision_table() {
         let policy = Policy::default();
@@ -715,10 +801,10 @@ mod props {
             (0u32..6, 0u32..25, 0u32..30),
             instances(),
             prop::collection::vec((0u32..1000).prop_map(|n| format!("other-{n}")), 0..4),
-            60u64..1_200,
+            (60u64..1_200, prop_oneof![3 => Just(0u32), 1 => 1u32..6]),
         )
             .prop_map(
-                |((unclaimed, running), (min, max, desired), inst, other, boot)| {
+                |((unclaimed, running), (min, max, desired), inst, other, (boot, headroom))| {
                     let mut registered: HashSet<String> = other.into_iter().collect();
                     let mut instances = Vec::new();
                     for (i, reg) in inst {
@@ -739,6 +825,7 @@ mod props {
                         registered,
                         Policy {
                             boot_timeout: Duration::from_secs(boot),
+                            headroom,
                         },
                     )
                 },
@@ -777,8 +864,9 @@ mod props {
             if decremented > 0 {
                 prop_assert!(group.desired - decremented >= group.min, "{d:?}");
             }
-            // Demand up to max is always met.
-            prop_assert!(d.desired_after >= queue.demand().clamp(group.min, group.max), "{d:?}");
+            // Demand plus headroom, up to max, is always met.
+            let wanted = queue.demand().saturating_add(policy.headroom);
+            prop_assert!(d.desired_after >= wanted.clamp(group.min, group.max), "{d:?}");
 
             // A registered instance is never reaped; only live, old enough,
             // known-age instances are, each once.

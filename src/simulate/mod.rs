@@ -273,6 +273,7 @@ impl Sim<'_> {
         };
         let policy = decide::Policy {
             boot_timeout: Duration::from_secs(self.fleet.boot_timeout_s),
+            headroom: 0,
         };
         let d = decide::decide(queue, &group, &registered, &policy, at(t))?;
         for r in &d.reap {
