@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::circleci::validate_resource_class;
 use crate::render::{self, parse_go_duration, validate_stack};
+use crate::scale::headroom::{HeadroomSpec, Schedule};
 
 /// Canonical's Ubuntu 22.04 LTS (amd64), through its public SSM parameter.
 pub const DEFAULT_IMAGE: &str =
@@ -43,6 +44,8 @@ pub struct StackFile {
     pub boot_timeout: Option<String>,
     #[serde(default)]
     pub runner: RunnerFile,
+    /// Spare runners by schedule (`[[headroom]]`), for a stack without pools.
+    pub headroom: Option<Vec<HeadroomSpec>>,
     /// Values every `[[pool]]` takes unless it sets its own.
     pub defaults: Option<PoolFile>,
     /// Several runner pools (`[[pool]]` tables); without them the top-level
@@ -73,6 +76,8 @@ pub struct PoolFile {
     pub working_directory: Option<String>,
     pub setup_script: Option<PathBuf>,
     pub apt_packages: Option<Vec<String>>,
+    /// Spare runners by schedule (`[[pool.headroom]]`, `[[defaults.headroom]]`).
+    pub headroom: Option<Vec<HeadroomSpec>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -148,6 +153,8 @@ pub struct StackSettings {
     pub max_instances: u32,
     /// One or more; the first is the launch template's.
     pub instance_types: Vec<String>,
+    /// Spare runners by schedule (checked).
+    pub headroom: Vec<HeadroomSpec>,
     pub image: ImageSource,
     /// Empty: the default VPC's default subnets.
     pub subnets: Vec<String>,
@@ -215,6 +222,7 @@ impl StackFile {
             max_instances,
             instance_type,
             instance_types,
+            headroom,
             defaults,
             pools,
             image,
@@ -365,6 +373,17 @@ impl StackFile {
                 format!("IMDS hop limit {imds_hop_limit}: must be 1 to 64"),
             ));
         }
+        let headroom = self.headroom.clone().unwrap_or_default();
+        Schedule::new(&headroom).map_err(|e| bad("headroom", e.to_string()))?;
+        if let Some(h) = headroom.iter().find(|h| h.count > max_instances) {
+            return Err(bad(
+                "headroom",
+                format!(
+                    "a period wants {} spare runners, above max_instances {max_instances}",
+                    h.count
+                ),
+            ));
+        }
         let dur = |key: &str, v: &Option<String>, default: Duration| match v {
             None => Ok(default),
             Some(s) => humantime::parse_duration(s)
@@ -453,6 +472,7 @@ impl StackFile {
             setup_script: setup_script.clone(),
             apt_packages: apt_packages.clone(),
             embedded_token: None,
+            spares: !headroom.is_empty(),
         })
         .map_err(|e| {
             let key = match &e {
@@ -479,6 +499,7 @@ impl StackFile {
             resource_class,
             max_instances,
             instance_types,
+            headroom,
             image,
             subnets,
             key_pair: self.key_pair.clone(),
@@ -512,6 +533,7 @@ impl StackFile {
             ("key_pair", self.key_pair.is_some()),
             ("root_volume_gb", self.root_volume_gb.is_some()),
             ("imds_hop_limit", self.imds_hop_limit.is_some()),
+            ("headroom", self.headroom.is_some()),
             ("runner.idle_timeout", r.idle_timeout.is_some()),
             ("runner.max_run_time", r.max_run_time.is_some()),
             ("runner.working_directory", r.working_directory.is_some()),
@@ -623,6 +645,7 @@ impl StackFile {
                 key_pair: p.key_pair.clone().or(d.key_pair.clone()),
                 root_volume_gb: p.root_volume_gb.or(d.root_volume_gb),
                 imds_hop_limit: p.imds_hop_limit.or(d.imds_hop_limit),
+                headroom: p.headroom.clone().or(d.headroom.clone()),
                 runner: RunnerFile {
                     idle_timeout: p.idle_timeout.clone().or(d.idle_timeout.clone()),
                     max_run_time: p.max_run_time.clone().or(d.max_run_time.clone()),

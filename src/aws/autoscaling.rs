@@ -56,6 +56,12 @@ fn group_state(name: &str, group: &aws_sdk_autoscaling::types::AutoScalingGroup)
         max: count(group.max_size()),
         desired: count(group.desired_capacity()),
         instances,
+        spare_until: group
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some(crate::scale::SPARE_UNTIL_TAG))
+            .and_then(|t| t.value())
+            .and_then(|v| v.parse().ok()),
     }
 }
 
@@ -149,6 +155,23 @@ impl GroupApi for AsgClient {
             .send()
             .await
             .map_err(|e| AwsError::call("autoscaling:SetDesiredCapacity", name, &e))?;
+        Ok(())
+    }
+
+    async fn tag(&self, name: &str, key: &str, value: &str) -> Result<(), AwsError> {
+        let tag = aws_sdk_autoscaling::types::Tag::builder()
+            .resource_id(name)
+            .resource_type("auto-scaling-group")
+            .key(key)
+            .value(value)
+            .propagate_at_launch(true)
+            .build();
+        self.autoscaling
+            .create_or_update_tags()
+            .tags(tag)
+            .send()
+            .await
+            .map_err(|e| AwsError::call("autoscaling:CreateOrUpdateTags", name, &e))?;
         Ok(())
     }
 

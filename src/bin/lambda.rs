@@ -13,6 +13,9 @@
 //!   `[{"name": ..., "asg": ..., "resource_class": ...}, ...]`; every poll scales
 //!   all of them at once, one JSON line per pool; a pool that fails is logged
 //!   and the others still scaled; the invocation fails if any pool failed.
+//! - `CCI_SCALER_HEADROOM`: spare runners by schedule for the one group, JSON
+//!   `[{"schedule": "0 8 * * MON-FRI", "duration": "11h", "time_zone": ..., "count": 2}]`
+//!   (a pool of `CCI_SCALER_POOLS` carries its own `headroom` list)
 //! - `CCI_SCALER_POLL_INTERVAL`, `CCI_SCALER_POLL_WINDOW`, `CCI_SCALER_BOOT_TIMEOUT`,
 //!   `CCI_SCALER_CIRCLECI_TIMEOUT`: durations (`10s`, `500ms`, or plain seconds)
 //! - `CIRCLECI_RUNNER_API_URL`: runner API base URL
@@ -26,6 +29,7 @@ use tokio::sync::OnceCell;
 use cci_scaler::aws::{self, AwsOptions, autoscaling::AsgClient};
 use cci_scaler::circleci::{self, HttpLimits, RunnerApi};
 use cci_scaler::scale::decide::Policy;
+use cci_scaler::scale::headroom::{HeadroomSpec, Schedule};
 use cci_scaler::scale::pools::{Pool, run_pools};
 use cci_scaler::scale::{ScaleSettings, run_once};
 use cci_scaler::{error_chain, token};
@@ -33,6 +37,7 @@ use cci_scaler::{error_chain, token};
 struct Env {
     secret_id: String,
     asg: Option<String>,
+    headroom: Schedule,
     pools: Option<Vec<Pool>>,
     resource_class: Option<String>,
     interval: Duration,
@@ -64,6 +69,17 @@ impl Env {
         let env = Env {
             secret_id: required("CCI_SCALER_SECRET_ID")?,
             asg: var("CCI_SCALER_ASG"),
+            headroom: var("CCI_SCALER_HEADROOM")
+                .map(|v| {
+                    let specs = serde_json::from_str::<Vec<HeadroomSpec>>(&v).map_err(|e| {
+                        format!(
+                            "CCI_SCALER_HEADROOM is not a JSON list of {{\"schedule\", \"duration\", \"time_zone\", \"count\"}}: {e}"
+                        )
+                    })?;
+                    Schedule::new(&specs).map_err(|e| format!("CCI_SCALER_HEADROOM: {e}"))
+                })
+                .transpose()?
+                .unwrap_or_default(),
             pools: var("CCI_SCALER_POOLS")
                 .map(|v| {
                     serde_json::from_str::<Vec<Pool>>(&v).map_err(|e| {
@@ -98,6 +114,8 @@ impl Env {
                 }
                 for p in pools {
                     circleci::validate_resource_class(&p.resource_class)?;
+                    Schedule::new(&p.headroom)
+                        .map_err(|e| format!("CCI_SCALER_POOLS, pool {}: {e}", p.name))?;
                 }
             }
             (Some(_), None) => {}
@@ -151,6 +169,7 @@ impl Scaler {
                             asg: asg.clone(),
                             resource_class,
                             policy,
+                            headroom: self.env.headroom.clone(),
                             dry_run: false,
                         };
                         (token, Mode::One(settings))

@@ -123,6 +123,7 @@ pub async fn run(global: &GlobalArgs, cmd: RenderCommand) -> anyhow::Result<Exit
         working_directory: args.runner.working_directory,
         setup_script: read_setup_script(&args.runner.setup_script)?,
         apt_packages: args.runner.apt_packages,
+        spares: false,
         embedded_token,
     };
     let script = render::render_user_data(&input)?;

@@ -97,6 +97,7 @@ pub async fn run(global: &GlobalArgs, args: ScaleArgs) -> anyhow::Result<ExitCod
                 name: asg.clone(),
                 asg: asg.clone(),
                 resource_class: rc.clone(),
+                headroom: Vec::new(),
             })
             .collect();
         return run_pools(global, args, pools).await;
@@ -132,6 +133,7 @@ pub async fn run(global: &GlobalArgs, args: ScaleArgs) -> anyhow::Result<ExitCod
             boot_timeout: args.boot_timeout,
             headroom: 0,
         },
+        headroom: Default::default(),
         dry_run: args.dry_run,
     };
 
@@ -260,6 +262,7 @@ fn stack_pools(stack: &str, args: &ScaleArgs) -> anyhow::Result<Vec<Pool>> {
             name: p.pool.clone().unwrap_or_else(|| stack.to_string()),
             asg: cci_scaler::names::group(stack, p.pool.as_deref()),
             resource_class: p.resource_class,
+            headroom: p.headroom,
         })
         .collect())
 }

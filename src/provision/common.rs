@@ -148,6 +148,8 @@ pub(crate) struct PoolFound {
     pub resource_class: String,
     pub group: String,
     pub token_secret: String,
+    /// Spare runners by schedule.
+    pub headroom: Vec<crate::scale::headroom::HeadroomSpec>,
     pub architecture: String,
     pub image: String,
     pub root_device: String,

@@ -72,16 +72,23 @@ fn lambda_env(ctx: &Ctx<'_>, s: &StackSettings, f: &Found) -> HashMap<String, St
         [p] => {
             env.insert("CCI_SCALER_ASG".into(), p.group.clone());
             env.insert("CCI_SCALER_RESOURCE_CLASS".into(), s.resource_class.clone());
+            if !p.headroom.is_empty() {
+                env.insert("CCI_SCALER_HEADROOM".into(), json!(p.headroom).to_string());
+            }
         }
         pools => {
             let list: Vec<Value> = pools
                 .iter()
                 .map(|p| {
-                    json!({
+                    let mut v = json!({
                         "name": p.name.clone().unwrap_or_else(|| "default".into()),
                         "asg": p.group,
                         "resource_class": p.resource_class,
-                    })
+                    });
+                    if !p.headroom.is_empty() {
+                        v["headroom"] = json!(p.headroom);
+                    }
+                    v
                 })
                 .collect();
             env.insert("CCI_SCALER_POOLS".into(), Value::Array(list).to_string());

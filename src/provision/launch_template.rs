@@ -88,6 +88,11 @@ fn template_data(
                 .http_tokens(ec2t::LaunchTemplateHttpTokensState::Required)
                 .http_endpoint(ec2t::LaunchTemplateInstanceMetadataEndpointState::Enabled)
                 .http_put_response_hop_limit(s.imds_hop_limit as i32)
+                // Spares read their cci-scaler:spare-until tag at boot.
+                .set_instance_metadata_tags(
+                    (!s.headroom.is_empty())
+                        .then_some(ec2t::LaunchTemplateInstanceMetadataTagsState::Enabled),
+                )
                 .build(),
         )
         .instance_initiated_shutdown_behavior(ec2t::ShutdownBehavior::Terminate)
@@ -121,6 +126,7 @@ macro_rules! fingerprint {
             "user_data": d.user_data(), "profile": d.iam_instance_profile().and_then(|p| p.name()),
             "sg": d.security_group_ids(), "tokens": m.and_then(|m| m.http_tokens()).map(|t| t.as_str()),
             "hops": m.and_then(|m| m.http_put_response_hop_limit()),
+            "metadata_tags": m.and_then(|m| m.instance_metadata_tags()).map(|t| t.as_str()),
             "shutdown": d.instance_initiated_shutdown_behavior().map(|b| b.as_str()),
             "volume": ebs.and_then(|e| e.volume_size()), "encrypted": ebs.and_then(|e| e.encrypted()),
         })

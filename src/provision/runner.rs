@@ -218,6 +218,7 @@ pub async fn init(
             resource_class: s.resource_class.clone(),
             group: pctx.names.group(),
             token_secret: pctx.names.runner_token_secret(),
+            headroom: s.headroom.clone(),
             ..PoolFound::default()
         };
         step(
@@ -237,6 +238,7 @@ pub async fn init(
             setup_script: s.runner.setup_script.clone(),
             apt_packages: s.runner.apt_packages.clone(),
             embedded_token: None,
+            spares: !s.headroom.is_empty(),
         })?;
         p.class = step(
             "resource class",

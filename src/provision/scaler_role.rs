@@ -71,7 +71,24 @@ async fn converge(ctx: &Ctx<'_>, f: &mut Found) -> R<Item> {
         .scaler_secret_arn
         .clone()
         .unwrap_or_else(|| PENDING.into());
-    let policy = scaler_policy(ctx, &f.account, groups, &secret);
+    let mut policy = scaler_policy(ctx, &f.account, groups, &secret);
+    // Pools with headroom: the Lambda tags their groups (spare-until).
+    let tagged: Vec<String> = f
+        .pools
+        .iter()
+        .filter(|p| !p.headroom.is_empty())
+        .map(|p| p.group_arn.clone().unwrap_or_else(|| PENDING.into()))
+        .collect();
+    if !tagged.is_empty()
+        && let Some(st) = policy["Statement"].as_array_mut()
+    {
+        st.insert(
+            2,
+            json!({"Sid": "TagSparesOfOwnGroups", "Effect": "Allow",
+                   "Action": "autoscaling:CreateOrUpdateTags",
+                   "Resource": super::runner_role::one_or_list(tagged)}),
+        );
+    }
     let (item, arn) = super::role::converge(
         ctx,
         &ctx.names.scaler_role(),

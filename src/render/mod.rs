@@ -58,6 +58,10 @@ pub struct UserDataInput {
     pub apt_packages: Vec<String>,
     /// The tutorial's way: the token inside the script. Only for --embed-token.
     pub embedded_token: Option<SecretString>,
+    /// The pool has headroom: an instance launched during a period (its
+    /// `cci-scaler:spare-until` tag, read from instance metadata) keeps its
+    /// runner idle until the period ends, then the usual idle timeout.
+    pub spares: bool,
 }
 
 fn invalid(field: &'static str, value: &str, why: impl Into<String>) -> RenderError {
@@ -295,6 +299,7 @@ pub fn render_user_data(input: &UserDataInput) -> Result<String, RenderError> {
         .setup_script
         .as_ref()
         .map(|s| s.replace("\r\n", "\n").trim_end_matches('\n').to_string());
+    let idle_secs = parse_go_duration("idle timeout", &input.idle_timeout)?.as_secs();
     let out = env
         .get_template("user-data")
         .and_then(|t| {
@@ -311,6 +316,8 @@ pub fn render_user_data(input: &UserDataInput) -> Result<String, RenderError> {
                 apt_packages => &input.apt_packages,
                 embedded_token => input.embedded_token.as_ref().map(|t| t.expose_secret().to_string()),
                 stop_timeout_secs => stop_timeout.as_secs(),
+                spares => input.spares,
+                idle_timeout_secs => idle_secs,
             })
         })
         .map_err(|e| RenderError::Template(e.to_string()))?;

@@ -77,6 +77,10 @@ pub struct GroupState {
     pub max: u32,
     pub desired: u32,
     pub instances: Vec<Instance>,
+    /// The group's `cci-scaler:spare-until` tag (seconds since the epoch):
+    /// instances launched while it is in the future stay up as spares until
+    /// then. Not used by the decision.
+    pub spare_until: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,6 +323,7 @@ mod tests {
             max,
             desired,
             instances,
+            spare_until: None,
         }
     }
 
@@ -821,6 +826,7 @@ mod props {
                             max,
                             desired,
                             instances,
+                            spare_until: None,
                         },
                         registered,
                         Policy {

@@ -14,6 +14,14 @@ use serde::Serialize;
 use crate::aws::AwsError;
 use crate::circleci::{CircleCiError, RunnerQueue};
 use decide::{Action, DecideError, GroupState, Policy, QueueDepth, Reap};
+use headroom::{Active, HeadroomError, Schedule};
+
+/// The group tag (propagated at launch) that tells an instance launched
+/// during a headroom period until when it is a spare: seconds since the
+/// epoch. Its runner's idle timeout then runs to that time plus the usual
+/// idle timeout, so spares do not idle out and get launched again while the
+/// period lasts, and leave within one idle timeout after it ends.
+pub const SPARE_UNTIL_TAG: &str = "cci-scaler:spare-until";
 
 /// The Auto Scaling group as the scaling core uses it.
 pub trait GroupApi {
@@ -42,6 +50,13 @@ pub trait GroupApi {
         instance_id: &str,
         decrement: bool,
     ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// Set a tag on the group, propagated to the instances it launches.
+    fn tag(
+        &self,
+        name: &str,
+        key: &str,
+        value: &str,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +64,8 @@ pub struct ScaleSettings {
     pub asg: String,
     pub resource_class: String,
     pub policy: Policy,
+    /// Spare runners by schedule (empty: none).
+    pub headroom: Schedule,
     pub dry_run: bool,
 }
 
@@ -60,6 +77,8 @@ pub enum ScaleError {
     Aws(#[from] AwsError),
     #[error(transparent)]
     Decide(#[from] DecideError),
+    #[error(transparent)]
+    Headroom(#[from] HeadroomError),
     #[error("{done}{source}")]
     Apply {
         /// What was already changed before the failure, as a sentence prefix.
@@ -91,6 +110,9 @@ pub struct Round {
     pub group: GroupSummary,
     pub action: Action,
     pub reaped: Vec<Reap>,
+    /// The headroom period active at this poll, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headroom: Option<Active>,
     pub dry_run: bool,
     pub reason: String,
 }
@@ -170,25 +192,49 @@ pub async fn run_once<Q: RunnerQueue, G: GroupApi>(
     }
 
     let now = SystemTime::now();
-    let decision = decide::decide(
-        snapshot.depth,
-        &group,
-        &snapshot.runners,
-        &settings.policy,
-        now,
-    )?;
+    let (policy, active) = with_headroom(&settings.policy, &settings.headroom, now);
+    let decision = decide::decide(snapshot.depth, &group, &snapshot.runners, &policy, now)?;
 
     if !settings.dry_run {
-        apply(group_api, &settings.asg, &decision).await?;
+        apply(
+            group_api,
+            &settings.asg,
+            &decision,
+            spare_tag(&group, active),
+        )
+        .await?;
     }
-    Ok(round(
+    let mut round = round(
         now,
         settings,
         snapshot.depth,
         snapshot.runners.len(),
         &group,
         decision,
-    ))
+    );
+    round.headroom = active;
+    Ok(round)
+}
+
+/// The policy with the spares the active headroom period wants at `now`.
+pub(crate) fn with_headroom(
+    policy: &Policy,
+    schedule: &Schedule,
+    now: SystemTime,
+) -> (Policy, Option<Active>) {
+    let active = schedule.active(now);
+    let policy = Policy {
+        headroom: active.map(|a| a.count).unwrap_or(0),
+        ..*policy
+    };
+    (policy, active)
+}
+
+/// The spare-until tag to set before raising capacity: while a period is
+/// active, when the group's tag is older than the period's end.
+pub(crate) fn spare_tag(group: &GroupState, active: Option<Active>) -> Option<u64> {
+    let until = headroom::secs(active?.until);
+    (group.spare_until.unwrap_or(0) < until).then_some(until)
 }
 
 /// Terminate, then set desired; what was done before a failure is named.
@@ -196,8 +242,19 @@ pub(crate) async fn apply<G: GroupApi>(
     group_api: &G,
     asg: &str,
     decision: &decide::Decision,
+    spare_until: Option<u64>,
 ) -> Result<(), ScaleError> {
     let mut done: Vec<String> = Vec::new();
+    // First, so the instances the raise launches carry it.
+    if let Some(until) = spare_until {
+        if let Err(source) = group_api
+            .tag(asg, SPARE_UNTIL_TAG, &until.to_string())
+            .await
+        {
+            return Err(apply_error(&done, source));
+        }
+        done.push(format!("tagged {asg} {SPARE_UNTIL_TAG}={until}"));
+    }
     for r in &decision.reap {
         if let Err(source) = group_api.terminate(&r.instance_id, r.decrement).await {
             return Err(apply_error(&done, source));
@@ -236,6 +293,7 @@ pub(crate) fn round(
         },
         action: decision.action(),
         reaped: decision.reap.clone(),
+        headroom: None,
         dry_run: settings.dry_run,
         reason: decision.reason,
     }

@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use futures::future::join_all;
 
 use super::decide::{self, Policy};
+use super::headroom::{HeadroomSpec, Schedule};
 use super::{GroupApi, Round, ScaleError, ScaleSettings, apply, round};
 use crate::aws::AwsError;
 use crate::circleci::RunnerQueue;
@@ -23,6 +24,9 @@ pub struct Pool {
     pub name: String,
     pub asg: String,
     pub resource_class: String,
+    /// Spare runners by schedule.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headroom: Vec<HeadroomSpec>,
 }
 
 /// One poll of every pool; the results are in the pools' order.
@@ -123,18 +127,28 @@ pub async fn run_pools<Q: RunnerQueue + Sync, G: GroupApi + Sync>(
     let now = SystemTime::now();
     join_all(pools.iter().zip(read).map(|(p, r)| async move {
         let (depth, runners, group) = r?;
-        let decision = decide::decide(depth, &group, runners, policy, now)?;
+        let schedule = Schedule::new(&p.headroom)?;
+        let (policy, active) = super::with_headroom(policy, &schedule, now);
+        let decision = decide::decide(depth, &group, runners, &policy, now)?;
         if !dry_run {
-            apply(group_api, &p.asg, &decision).await?;
+            apply(
+                group_api,
+                &p.asg,
+                &decision,
+                super::spare_tag(&group, active),
+            )
+            .await?;
         }
         let settings = ScaleSettings {
             asg: p.asg.clone(),
             resource_class: p.resource_class.clone(),
-            policy: *policy,
+            policy,
+            headroom: schedule,
             dry_run,
         };
         let mut round = round(now, &settings, depth, runners.len(), &group, decision);
         round.pool = Some(p.name.clone());
+        round.headroom = active;
         Ok(round)
     }))
     .await

@@ -260,6 +260,7 @@ impl Sim<'_> {
                     protected_from_scale_in: true,
                 })
                 .collect(),
+            spare_until: None,
         };
         let registered: HashSet<String> = self
             .live

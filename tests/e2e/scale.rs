@@ -578,3 +578,98 @@ async fn scale_a_stack_by_its_name() {
     assert_eq!(fx.moto.desired("two-a-runners").await, 1);
     assert_no_token(&r);
 }
+
+/// Headroom from the stack file: spares on top of the demand while a period
+/// is active, and the group tagged with the period's end before it is
+/// raised (instances launched then stay up as spares until that time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headroom_adds_spares_and_tags_the_group() {
+    let fx = Fx::new().await;
+    fx.moto.create_group("hr-runners", 10, 0).await;
+    fx.moto.create_group("hr-off-runners", 10, 0).await;
+    let file = fx.home.path().join("hr.toml");
+    // Always on (a start every minute, lasting an hour), and never on (the
+    // 31st of February).
+    std::fs::write(
+        &file,
+        "stack = \"hr\"\nresource_class = \"acme/linux-x64\"\n\
+         [[headroom]]\nschedule = \"* * * * *\"\nduration = \"1h\"\ncount = 2\n\
+         [[headroom]]\nschedule = \"0 8 31 2 *\"\nduration = \"1h\"\ncount = 5\n",
+    )
+    .unwrap();
+    fx.cci.set_queue(1, 0);
+    let cfg = file.to_str().unwrap();
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let r = run(fx.scale_bare(&["--stack", "hr", "--config", cfg, "--output", "json"])).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let v: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(v["headroom"]["count"], 2, "{v}");
+    assert_eq!(v["group"]["desired_after"], 3, "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("+ 2 spare"), "{v}");
+    assert_eq!(fx.moto.desired("hr-runners").await, 3);
+    let g = fx
+        .moto
+        .asg()
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names("hr-runners")
+        .send()
+        .await
+        .unwrap()
+        .auto_scaling_groups()[0]
+        .clone();
+    let tag = g
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some("cci-scaler:spare-until"))
+        .expect("the group is tagged");
+    assert_eq!(tag.propagate_at_launch(), Some(true));
+    let until: u64 = tag.value().unwrap().parse().unwrap();
+    assert!(
+        until > started + 3500 && until <= started + 3600 + 60,
+        "{until} vs {started}"
+    );
+    assert_eq!(v["headroom"]["until"], until, "{v}");
+
+    // The queue empties: spares stay, nothing is lowered.
+    fx.cci.set_queue(0, 0);
+    let r = run(fx.scale_bare(&["--stack", "hr", "--config", cfg])).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(fx.moto.desired("hr-runners").await, 3);
+
+    // A dry run tags nothing: a stack whose group has no tag yet.
+    let off = fx.home.path().join("off.toml");
+    std::fs::write(
+        &off,
+        "stack = \"hr-off\"\nresource_class = \"acme/linux-x64\"\n\
+         [[headroom]]\nschedule = \"* * * * *\"\nduration = \"1h\"\ncount = 1\n",
+    )
+    .unwrap();
+    let r = run(fx.scale_bare(&[
+        "--stack",
+        "hr-off",
+        "--config",
+        off.to_str().unwrap(),
+        "--dry-run",
+    ]))
+    .await;
+    assert!(r.stdout.contains("would scale-out"), "{r:?}");
+    let g = fx
+        .moto
+        .asg()
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names("hr-off-runners")
+        .send()
+        .await
+        .unwrap()
+        .auto_scaling_groups()[0]
+        .clone();
+    assert!(
+        g.tags()
+            .iter()
+            .all(|t| t.key() != Some("cci-scaler:spare-until"))
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+}

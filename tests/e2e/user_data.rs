@@ -27,6 +27,7 @@ fn default_input() -> UserDataInput {
         setup_script: None,
         apt_packages: vec![],
         embedded_token: None,
+        spares: false,
     }
 }
 
@@ -45,6 +46,7 @@ fn custom_input(setup: &str) -> UserDataInput {
         setup_script: Some(setup.to_string()),
         apt_packages: vec!["nodejs".into(), "npm".into(), "g++".into()],
         embedded_token: None,
+        spares: false,
     }
 }
 
@@ -85,6 +87,14 @@ fn variants() -> Vec<(&'static str, String)> {
             render_user_data(&custom_input(NODE_SETUP)).unwrap(),
         ),
         ("embedded-token", render_user_data(&embed).unwrap()),
+        (
+            "spares",
+            render_user_data(&UserDataInput {
+                spares: true,
+                ..default_input()
+            })
+            .unwrap(),
+        ),
     ]
 }
 
@@ -166,6 +176,8 @@ while [ $# -gt 0 ]; do
     -o) out=$2; shift ;;
     */latest/api/token) printf 'imds-session-token' ;;
     */meta-data/instance-id) printf 'i-0123456789abcdef0' ;;
+    */meta-data/tags/instance/cci-scaler:spare-until)
+      if [ -n "${STUB_SPARE_UNTIL:-}" ]; then printf '%s' "$STUB_SPARE_UNTIL"; else exit 22; fi ;;
   esac
   shift
 done
@@ -393,6 +405,63 @@ fn sandboxed_boot_configures_and_starts_the_runner() {
     );
     let hook = std::fs::metadata(sb.path("/usr/local/lib/cci-scaler/exit-hook")).unwrap();
     assert_eq!(hook.mode() & 0o777, 0o755);
+}
+
+/// A pool with headroom: an instance launched during a period (the group's
+/// spare-until tag, from instance metadata) keeps its runner idle until the
+/// period ends plus the idle timeout; one launched outside any period (no
+/// tag, or a past one) gets the plain idle timeout.
+#[test]
+fn sandboxed_spare_stays_until_its_period_ends() {
+    let script = render_user_data(&UserDataInput {
+        spares: true,
+        ..default_input()
+    })
+    .unwrap();
+    let idle = |sb: &Sandbox| {
+        let config = sb.read("/etc/circleci-runner/circleci-runner-config.yaml");
+        config
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("idle_timeout: "))
+            .unwrap()
+            .to_string()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sb = Sandbox::new();
+    let until = (now + 3600).to_string();
+    let r = sb.boot(&script, &[("STUB_SPARE_UNTIL", &until)]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // One hour to the period's end plus the 1m idle timeout (a second or two
+    // may pass between the two clocks).
+    let secs: u64 = idle(&sb).trim_end_matches('s').parse().unwrap();
+    assert!((3655..=3660).contains(&secs), "{secs}");
+    assert!(
+        sb.read("/var/log/cci-scaler-boot.log")
+            .contains("spare runner until")
+    );
+
+    for env in [
+        vec![],
+        vec![("STUB_SPARE_UNTIL", "1000")],
+        vec![("STUB_SPARE_UNTIL", "x; rm -rf /")],
+    ] {
+        let sb = Sandbox::new();
+        let r = sb.boot(&script, &env);
+        assert_eq!(r.code, 0, "{env:?}: {r:?}");
+        assert_eq!(idle(&sb), "1m", "{env:?}");
+    }
+    // Without headroom the script does not look.
+    let sb = Sandbox::new();
+    let r = sb.boot(
+        &render_user_data(&default_input()).unwrap(),
+        &[("STUB_SPARE_UNTIL", &until)],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(idle(&sb), "1m");
+    assert!(!sb.calls().iter().any(|c| c.contains("spare-until")));
 }
 
 #[test]
