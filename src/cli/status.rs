@@ -84,6 +84,21 @@ fn print_text(stack: &str, region: &str, st: &StackStatus) {
                 f.circleci_error.as_deref().unwrap_or_default()
             ),
         }
+        match (&p.headroom, f.spares_up) {
+            (Some(h), spares) => println!(
+                "{indent}headroom: period {} active until {}: {} spare(s) wanted, {} up",
+                h.period + 1,
+                humantime::format_rfc3339_seconds(h.until),
+                h.count,
+                spares
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "? (queue unavailable)".into())
+            ),
+            (None, Some(s)) if s > 0 => {
+                println!("{indent}headroom: no period active; {s} idle runner(s) up")
+            }
+            _ => {}
+        }
         println!(
             "{indent}group: desired {} (min {}, max {}), {} instance(s)",
             f.desired,

@@ -22,6 +22,8 @@ pub struct PoolStatus {
     pub pool: Option<String>,
     pub resource_class: Option<String>,
     pub group: String,
+    /// The headroom period active now (from the Lambda's settings), if any.
+    pub headroom: Option<crate::scale::headroom::Active>,
     /// `None`: the group does not exist.
     pub fleet: Option<Fleet>,
 }
@@ -36,6 +38,8 @@ pub struct Fleet {
     pub unclaimed_tasks: Option<u32>,
     pub running_tasks: Option<u32>,
     pub registered_runners: Option<Vec<String>>,
+    /// Registered runners beyond the running tasks: idle, ready for a job.
+    pub spares_up: Option<u32>,
     pub circleci_error: Option<String>,
 }
 
@@ -128,7 +132,15 @@ pub async fn status(ctx: &Ctx<'_>, pools: &[PoolRecord]) -> R<StackStatus> {
             i.detail = None;
         }
     }
-    let reads = pools.iter().map(|p| pool_status(ctx, p));
+    let headroom = headroom_of(ctx).await?;
+    let now = std::time::SystemTime::now();
+    let reads = pools.iter().map(|p| {
+        let active = headroom
+            .get(&p.name)
+            .and_then(|specs| crate::scale::headroom::Schedule::new(specs).ok())
+            .and_then(|s| s.active(now));
+        pool_status(ctx, p, active)
+    });
     let pools = futures::future::try_join_all(reads).await?;
     let rule = ctx
         .aws
@@ -147,7 +159,43 @@ pub async fn status(ctx: &Ctx<'_>, pools: &[PoolRecord]) -> R<StackStatus> {
     })
 }
 
-async fn pool_status(ctx: &Ctx<'_>, p: &PoolRecord) -> R<PoolStatus> {
+/// Each pool's headroom periods, as the Lambda has them.
+async fn headroom_of(
+    ctx: &Ctx<'_>,
+) -> R<HashMap<Option<String>, Vec<crate::scale::headroom::HeadroomSpec>>> {
+    let mut out = HashMap::new();
+    let Some(Owned { it, ours: true }) = super::function::find(ctx).await? else {
+        return Ok(out);
+    };
+    let Some(vars) = it
+        .configuration()
+        .and_then(|c| c.environment())
+        .and_then(|e| e.variables())
+    else {
+        return Ok(out);
+    };
+    if let Some(specs) = vars
+        .get("CCI_SCALER_HEADROOM")
+        .and_then(|v| serde_json::from_str(v).ok())
+    {
+        out.insert(None, specs);
+    }
+    if let Some(pools) = vars
+        .get("CCI_SCALER_POOLS")
+        .and_then(|v| serde_json::from_str::<Vec<crate::scale::pools::Pool>>(v).ok())
+    {
+        for p in pools {
+            out.insert(Some(p.name), p.headroom);
+        }
+    }
+    Ok(out)
+}
+
+async fn pool_status(
+    ctx: &Ctx<'_>,
+    p: &PoolRecord,
+    headroom: Option<crate::scale::headroom::Active>,
+) -> R<PoolStatus> {
     let pctx = Ctx {
         names: ctx.names.for_pool(p.name.as_deref()),
         ..ctx.clone()
@@ -156,6 +204,7 @@ async fn pool_status(ctx: &Ctx<'_>, p: &PoolRecord) -> R<PoolStatus> {
         pool: p.name.clone(),
         resource_class: p.resource_class.clone(),
         group: pctx.names.group(),
+        headroom,
         fleet: None,
     };
     let Some(Owned { it: g, .. }) = super::group::find(&pctx).await? else {
@@ -201,6 +250,10 @@ async fn pool_status(ctx: &Ctx<'_>, p: &PoolRecord) -> R<PoolStatus> {
             .collect(),
         unclaimed_tasks: unclaimed,
         running_tasks: running,
+        spares_up: runners
+            .as_ref()
+            .zip(running)
+            .map(|(r, running)| (r.len() as u32).saturating_sub(running)),
         registered_runners: runners,
         circleci_error: err,
     });

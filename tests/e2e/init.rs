@@ -1152,3 +1152,114 @@ async fn a_stack_without_pools_upgrades_with_no_change() {
     let r = s.teardown().await;
     assert_eq!(r.code, 0, "{r:?}");
 }
+
+/// A stack with headroom: the Lambda gets the periods, its role may tag its
+/// group (nothing more), the launch template lets instances read their tags,
+/// the user data looks at spare-until; converged, nothing changes; status
+/// names the active period and the spares up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_with_headroom_and_status_of_spares() {
+    let s = Stack::new().await;
+    let cfg = &s.moto.config;
+    std::fs::write(
+        s.home.path().join("cci-scaler.toml"),
+        "[[headroom]]\nschedule = \"* * * * *\"\nduration = \"2h\"\ntime_zone = \"Europe/Berlin\"\ncount = 2\n",
+    )
+    .unwrap();
+    let r = s.init(&[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let env = aws_sdk_lambda::Client::new(cfg)
+        .get_function_configuration()
+        .function_name("cci-scaler-demo-scaler")
+        .send()
+        .await
+        .unwrap()
+        .environment()
+        .and_then(|e| e.variables())
+        .cloned()
+        .unwrap();
+    let hr: Value = serde_json::from_str(&env["CCI_SCALER_HEADROOM"]).unwrap();
+    assert_eq!(hr[0]["count"], 2);
+    assert_eq!(hr[0]["time_zone"], "Europe/Berlin");
+    let iam = aws_sdk_iam::Client::new(cfg);
+    let p = iam
+        .get_role_policy()
+        .role_name("cci-scaler-demo-scaler")
+        .policy_name("cci-scaler")
+        .send()
+        .await
+        .unwrap();
+    let doc = percent_encoding::percent_decode_str(p.policy_document()).decode_utf8_lossy();
+    let policy: Value = serde_json::from_str(&doc).unwrap();
+    let tag = policy["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["Sid"] == "TagSparesOfOwnGroups")
+        .expect("tag permission");
+    assert_eq!(tag["Action"], "autoscaling:CreateOrUpdateTags");
+    assert!(
+        tag["Resource"]
+            .as_str()
+            .unwrap()
+            .contains(":autoScalingGroup:"),
+        "{tag}"
+    );
+    assert_least_privilege(&policy);
+    let findings = crate::support::parliament(&policy);
+    assert!(findings.is_empty(), "{findings:?}");
+    let ec2 = aws_sdk_ec2::Client::new(cfg);
+    let v = ec2
+        .describe_launch_template_versions()
+        .launch_template_name("cci-scaler-demo-runner")
+        .versions("$Latest")
+        .send()
+        .await
+        .unwrap();
+    let d = v.launch_template_versions()[0]
+        .launch_template_data()
+        .unwrap();
+    assert_eq!(
+        d.metadata_options()
+            .and_then(|m| m.instance_metadata_tags())
+            .map(|t| t.as_str()),
+        Some("enabled")
+    );
+    let ud = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(d.user_data().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(ud.contains("meta-data/tags/instance/cci-scaler:spare-until"));
+
+    let r = s.init(&[]).await;
+    let v = json(&r);
+    assert_eq!(v["changed"], false, "{v}");
+
+    // Status: the period is active; two runners registered, one running a
+    // task: one spare up.
+    s.moto
+        .asg()
+        .set_desired_capacity()
+        .auto_scaling_group_name("demo-runners")
+        .desired_capacity(2)
+        .send()
+        .await
+        .unwrap();
+    s.cci.set_queue(0, 1);
+    s.cci.set_runners(&["i-1", "i-2"]);
+    let r = run(s.cmd(&["status", "--stack", "demo"])).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("headroom: period 1 active until"),
+        "{r:?}"
+    );
+    assert!(r.stdout.contains("2 spare(s) wanted, 1 up"), "{r:?}");
+    let r = run(s.cmd(&["--output", "json", "status", "--stack", "demo"])).await;
+    let st = json(&r);
+    assert_eq!(st["pools"][0]["headroom"]["count"], 2, "{st}");
+    assert_eq!(st["pools"][0]["fleet"]["spares_up"], 1, "{st}");
+    let r = s.teardown().await;
+    assert_eq!(r.code, 0, "{r:?}");
+}
