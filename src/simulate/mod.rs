@@ -24,6 +24,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::scale::decide::{self, GroupState, Instance, Lifecycle, QueueDepth};
+use crate::scale::headroom::{HeadroomSpec, Schedule};
 use workload::Job;
 
 /// The tutorial's Lambda runs once a minute.
@@ -66,6 +67,25 @@ pub struct Fleet {
     pub wait_threshold_s: u64,
     /// What-if: the first N launches fail their boot (on top of the rate).
     pub fail_first_launches: u64,
+    /// The tutorial's boot time range: it always boots a stock image and
+    /// installs the runner at boot.
+    pub tutorial_boot_min_s: u64,
+    pub tutorial_boot_max_s: u64,
+    /// Spare runners by schedule (ours). Simulated time 0 is 1970-01-01
+    /// 00:00 UTC, a Thursday.
+    pub headroom: Vec<HeadroomSpec>,
+    /// Ours launches from a warm pool of stopped instances (the boot range is
+    /// then their start time); the stopped ones, up to max, pay for their disk.
+    pub warm_pool: bool,
+    /// What one stopped instance costs an hour (its disk).
+    pub stopped_price_per_hour: f64,
+    /// Share of jobs cancelled while still queued (auto-cancelled redundant
+    /// workflows), each at a uniform time within `cancel_within_s` of arrival.
+    pub cancel_rate: f64,
+    pub cancel_within_s: u64,
+    /// What-if: spares idle out after the plain idle timeout (no
+    /// spare-until rule), to show the churn the rule prevents.
+    pub without_spare_rule: bool,
 }
 
 impl Default for Fleet {
@@ -82,6 +102,14 @@ impl Default for Fleet {
             price_per_hour: 0.0832,
             wait_threshold_s: 300,
             fail_first_launches: 0,
+            tutorial_boot_min_s: 45,
+            tutorial_boot_max_s: 90,
+            headroom: Vec::new(),
+            warm_pool: false,
+            stopped_price_per_hour: 30.0 * 0.08 / 730.0,
+            cancel_rate: 0.0,
+            cancel_within_s: 120,
+            without_spare_rule: false,
         }
     }
 }
@@ -92,6 +120,8 @@ pub enum SimError {
     Invalid(String),
     #[error(transparent)]
     Decide(#[from] decide::DecideError),
+    #[error(transparent)]
+    Headroom(#[from] crate::scale::headroom::HeadroomError),
 }
 
 impl Fleet {
@@ -100,9 +130,17 @@ impl Fleet {
         if self.min > self.max {
             return bad("min above max");
         }
-        if self.boot_min_s > self.boot_max_s {
+        if self.boot_min_s > self.boot_max_s || self.tutorial_boot_min_s > self.tutorial_boot_max_s
+        {
             return bad("boot time range is reversed");
         }
+        if !(0.0..=1.0).contains(&self.cancel_rate) {
+            return bad("cancel rate must be between 0 and 1");
+        }
+        if !(self.stopped_price_per_hour.is_finite() && self.stopped_price_per_hour >= 0.0) {
+            return bad("stopped price per hour must be 0 or more");
+        }
+        Schedule::new(&self.headroom)?;
         if !(0.0..=1.0).contains(&self.launch_failure_rate) {
             return bad("launch failure rate must be between 0 and 1");
         }
@@ -157,6 +195,18 @@ pub struct Report {
     /// Instances still running (billing) when the simulation ended.
     pub left_running: u32,
     pub cost: f64,
+    /// Jobs cancelled while queued (not counted in the waits).
+    pub jobs_cancelled: usize,
+    /// Waits of jobs that arrived while a headroom period was active, and of
+    /// the others (ours; the tutorial's split by the same periods).
+    pub waits_in_headroom: Waits,
+    pub jobs_in_headroom: usize,
+    pub waits_outside_headroom: Waits,
+    /// Idle instance-hours while a headroom period was active.
+    pub spare_instance_hours: f64,
+    /// Stopped instance-hours in the warm pool, and what they cost (in `cost`).
+    pub warm_pool_hours: f64,
+    pub warm_pool_cost: f64,
     pub simulated_s: u64,
     #[serde(skip)]
     pub timeline: Vec<Sample>,
@@ -176,6 +226,10 @@ struct Inst {
     state: State,
     busy_s: u64,
     gone_at: u64,
+    /// The group's spare-until tag when it was launched.
+    spare_until: u64,
+    /// Its runner's idle timeout, set when it registers.
+    idle_limit: u64,
 }
 
 struct Sim<'a> {
@@ -195,13 +249,26 @@ struct Sim<'a> {
     failed_boots: u64,
     replaced: u64,
     killed: u64,
+    schedule: Schedule,
+    /// Headroom now (as of the last poll) and the group's spare-until tag.
+    headroom_now: u32,
+    spare_tag: u64,
+    spare_s: u64,
+    warm_s: u64,
+    cancel_at: Vec<Option<u64>>,
+    cancelled: usize,
 }
 
 impl Sim<'_> {
     fn launch(&mut self, t: u64) {
-        let boot = self
-            .rng
-            .random_range(self.fleet.boot_min_s..=self.fleet.boot_max_s);
+        let (lo, hi) = match self.policy {
+            Policy::Ours => (self.fleet.boot_min_s, self.fleet.boot_max_s),
+            Policy::Tutorial => (
+                self.fleet.tutorial_boot_min_s,
+                self.fleet.tutorial_boot_max_s,
+            ),
+        };
+        let boot = self.rng.random_range(lo..=hi);
         let fails = self.boots < self.fleet.fail_first_launches
             || (self.fleet.launch_failure_rate > 0.0
                 && self.rng.random_bool(self.fleet.launch_failure_rate));
@@ -219,6 +286,8 @@ impl Sim<'_> {
             },
             busy_s: 0,
             gone_at: 0,
+            spare_until: self.spare_tag,
+            idle_limit: self.fleet.idle_timeout_s,
         });
     }
 
@@ -272,9 +341,16 @@ impl Sim<'_> {
             unclaimed: self.queue.len() as u32,
             running: self.running(),
         };
+        // The same rule as the Lambda: the active period's spares, and the
+        // group tagged with its end before the raise.
+        let active = self.schedule.active(at(t));
+        self.headroom_now = active.map(|a| a.count).unwrap_or(0);
+        if let Some(a) = active {
+            self.spare_tag = self.spare_tag.max(crate::scale::headroom::secs(a.until));
+        }
         let policy = decide::Policy {
             boot_timeout: Duration::from_secs(self.fleet.boot_timeout_s),
-            headroom: 0,
+            headroom: self.headroom_now,
         };
         let d = decide::decide(queue, &group, &registered, &policy, at(t))?;
         for r in &d.reap {
@@ -310,13 +386,20 @@ impl Sim<'_> {
                     fails: false,
                 } if ready_at <= t => {
                     inst.state = State::Idle { since: t };
+                    // A spare's runner stays idle to the period's end, then
+                    // the usual idle timeout (the user data's rule).
+                    inst.idle_limit = if inst.spare_until > t && !self.fleet.without_spare_rule {
+                        inst.spare_until - t + self.fleet.idle_timeout_s
+                    } else {
+                        self.fleet.idle_timeout_s
+                    };
                 }
                 State::Busy { until } if until <= t => {
                     // The job is done: single-task, the runner exits.
                     inst.state = State::Idle { since: t };
                     leaving.push(i);
                 }
-                State::Idle { since } if since + self.fleet.idle_timeout_s <= t => leaving.push(i),
+                State::Idle { since } if since + inst.idle_limit <= t => leaving.push(i),
                 _ => {}
             }
         }
@@ -331,6 +414,13 @@ impl Sim<'_> {
         while *next_job < self.jobs.len() && self.jobs[*next_job].arrival_s <= t {
             self.queue.push_back(*next_job);
             *next_job += 1;
+        }
+        // Cancelled while still queued.
+        if !self.queue.is_empty() {
+            let before = self.queue.len();
+            let cancel_at = &self.cancel_at;
+            self.queue.retain(|&j| cancel_at[j].is_none_or(|c| c > t));
+            self.cancelled += before - self.queue.len();
         }
         if !self.queue.is_empty() {
             for &i in &self.live {
@@ -354,6 +444,18 @@ impl Sim<'_> {
             Policy::Tutorial if t.is_multiple_of(TUTORIAL_INTERVAL_S) => self.poll_tutorial(),
             _ => {}
         }
+        // Spares (idle while a period is active) and the warm pool's stopped
+        // instances (up to max, beside the live ones).
+        if self.headroom_now > 0 {
+            self.spare_s += self
+                .live
+                .iter()
+                .filter(|&&i| matches!(self.insts[i].state, State::Idle { .. }))
+                .count() as u64;
+        }
+        if self.fleet.warm_pool && self.policy == Policy::Ours {
+            self.warm_s += u64::from(self.fleet.max.saturating_sub(self.live.len() as u32));
+        }
         // 5: the group fills up to desired; launches beyond what the scaler
         // just asked for replace instances that left while counted.
         let live = self.live.len() as u32;
@@ -371,6 +473,32 @@ impl Sim<'_> {
 
 fn at(t: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(t)
+}
+
+fn waits_of(sorted: &[u64]) -> Waits {
+    Waits {
+        p50_s: percentile(sorted, 50.0),
+        p95_s: percentile(sorted, 95.0),
+        max_s: sorted.last().copied().unwrap_or(0),
+        mean_s: if sorted.is_empty() {
+            0.0
+        } else {
+            sorted.iter().sum::<u64>() as f64 / sorted.len() as f64
+        },
+    }
+}
+
+/// When each job is cancelled if still queued (`None`: never), drawn from
+/// their own stream so that the same seed cancels the same jobs under both
+/// policies and any setting.
+fn cancellations(jobs: &[Job], fleet: &Fleet, seed: u64) -> Vec<Option<u64>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6361_6e63_656c);
+    jobs.iter()
+        .map(|j| {
+            (fleet.cancel_rate > 0.0 && rng.random_bool(fleet.cancel_rate))
+                .then(|| j.arrival_s + rng.random_range(0..=fleet.cancel_within_s))
+        })
+        .collect()
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -405,6 +533,16 @@ pub fn simulate(
         failed_boots: 0,
         replaced: 0,
         killed: 0,
+        schedule: match policy {
+            Policy::Ours => Schedule::new(&fleet.headroom)?,
+            Policy::Tutorial => Schedule::default(),
+        },
+        headroom_now: 0,
+        spare_tag: 0,
+        spare_s: 0,
+        warm_s: 0,
+        cancel_at: cancellations(jobs, fleet, seed),
+        cancelled: 0,
     };
     let last_arrival = jobs.iter().map(|j| j.arrival_s).max().unwrap_or(0);
     let drain = fleet.boot_max_s
@@ -439,12 +577,25 @@ pub fn simulate(
     }
     let end = t;
 
-    let mut waits: Vec<u64> = jobs
-        .iter()
-        .zip(&sim.started)
-        .filter_map(|(j, s)| s.map(|s| s - j.arrival_s))
-        .collect();
+    // Waits, overall and split by whether a headroom period (ours) was active
+    // at arrival.
+    let periods = Schedule::new(&fleet.headroom)?;
+    let mut waits: Vec<u64> = Vec::new();
+    let mut inside: Vec<u64> = Vec::new();
+    let mut outside: Vec<u64> = Vec::new();
+    for (j, s) in jobs.iter().zip(&sim.started) {
+        let Some(s) = s else { continue };
+        let w = s - j.arrival_s;
+        waits.push(w);
+        if !periods.is_empty() && periods.active(at(j.arrival_s)).is_some() {
+            inside.push(w);
+        } else {
+            outside.push(w);
+        }
+    }
     waits.sort_unstable();
+    inside.sort_unstable();
+    outside.sort_unstable();
     let run = waits.len();
     let mut total_s = 0u64;
     let mut busy_s = 0u64;
@@ -458,24 +609,17 @@ pub fn simulate(
         busy_s += inst.busy_s.min(until - inst.launched);
     }
     let instance_hours = total_s as f64 / 3600.0;
+    let warm_pool_hours = sim.warm_s as f64 / 3600.0;
+    let warm_pool_cost = warm_pool_hours * fleet.stopped_price_per_hour;
     Ok(Report {
         policy,
         jobs: jobs.len(),
-        waits: Waits {
-            p50_s: percentile(&waits, 50.0),
-            p95_s: percentile(&waits, 95.0),
-            max_s: waits.last().copied().unwrap_or(0),
-            mean_s: if run == 0 {
-                0.0
-            } else {
-                waits.iter().sum::<u64>() as f64 / run as f64
-            },
-        },
+        waits: waits_of(&waits),
         waited_over_threshold: waits
             .iter()
             .filter(|w| **w > fleet.wait_threshold_s)
             .count(),
-        jobs_not_run: jobs.len() - run,
+        jobs_not_run: jobs.len() - run - sim.cancelled,
         instance_hours,
         idle_instance_hours: (total_s - busy_s) as f64 / 3600.0,
         boots: sim.boots,
@@ -488,7 +632,14 @@ pub fn simulate(
         failed_boots: sim.failed_boots,
         jobs_killed: sim.killed,
         left_running: sim.live.len() as u32,
-        cost: instance_hours * fleet.price_per_hour,
+        cost: instance_hours * fleet.price_per_hour + warm_pool_cost,
+        jobs_cancelled: sim.cancelled,
+        waits_in_headroom: waits_of(&inside),
+        jobs_in_headroom: inside.len(),
+        waits_outside_headroom: waits_of(&outside),
+        spare_instance_hours: sim.spare_s as f64 / 3600.0,
+        warm_pool_hours,
+        warm_pool_cost,
         simulated_s: end,
         timeline,
     })

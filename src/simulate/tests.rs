@@ -18,6 +18,14 @@ fn fleet() -> Fleet {
         price_per_hour: 3.6,
         wait_threshold_s: 100,
         fail_first_launches: 0,
+        tutorial_boot_min_s: 60,
+        tutorial_boot_max_s: 60,
+        headroom: Vec::new(),
+        warm_pool: false,
+        stopped_price_per_hour: 0.0,
+        cancel_rate: 0.0,
+        cancel_within_s: 120,
+        without_spare_rule: false,
     }
 }
 
@@ -193,4 +201,136 @@ fn bad_settings_are_refused() {
     ] {
         assert!(simulate(&jobs(&[(0, 1)]), &f, Policy::Ours, 1).is_err());
     }
+}
+
+/// Two spares from 01:00 to 03:00 (simulated day 1, a Thursday): launched at
+/// the first poll of the period, registered 60 s later, and they stay idle
+/// (no churn) until the period ends plus the idle timeout. A job arriving
+/// inside the period starts at once.
+#[test]
+fn headroom_spares_do_not_churn_and_leave_after_the_period() {
+    let f = Fleet {
+        headroom: vec![crate::scale::headroom::HeadroomSpec {
+            schedule: "0 1 * * *".into(),
+            duration: "2h".into(),
+            time_zone: None,
+            count: 2,
+        }],
+        ..fleet()
+    };
+    // A job at 02:00 (inside), one at 05:00 (outside).
+    let j = jobs(&[(7200, 300), (18_000, 300)]);
+    let ours = simulate(&j, &f, Policy::Ours, 1).unwrap();
+    // Inside: a spare takes it at once. Outside: a boot (60 s) plus up to
+    // one poll (10 s).
+    assert_eq!(ours.waits_in_headroom.max_s, 0, "{ours:?}");
+    assert_eq!(ours.jobs_in_headroom, 1);
+    assert!(ours.waits_outside_headroom.max_s >= 60 && ours.waits_outside_headroom.max_s <= 70);
+    // Boots: 2 spares at 01:00, 1 to refill after the 02:00 job took a spare
+    // (demand 1 + 2 spares), 1 for the 05:00 job. Never more: no churn.
+    assert_eq!(ours.boots, 4, "{ours:?}");
+    // The spares idle from ~01:01 to 03:00 + 60 s idle timeout.
+    assert!(
+        ours.spare_instance_hours > 3.5 && ours.spare_instance_hours < 4.1,
+        "{ours:?}"
+    );
+    // Nothing left at the end: the spares left within one idle timeout.
+    assert_eq!(ours.left_running, 0);
+    // The tutorial has no headroom.
+    let tut = simulate(&j, &f, Policy::Tutorial, 1).unwrap();
+    assert_eq!(tut.boots, 2);
+    assert!(tut.waits_in_headroom.max_s >= 60);
+}
+
+/// Without the spare-until rule, spares would idle out every 60 s and be
+/// launched again: the rule is what keeps boots per job down.
+#[test]
+fn spare_rule_is_what_stops_the_churn() {
+    let spec = crate::scale::headroom::HeadroomSpec {
+        schedule: "0 1 * * *".into(),
+        duration: "2h".into(),
+        time_zone: None,
+        count: 2,
+    };
+    let j = jobs(&[(18_000, 30)]);
+    let with = Fleet {
+        headroom: vec![spec],
+        ..fleet()
+    };
+    let ours = simulate(&j, &with, Policy::Ours, 1).unwrap();
+    // Two spares for the two hours, then one boot for the job.
+    assert_eq!(ours.boots, 3, "{ours:?}");
+    // Without the rule: each spare lives boot (60 s) + idle (60 s) and is
+    // replaced at the next poll: about 2 x 7200 / 130 boots.
+    let without = Fleet {
+        without_spare_rule: true,
+        ..with
+    };
+    let churn = simulate(&j, &without, Policy::Ours, 1).unwrap();
+    assert!(churn.boots > 100, "{churn:?}");
+}
+
+/// Cancelled jobs leave the queue; the instance launched for one sits idle
+/// until its idle timeout (which the idle timeout now prices).
+#[test]
+fn cancelled_jobs_leave_idle_instances_behind() {
+    let j: Vec<Job> = (0..200)
+        .map(|i| Job {
+            arrival_s: i * 600,
+            duration_s: 60,
+        })
+        .collect();
+    let all = Fleet {
+        cancel_rate: 1.0,
+        cancel_within_s: 30,
+        ..fleet()
+    };
+    let r = simulate(&j, &all, Policy::Ours, 1).unwrap();
+    assert_eq!(r.jobs_cancelled, 200);
+    assert_eq!(r.jobs_not_run, 0);
+    // Most arrivals still launched an instance (those cancelled before the
+    // next poll did not).
+    assert!(r.boots > 150 && r.boots <= 200, "{}", r.boots);
+    let long = simulate(
+        &j,
+        &Fleet {
+            idle_timeout_s: 600,
+            ..all.clone()
+        },
+        Policy::Ours,
+        1,
+    )
+    .unwrap();
+    // Boot plus 60 s idle per launch, against boot plus up to 600 s.
+    assert!(
+        long.idle_instance_hours > r.idle_instance_hours * 2.0,
+        "{} vs {}",
+        long.idle_instance_hours,
+        r.idle_instance_hours
+    );
+    // Same seed, same cancellations under either policy.
+    let t = simulate(&j, &all, Policy::Tutorial, 1).unwrap();
+    assert_eq!(t.jobs_cancelled, 200);
+}
+
+/// A warm pool: fast starts, and the stopped instances' disk is paid for.
+#[test]
+fn warm_pool_pays_for_stopped_disks() {
+    let f = Fleet {
+        warm_pool: true,
+        stopped_price_per_hour: 0.01,
+        boot_min_s: 20,
+        boot_max_s: 20,
+        max: 4,
+        ..fleet()
+    };
+    let r = simulate(&jobs(&[(0, 60)]), &f, Policy::Ours, 1).unwrap();
+    assert!(r.waits.max_s <= 30, "{r:?}");
+    // About 4 stopped instances for the whole run, 3 while one runs.
+    let hours = r.simulated_s as f64 / 3600.0;
+    assert!(
+        r.warm_pool_hours > 3.0 * hours && r.warm_pool_hours <= 4.0 * hours,
+        "{r:?}"
+    );
+    assert!((r.warm_pool_cost - r.warm_pool_hours * 0.01).abs() < 1e-9);
 }
