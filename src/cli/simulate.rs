@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::json;
 
+use cci_scaler::scale::headroom::HeadroomSpec;
 use cci_scaler::simulate::workload::{self, Generator, Job};
 use cci_scaler::simulate::{self, Fleet, Policy, Report, chart};
 
@@ -45,9 +46,27 @@ pub struct SimulateArgs {
     /// The group's min size.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub min_instances: u32,
-    /// Launch to registered runner: one duration or a range MIN..MAX (uniform).
-    #[arg(long, default_value = "45s..90s", value_name = "RANGE")]
+    /// Launch to registered runner from a stock image (the user data installs
+    /// packages and the runner): one duration or a range MIN..MAX (uniform).
+    /// The tutorial always boots this way.
+    #[arg(long, default_value = "2m..5m", value_name = "RANGE")]
     pub boot_time: String,
+    /// How our instances start: `cold` (a stock image, --boot-time), `baked`
+    /// (a runner-ready image: 40s..60s), `warm-pool` (stopped instances
+    /// started: 15s..30s, each stopped one paying for its disk).
+    #[arg(long, value_enum, default_value = "cold")]
+    pub image: ImageKind,
+    /// Spare runners during the default working hours (08:00-19:00 UTC on
+    /// weekdays); a stack file's [[headroom]] periods with --config.
+    #[arg(long, value_name = "COUNT")]
+    pub headroom: Option<u32>,
+    /// Share of jobs cancelled while still queued (auto-cancelled redundant
+    /// workflows), each within 2 minutes of its arrival.
+    #[arg(long, default_value_t = 0.0, value_name = "RATE")]
+    pub cancel_rate: f64,
+    /// Root volume size, for what a stopped warm-pool instance costs (gp3).
+    #[arg(long, default_value_t = 30, value_name = "GB")]
+    pub root_volume_gb: u32,
     /// Share of launches whose boot fails (0 to 1).
     #[arg(long, default_value_t = 0.0, value_name = "RATE")]
     pub launch_failure_rate: f64,
@@ -69,7 +88,8 @@ pub struct SimulateArgs {
     /// Write an SVG chart of queue, desired and in-service over the day.
     #[arg(long, value_name = "FILE")]
     pub chart: Option<PathBuf>,
-    /// Compare settings: max_instances=5,10,20 or idle_timeout=1m,5m or interval=10s,30s.
+    /// Compare settings: max_instances=5,10,20, idle_timeout=1m,5m, interval=10s,30s,
+    /// headroom=0,1,2,4, image=cold,baked,warm-pool or cancel_rate=0,0.1,0.3.
     #[arg(long, value_name = "KEY=V1,V2,...")]
     pub sweep: Vec<String>,
 }
@@ -99,9 +119,44 @@ fn boot_range(s: &str) -> anyhow::Result<(u64, u64)> {
     Ok((a, b))
 }
 
+/// How our instances start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageKind {
+    Cold,
+    Baked,
+    WarmPool,
+}
+
+/// A baked image boots to a registered runner in this range (seconds).
+const BAKED_BOOT_S: (u64, u64) = (40, 60);
+/// A stopped warm-pool instance starts in this range (seconds).
+const WARM_START_S: (u64, u64) = (15, 30);
+/// gp3 storage, per GB-month (us-east-1), over 730 hours a month.
+const GP3_PER_GB_HOUR: f64 = 0.08 / 730.0;
+
+fn apply_image(f: &mut Fleet, image: ImageKind, cold: (u64, u64)) {
+    let (lo, hi) = match image {
+        ImageKind::Cold => cold,
+        ImageKind::Baked => BAKED_BOOT_S,
+        ImageKind::WarmPool => WARM_START_S,
+    };
+    f.boot_min_s = lo;
+    f.boot_max_s = hi;
+    f.warm_pool = image == ImageKind::WarmPool;
+}
+
+fn headroom_specs(count: u32) -> Vec<HeadroomSpec> {
+    if count == 0 {
+        Vec::new()
+    } else {
+        vec![HeadroomSpec::working_hours(count)]
+    }
+}
+
 fn fleet(args: &SimulateArgs) -> anyhow::Result<Fleet> {
     let (boot_min_s, boot_max_s) = boot_range(&args.boot_time)?;
-    let f = Fleet {
+    let mut f = Fleet {
         min: args.min_instances,
         max: args.max_instances,
         boot_min_s,
@@ -113,7 +168,16 @@ fn fleet(args: &SimulateArgs) -> anyhow::Result<Fleet> {
         price_per_hour: args.price,
         wait_threshold_s: secs(args.wait_threshold)?,
         fail_first_launches: 0,
+        tutorial_boot_min_s: boot_min_s,
+        tutorial_boot_max_s: boot_max_s,
+        headroom: headroom_specs(args.headroom.unwrap_or(0)),
+        warm_pool: false,
+        stopped_price_per_hour: f64::from(args.root_volume_gb) * GP3_PER_GB_HOUR,
+        cancel_rate: args.cancel_rate,
+        cancel_within_s: 120,
+        without_spare_rule: false,
     };
+    apply_image(&mut f, args.image, (boot_min_s, boot_max_s));
     f.validate()?;
     Ok(f)
 }
@@ -163,7 +227,30 @@ fn sweep_fleets(spec: &str, base: &Fleet) -> anyhow::Result<(String, Vec<(String
             }
             "idle_timeout" | "idle-timeout" => f.idle_timeout_s = dur(v)?,
             "interval" => f.interval_s = dur(v)?,
-            other => bail!("--sweep {other}: can sweep max_instances, idle_timeout or interval"),
+            "headroom" => {
+                let n: u32 = v
+                    .parse()
+                    .with_context(|| format!("--sweep {key}={v}: not a count"))?;
+                f.headroom = headroom_specs(n);
+            }
+            "image" => {
+                let image = <ImageKind as clap::ValueEnum>::from_str(v, true).map_err(|_| {
+                    anyhow::anyhow!("--sweep image={v}: expected cold, baked or warm-pool")
+                })?;
+                apply_image(
+                    &mut f,
+                    image,
+                    (base.tutorial_boot_min_s, base.tutorial_boot_max_s),
+                );
+            }
+            "cancel_rate" | "cancel-rate" => {
+                f.cancel_rate = v
+                    .parse()
+                    .with_context(|| format!("--sweep {key}={v}: not a rate"))?;
+            }
+            other => bail!(
+                "--sweep {other}: can sweep max_instances, idle_timeout, interval, headroom, image or cancel_rate"
+            ),
         }
         f.validate().with_context(|| format!("--sweep {key}={v}"))?;
         out.push((v.to_string(), f));
@@ -213,6 +300,37 @@ fn table(ours: &Report, tut: &Report, fleet: &Fleet) -> String {
             tut.jobs_not_run.to_string(),
         ),
         (
+            "jobs cancelled while queued".into(),
+            ours.jobs_cancelled.to_string(),
+            tut.jobs_cancelled.to_string(),
+        ),
+        (
+            format!("wait p50/p95 in headroom ({} jobs)", ours.jobs_in_headroom),
+            format!(
+                "{}/{}",
+                hms(ours.waits_in_headroom.p50_s),
+                hms(ours.waits_in_headroom.p95_s)
+            ),
+            format!(
+                "{}/{}",
+                hms(tut.waits_in_headroom.p50_s),
+                hms(tut.waits_in_headroom.p95_s)
+            ),
+        ),
+        (
+            "wait p50/p95 outside headroom".into(),
+            format!(
+                "{}/{}",
+                hms(ours.waits_outside_headroom.p50_s),
+                hms(ours.waits_outside_headroom.p95_s)
+            ),
+            format!(
+                "{}/{}",
+                hms(tut.waits_outside_headroom.p50_s),
+                hms(tut.waits_outside_headroom.p95_s)
+            ),
+        ),
+        (
             "instance-hours".into(),
             format!("{:.1}", ours.instance_hours),
             format!("{:.1}", tut.instance_hours),
@@ -221,6 +339,16 @@ fn table(ours: &Report, tut: &Report, fleet: &Fleet) -> String {
             "  of which idle".into(),
             format!("{:.1}", ours.idle_instance_hours),
             format!("{:.1}", tut.idle_instance_hours),
+        ),
+        (
+            "  spare (idle in headroom)".into(),
+            format!("{:.1}", ours.spare_instance_hours),
+            format!("{:.1}", tut.spare_instance_hours),
+        ),
+        (
+            "warm-pool stopped hours".into(),
+            format!("{:.1}", ours.warm_pool_hours),
+            format!("{:.1}", tut.warm_pool_hours),
         ),
         (
             "boots".into(),
@@ -332,6 +460,11 @@ fn run_pools(
         let idle = cci_scaler::render::parse_go_duration("idle timeout", &p.runner.idle_timeout)?;
         let f = Fleet {
             max: p.max_instances,
+            headroom: if p.headroom.is_empty() {
+                base.headroom.clone()
+            } else {
+                p.headroom.clone()
+            },
             idle_timeout_s: secs(idle)?,
             interval_s: secs(p.poll_interval)?,
             boot_timeout_s: secs(p.boot_timeout)?,
@@ -501,13 +634,15 @@ pub async fn run(global: &GlobalArgs, args: SimulateArgs) -> anyhow::Result<Exit
                 writeln!(out, "\nsweep {key}:")?;
                 writeln!(
                     out,
-                    "{:>10}  {:>9} {:>9} {:>8} {:>8} {:>6}  |  {:>9} {:>9} {:>8} {:>8} {:>6}",
+                    "{:>10}  {:>8} {:>9} {:>9} {:>8} {:>8} {:>6}  |  {:>8} {:>9} {:>9} {:>8} {:>8} {:>6}",
                     key.replace('_', " ").split(' ').next_back().unwrap_or(key),
+                    "p50 wait",
                     "p95 wait",
                     "max wait",
                     "inst-h",
                     "cost",
                     "churn",
+                    "p50 wait",
                     "p95 wait",
                     "max wait",
                     "inst-h",
@@ -516,18 +651,20 @@ pub async fn run(global: &GlobalArgs, args: SimulateArgs) -> anyhow::Result<Exit
                 )?;
                 writeln!(
                     out,
-                    "{:>10}  {:^45}  |  {:^45}",
+                    "{:>10}  {:^54}  |  {:^54}",
                     "", "cci-scaler", "tutorial"
                 )?;
                 for (v, o, t) in rows {
                     writeln!(
                         out,
-                        "{v:>10}  {:>9} {:>9} {:>8.1} {:>8.2} {:>6}  |  {:>9} {:>9} {:>8.1} {:>8.2} {:>6}",
+                        "{v:>10}  {:>8} {:>9} {:>9} {:>8.1} {:>8.2} {:>6}  |  {:>8} {:>9} {:>9} {:>8.1} {:>8.2} {:>6}",
+                        hms(o.waits.p50_s),
                         hms(o.waits.p95_s),
                         hms(o.waits.max_s),
                         o.instance_hours,
                         o.cost,
                         o.replaced,
+                        hms(t.waits.p50_s),
                         hms(t.waits.p95_s),
                         hms(t.waits.max_s),
                         t.instance_hours,

@@ -118,7 +118,7 @@ async fn simulate_refuses_bad_input() {
         ),
         (
             vec!["--sweep", "colour=red"],
-            "can sweep max_instances, idle_timeout or interval",
+            "can sweep max_instances, idle_timeout, interval, headroom, image or cancel_rate",
         ),
         (vec!["--sweep", "max_instances"], "expected KEY=V1,V2"),
         (vec!["--boot-time", "90s..30s"], "reversed"),
@@ -220,4 +220,39 @@ async fn simulate_every_pool_of_a_stack_file() {
         r.stderr.contains("1 row(s) have no resource_class"),
         "{r:?}"
     );
+}
+
+/// The goal of runner-ready images plus headroom, on the embedded day at max
+/// 20: most jobs start within seconds, for no more than the tutorial costs
+/// (1.2 times at most), and spares do not churn.
+#[tokio::test]
+async fn headroom_and_a_baked_image_meet_the_goal() {
+    let home = tempfile::tempdir().unwrap();
+    let r = run(simulate(
+        home.path(),
+        &[
+            "--max-instances",
+            "20",
+            "--headroom",
+            "2",
+            "--image",
+            "baked",
+            "--output",
+            "json",
+        ],
+    ))
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let v: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    let (ours, tut) = (&v["reports"][0], &v["reports"][1]);
+    assert!(ours["waits"]["p50_s"].as_u64().unwrap() <= 10, "{ours}");
+    assert!(ours["waits"]["p95_s"].as_u64().unwrap() <= 90, "{ours}");
+    assert!(
+        ours["cost"].as_f64().unwrap() <= 1.2 * tut["cost"].as_f64().unwrap(),
+        "{ours} vs {tut}"
+    );
+    assert!(ours["boots_per_job"].as_f64().unwrap() <= 1.05, "{ours}");
+    assert!(ours["jobs_in_headroom"].as_u64().unwrap() > 0);
+    assert!(ours["spare_instance_hours"].as_f64().unwrap() > 0.0);
+    assert_eq!(ours["jobs_killed"], 0);
 }
