@@ -473,6 +473,7 @@ impl StackFile {
             apt_packages: apt_packages.clone(),
             embedded_token: None,
             spares: !headroom.is_empty(),
+            bake: false,
         })
         .map_err(|e| {
             let key = match &e {

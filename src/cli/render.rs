@@ -124,6 +124,7 @@ pub async fn run(global: &GlobalArgs, cmd: RenderCommand) -> anyhow::Result<Exit
         setup_script: read_setup_script(&args.runner.setup_script)?,
         apt_packages: args.runner.apt_packages,
         spares: false,
+        bake: false,
         embedded_token,
     };
     let script = render::render_user_data(&input)?;

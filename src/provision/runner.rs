@@ -239,6 +239,7 @@ pub async fn init(
             apt_packages: s.runner.apt_packages.clone(),
             embedded_token: None,
             spares: !s.headroom.is_empty(),
+            bake: false,
         })?;
         p.class = step(
             "resource class",

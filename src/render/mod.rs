@@ -62,6 +62,33 @@ pub struct UserDataInput {
     /// `cci-scaler:spare-until` tag, read from instance metadata) keeps its
     /// runner idle until the period ends, then the usual idle timeout.
     pub spares: bool,
+    /// Bake mode (`cci-scaler image build`): only the install half, then mark
+    /// the image runner-ready and stop the instance.
+    pub bake: bool,
+}
+
+/// Bumped when the install half of the template changes what it installs.
+const INSTALL_VERSION: &str = "1";
+
+impl UserDataInput {
+    /// A hash of what the install half installs (packages, the runner, the
+    /// setup script): a baked image carries it, and a boot that finds the
+    /// same hash on its image skips the install half.
+    pub fn install_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(INSTALL_VERSION);
+        for p in &self.apt_packages {
+            h.update([0]);
+            h.update(p);
+        }
+        h.update([1]);
+        if let Some(s) = &self.setup_script {
+            h.update(s.replace("\r\n", "\n").trim_end_matches('\n'));
+        }
+        let d = h.finalize();
+        d.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 fn invalid(field: &'static str, value: &str, why: impl Into<String>) -> RenderError {
@@ -317,6 +344,8 @@ pub fn render_user_data(input: &UserDataInput) -> Result<String, RenderError> {
                 embedded_token => input.embedded_token.as_ref().map(|t| t.expose_secret().to_string()),
                 stop_timeout_secs => stop_timeout.as_secs(),
                 spares => input.spares,
+                bake => input.bake,
+                install_hash => input.install_hash(),
                 idle_timeout_secs => idle_secs,
             })
         })

@@ -28,6 +28,7 @@ fn default_input() -> UserDataInput {
         apt_packages: vec![],
         embedded_token: None,
         spares: false,
+        bake: false,
     }
 }
 
@@ -47,6 +48,7 @@ fn custom_input(setup: &str) -> UserDataInput {
         apt_packages: vec!["nodejs".into(), "npm".into(), "g++".into()],
         embedded_token: None,
         spares: false,
+        bake: false,
     }
 }
 
@@ -91,6 +93,7 @@ fn variants() -> Vec<(&'static str, String)> {
             "spares",
             render_user_data(&UserDataInput {
                 spares: true,
+                bake: false,
                 ..default_input()
             })
             .unwrap(),
@@ -170,47 +173,65 @@ exit 0"#,
     ),
     (
         "curl",
-        r#"out=""
+        r#"# Instance metadata, and signed AWS calls: recorded as
+# "sigv4 SERVICE ACTION" and answered as STUB_* say; with STUB_REAL_AWS the
+# signed calls go to the real curl (an emulator on 127.0.0.1).
+out="" sigv4="" target="" body="" url=""
+args=("$@")
 while [ $# -gt 0 ]; do
   case "$1" in
     -o) out=$2; shift ;;
-    */latest/api/token) printf 'imds-session-token' ;;
-    */meta-data/instance-id) printf 'i-0123456789abcdef0' ;;
+    --aws-sigv4) sigv4=$2; shift ;;
+    -H) case "$2" in X-Amz-Target:*) target=${2#X-Amz-Target: } ;; esac; shift ;;
+    --data-binary) body=$2; shift ;;
+    */latest/api/token) printf 'imds-session-token'; exit 0 ;;
+    */meta-data/instance-id) printf '%s' "${STUB_INSTANCE_ID:-i-0123456789abcdef0}"; exit 0 ;;
+    */meta-data/iam/security-credentials/) printf 'cci-scaler-demo-runner'; exit 0 ;;
+    */meta-data/iam/security-credentials/*)
+      printf '{
+  "Code" : "Success",
+  "AccessKeyId" : "ASIASTUB",
+  "SecretAccessKey" : "stub-secret-key",
+  "Token" : "stub-session-token"
+}'; exit 0 ;;
     */meta-data/tags/instance/cci-scaler:spare-until)
-      if [ -n "${STUB_SPARE_UNTIL:-}" ]; then printf '%s' "$STUB_SPARE_UNTIL"; else exit 22; fi ;;
+      if [ -n "${STUB_SPARE_UNTIL:-}" ]; then printf '%s' "$STUB_SPARE_UNTIL"; exit 0; else exit 22; fi ;;
+    http*) url=$1 ;;
   esac
   shift
 done
-if [ -n "$out" ]; then printf '#!/bin/bash\necho "repository added (stub)"\n' > "$out"; fi
-exit 0"#,
-    ),
-    (
-        "aws",
-        r#"args=" $* "
-throttled() {
-  local n; n=$(cat /tmp/.throttled 2>/dev/null || echo 0)
-  if [ "$n" -lt "${STUB_THROTTLE:-0}" ]; then
-    echo $((n + 1)) > /tmp/.throttled
-    echo "An error occurred (Throttling) when calling the operation: Rate exceeded" >&2
-    exit 254
-  fi
-}
-fail_if() {
-  case ",${STUB_FAIL:-}," in *",$1,"*)
-    echo "An error occurred (ValidationError) when calling the operation: stub failure $1" >&2
-    exit 254 ;;
+if [ -n "$sigv4" ]; then
+  service=${sigv4##*:}
+  action=${target:-$(sed -n 's/.*Action=\([A-Za-z]*\).*/\1/p' <<<"$body")}
+  case "$body" in
+    *ShouldDecrementDesiredCapacity=true*) what=decrement ;;
+    *ShouldDecrementDesiredCapacity=false*) what=no-decrement ;;
+    *SetInstanceHealth*) what=health ;;
+    *) what=secret ;;
   esac
-}
-case "$args" in
-  *" secretsmanager get-secret-value "*)
-    fail_if secret; printf '%s\n' "$STUB_RUNNER_TOKEN" ;;
-  *" terminate-instance-in-auto-scaling-group "*" --should-decrement-desired-capacity "*)
-    throttled; fail_if decrement ;;
-  *" terminate-instance-in-auto-scaling-group "*" --no-should-decrement-desired-capacity "*)
-    throttled; fail_if no-decrement ;;
-  *" set-instance-health "*)
-    throttled; fail_if health ;;
-esac
+  printf 'sigv4 %s %s %s
+' "$service" "$action" "$what" >> /tmp/calls.log
+  # The credentials reach curl on its config pipe, never as arguments.
+  case " ${args[*]} " in *stub-secret-key*|*stub-session-token*) echo "credentials in arguments" >&2; exit 99 ;; esac
+  if [ -n "${STUB_REAL_AWS:-}" ]; then exec /usr/bin/curl "${args[@]}"; fi
+  cat > /dev/null
+  respond() { if [ -n "$out" ]; then printf '%s' "$2" > "$out"; fi; printf '%s' "$1"; exit 0; }
+  n=$(cat /tmp/.throttled 2>/dev/null || echo 0)
+  if [ "$service" = autoscaling ] && [ "$n" -lt "${STUB_THROTTLE:-0}" ]; then
+    echo $((n + 1)) > /tmp/.throttled
+    respond 400 '<ErrorResponse><Error><Code>Throttling</Code><Message>Rate exceeded</Message></Error></ErrorResponse>'
+  fi
+  case ",${STUB_FAIL:-}," in *",$what,"*)
+    respond 400 '<ErrorResponse><Error><Code>ValidationError</Code><Message>stub failure</Message></Error></ErrorResponse>' ;;
+  esac
+  if [ "$what" = secret ]; then
+    respond 200 "{\"ARN\":\"arn:stub\",\"Name\":\"x\",\"SecretString\":\"$STUB_RUNNER_TOKEN\"}"
+  fi
+  respond 200 '<Response/>'
+fi
+printf '%s
+' "curl-download $url" >> /tmp/calls.log
+if [ -n "$out" ]; then printf '#!/bin/bash\necho "repository added (stub)"\n' > "$out"; fi
 exit 0"#,
     ),
     ("systemctl", "exit 0"),
@@ -222,6 +243,8 @@ exit 0"#,
 
 struct Sandbox {
     dir: tempfile::TempDir,
+    /// Share the host's network (loopback: an emulator on 127.0.0.1).
+    net: bool,
 }
 
 impl Sandbox {
@@ -240,7 +263,15 @@ impl Sandbox {
             .unwrap();
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        Sandbox { dir }
+        Sandbox { dir, net: false }
+    }
+
+    /// A sandbox that may reach the host's loopback (an emulator).
+    fn with_loopback() -> Sandbox {
+        Sandbox {
+            net: true,
+            ..Sandbox::new()
+        }
     }
 
     fn path(&self, inside: &str) -> PathBuf {
@@ -280,19 +311,17 @@ impl Sandbox {
             .arg(t.join("tmp"))
             .arg("/tmp")
             .args(["--dev", "/dev", "--proc", "/proc"])
-            .args([
-                "--unshare-pid",
-                "--unshare-net",
-                "--die-with-parent",
-                "--clearenv",
-            ])
-            .args([
-                "--setenv",
-                "PATH",
-                "/tmp/stubs:/usr/sbin:/usr/bin:/sbin:/bin",
-            ])
-            .args(["--setenv", "HOME", "/root"])
-            .args(["--setenv", "STUB_RUNNER_TOKEN", RUNNER_TOKEN]);
+            .args(["--unshare-pid", "--die-with-parent", "--clearenv"]);
+        if !self.net {
+            cmd.arg("--unshare-net");
+        }
+        cmd.args([
+            "--setenv",
+            "PATH",
+            "/tmp/stubs:/usr/sbin:/usr/bin:/sbin:/bin",
+        ])
+        .args(["--setenv", "HOME", "/root"])
+        .args(["--setenv", "STUB_RUNNER_TOKEN", RUNNER_TOKEN]);
         for (k, v) in env {
             cmd.args(["--setenv", k, v]);
         }
@@ -367,12 +396,31 @@ fn sandboxed_boot_configures_and_starts_the_runner() {
     assert_eq!(leftovers.len(), 1);
 
     let calls = sb.calls();
-    let secret = position(&calls, "aws secretsmanager get-secret-value");
+    // The token: one signed GetSecretValue with the role's IMDS credentials.
+    let secret = position(&calls, "sigv4 secretsmanager secretsmanager.GetSecretValue");
+    let request = &calls[secret - 1];
     assert!(
-        calls[secret].contains("--secret-id cci-scaler/demo/runner-token"),
+        request.contains(r#"{"SecretId":"cci-scaler/demo/runner-token"}"#),
         "{calls:#?}"
     );
-    assert!(calls[secret].contains("--region us-east-1"), "{calls:#?}");
+    assert!(
+        request.contains("--aws-sigv4 aws:amz:us-east-1:secretsmanager"),
+        "{calls:#?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.contains("meta-data/iam/security-credentials/cci-scaler-demo-runner")),
+        "{calls:#?}"
+    );
+    // No AWS CLI anywhere on the boot path.
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.starts_with("aws ") || c.starts_with("snap ")),
+        "{calls:#?}"
+    );
+    assert!(!script.contains("awscli") && !script.contains("aws-cli"));
     // Installed before use; setup before the runner starts; the runner last.
     let install = position(&calls, "apt-get install -y -q circleci-runner");
     let setup = position(&calls, "setup ran");
@@ -415,6 +463,7 @@ fn sandboxed_boot_configures_and_starts_the_runner() {
 fn sandboxed_spare_stays_until_its_period_ends() {
     let script = render_user_data(&UserDataInput {
         spares: true,
+        bake: false,
         ..default_input()
     })
     .unwrap();
@@ -462,6 +511,133 @@ fn sandboxed_spare_stays_until_its_period_ends() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(idle(&sb), "1m");
     assert!(!sb.calls().iter().any(|c| c.contains("spare-until")));
+}
+
+/// The boot path's signed calls for real, against the emulator: the token
+/// read with GetSecretValue, the exit hook's TerminateInstanceInAutoScalingGroup
+/// with decrement. Only instance metadata is stood in (the role's credentials
+/// and the instance id); curl signs and sends the requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_calls_from_the_sandbox_reach_the_emulator() {
+    let moto = crate::support::moto::Moto::start().await;
+    moto.create_secret("cci-scaler/demo/runner-token", RUNNER_TOKEN)
+        .await;
+    moto.create_group("demo-runners", 2, 1).await;
+    let (_, instances) = moto.group("demo-runners").await;
+    let id = instances[0].instance_id().unwrap().to_string();
+    let sb = Sandbox::with_loopback();
+    let script = render_user_data(&default_input()).unwrap();
+    let env = [
+        ("STUB_REAL_AWS", "1"),
+        ("CCI_SCALER_AWS_ENDPOINT", moto.url.as_str()),
+        ("STUB_INSTANCE_ID", id.as_str()),
+        ("STUB_RUNNER_TOKEN", "not-this-one"),
+    ];
+    let r = tokio::task::block_in_place(|| sb.boot(&script, &env));
+    assert_eq!(r.code, 0, "{r:?}");
+    let config = sb.read("/etc/circleci-runner/circleci-runner-config.yaml");
+    assert!(
+        config.contains(&format!("auth_token: {RUNNER_TOKEN}")),
+        "{config}"
+    );
+    let log = sb.read("/var/log/cci-scaler-boot.log");
+    assert!(!log.contains(RUNNER_TOKEN), "{log}");
+
+    let r = tokio::task::block_in_place(|| sb.run("/usr/local/lib/cci-scaler/exit-hook", &env));
+    assert_eq!(r.code, 0, "{r:?}");
+    let exit_log = sb.read("/var/log/cci-scaler-exit.log");
+    assert!(
+        exit_log.contains(&format!("terminating {id} with decrement")),
+        "{exit_log}"
+    );
+    assert_eq!(moto.desired("demo-runners").await, 0);
+}
+
+/// Installs and downloads on the boot path: an unbaked boot installs the
+/// packages and the runner; a boot on a runner-ready image (the same install
+/// hash baked in) installs and downloads nothing. Bake mode runs the install
+/// half only, marks the image and stops the builder.
+#[test]
+fn baked_images_boot_without_installs_and_bake_mode_stops_the_builder() {
+    let input = default_input();
+    let script = render_user_data(&input).unwrap();
+    let installs = |calls: &[String]| {
+        calls
+            .iter()
+            .filter(|c| {
+                c.starts_with("apt-get") || c.starts_with("snap") || c.starts_with("curl-download")
+            })
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let sb = Sandbox::new();
+    let r = sb.boot(&script, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let unbaked = installs(&sb.calls());
+    assert_eq!(
+        unbaked,
+        [
+            "apt-get update -q",
+            "apt-get install -y -q curl ca-certificates",
+            "curl-download https://packagecloud.io/install/repositories/circleci/runner/script.deb.sh?any=true",
+            "apt-get install -y -q circleci-runner",
+        ],
+        "{unbaked:#?}"
+    );
+
+    // Bake mode: the install half, the marker, then the builder stops.
+    let bake = render_user_data(&UserDataInput {
+        bake: true,
+        setup_script: Some(RECORDING_SETUP.into()),
+        ..default_input()
+    })
+    .unwrap();
+    assert!(!bake.contains("GetSecretValue") && !bake.contains("systemctl"));
+    let builder = Sandbox::new();
+    let r = builder.boot(&bake, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let calls = builder.calls();
+    assert!(calls.iter().any(|c| c == "setup ran"), "{calls:#?}");
+    assert_eq!(
+        calls.last().map(String::as_str),
+        Some("shutdown -h now"),
+        "{calls:#?}"
+    );
+    assert!(!calls.iter().any(|c| c.starts_with("sigv4")), "{calls:#?}");
+    let hash = builder.read("/var/lib/cci-scaler/install-hash");
+    let baked_input = UserDataInput {
+        setup_script: Some(RECORDING_SETUP.into()),
+        ..default_input()
+    };
+    assert_eq!(hash.trim(), baked_input.install_hash());
+
+    // A boot on that image: nothing installed or downloaded, the setup not
+    // run again; the token read and the runner started as ever.
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.path("/var/lib/cci-scaler")).unwrap();
+    std::fs::write(sb.path("/var/lib/cci-scaler/install-hash"), &hash).unwrap();
+    let r = sb.boot(&render_user_data(&baked_input).unwrap(), &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let calls = sb.calls();
+    assert_eq!(installs(&calls), Vec::<String>::new(), "{calls:#?}");
+    assert!(!calls.iter().any(|c| c == "setup ran"), "{calls:#?}");
+    assert!(calls.iter().any(|c| c.starts_with("sigv4 secretsmanager")));
+    assert!(
+        sb.read("/var/log/cci-scaler-boot.log")
+            .contains("runner-ready image: nothing to install")
+    );
+    assert_eq!(
+        calls.last().map(String::as_str),
+        Some("systemctl start --no-block circleci-runner.service")
+    );
+
+    // Another setup script: the image is stale, so the boot installs.
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.path("/var/lib/cci-scaler")).unwrap();
+    std::fs::write(sb.path("/var/lib/cci-scaler/install-hash"), &hash).unwrap();
+    let r = sb.boot(&script, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(installs(&sb.calls()), unbaked);
 }
 
 #[test]
@@ -548,15 +724,9 @@ fn exit_hook_walks_the_fallback_ladder() {
     let r = sb.boot(&render_user_data(&default_input()).unwrap(), &[]);
     assert_eq!(r.code, 0, "{r:?}");
     let hook = "/usr/local/lib/cci-scaler/exit-hook";
-    let dec = format!(
-        "aws --region us-east-1 autoscaling terminate-instance-in-auto-scaling-group --instance-id {INSTANCE} --should-decrement-desired-capacity"
-    );
-    let nodec = format!(
-        "aws --region us-east-1 autoscaling terminate-instance-in-auto-scaling-group --instance-id {INSTANCE} --no-should-decrement-desired-capacity"
-    );
-    let health = format!(
-        "aws --region us-east-1 autoscaling set-instance-health --instance-id {INSTANCE} --health-status Unhealthy"
-    );
+    let dec = "sigv4 autoscaling TerminateInstanceInAutoScalingGroup decrement".to_string();
+    let nodec = "sigv4 autoscaling TerminateInstanceInAutoScalingGroup no-decrement".to_string();
+    let health = "sigv4 autoscaling SetInstanceHealth health".to_string();
     let shutdown = "shutdown -h now".to_string();
     let cases: Vec<(&str, &str, Vec<&String>)> = vec![
         ("", "0", vec![&dec]),
@@ -575,7 +745,7 @@ fn exit_hook_walks_the_fallback_ladder() {
         let calls: Vec<String> = sb
             .calls()
             .into_iter()
-            .filter(|c| !c.starts_with("sleep"))
+            .filter(|c| c.starts_with("sigv4") || c.starts_with("shutdown"))
             .collect();
         let want: Vec<String> = want.into_iter().cloned().collect();
         assert_eq!(calls, want, "failing {fail:?}");
