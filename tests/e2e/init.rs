@@ -1066,8 +1066,20 @@ async fn a_stack_without_pools_upgrades_with_no_change() {
         .into_iter()
         .filter(|(_, a)| a != "unchanged" && a != "keep")
         .collect();
-    assert!(changed.is_empty(), "upgrade changed {changed:?}: {v}");
-    assert_eq!(v["changed"], false);
+    if old.is_some() {
+        // From a build before the AWS-CLI-free boot path (2c1d267), the
+        // launch template gets a new version with the new user data; nothing
+        // else changes.
+        assert!(
+            changed
+                .iter()
+                .all(|(k, a)| k == "launch template" && a == "update"),
+            "upgrade changed {changed:?}: {v}"
+        );
+    } else {
+        assert!(changed.is_empty(), "upgrade changed {changed:?}: {v}");
+        assert_eq!(v["changed"], false);
+    }
     assert_eq!(s.moto.desired("demo-runners").await, 2);
 
     // The names and shapes of a stack without pools.
