@@ -1,5 +1,6 @@
 //! Command-line definitions (clap) and dispatch; one file per subcommand.
 
+pub mod image;
 pub mod init;
 pub mod render;
 pub mod scale;
@@ -91,6 +92,9 @@ pub enum Command {
     Render(render::RenderCommand),
     /// Replay a day of CI jobs through our policy and the tutorial's: waits and cost.
     Simulate(simulate::SimulateArgs),
+    /// Runner-ready images: bake one per pool, prune old ones.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
 }
 
 /// A duration flag: `500ms`, `10s`, `5m`, `1h30m`.
@@ -107,5 +111,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Scale(args) => scale::run(&cli.global, args).await,
         Command::Render(cmd) => render::run(&cli.global, cmd).await,
         Command::Simulate(args) => simulate::run(&cli.global, args).await,
+        Command::Image(cmd) => image::run(&cli.global, cmd).await,
     }
 }

@@ -169,7 +169,7 @@ pub(crate) async fn instance_types(ctx: &Ctx<'_>, s: &StackSettings, p: &mut Poo
 
 /// The image: the one given, or Ubuntu LTS for the pool's architecture; its
 /// architecture must be the pool's.
-pub(crate) async fn image(ctx: &Ctx<'_>, s: &StackSettings, p: &mut PoolFound) -> R<()> {
+pub(crate) async fn base_image(ctx: &Ctx<'_>, s: &StackSettings, p: &mut PoolFound) -> R<()> {
     let param = match &s.image {
         ImageSource::Ami(id) => {
             p.image = id.clone();

@@ -147,7 +147,6 @@ pub(crate) struct PoolFound {
     pub name: Option<String>,
     pub resource_class: String,
     pub group: String,
-    pub token_secret: String,
     /// Spare runners by schedule.
     pub headroom: Vec<crate::scale::headroom::HeadroomSpec>,
     pub architecture: String,

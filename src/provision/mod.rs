@@ -11,6 +11,7 @@ pub mod circleci_admin;
 mod common;
 mod function;
 mod group;
+pub mod image;
 mod instance_profile;
 mod launch_template;
 mod resource_class;

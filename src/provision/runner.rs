@@ -6,7 +6,7 @@
 
 use super::artifact::Artifact;
 use super::common::*;
-use crate::render::{UserDataInput, render_user_data};
+use crate::render::render_user_data;
 
 /// One kind of resource of the stack, with the few operations every kind has.
 /// Finding it by name and ownership tag, and comparing it with the wanted
@@ -31,6 +31,11 @@ pub(crate) trait Resource: Sync {
     /// than one per stack.
     fn per_pool(&self) -> bool {
         false
+    }
+    /// `init` makes and converges it (`false`: made elsewhere, such as baked
+    /// images; `init` skips it, teardown still removes it).
+    fn converges(&self) -> bool {
+        true
     }
 }
 
@@ -71,6 +76,7 @@ fn resources(artifact: Option<&Artifact>) -> Vec<Box<dyn Resource + '_>> {
         Box::new(super::security_group::SecurityGroup),
         Box::new(super::runner_role::RunnerRole),
         Box::new(super::instance_profile::InstanceProfile),
+        Box::new(super::image::BakedImages),
         Box::new(super::launch_template::LaunchTemplate),
         Box::new(super::group::Group),
         Box::new(super::scaler_role::ScalerRole),
@@ -217,7 +223,6 @@ pub async fn init(
             name: s.pool.clone(),
             resource_class: s.resource_class.clone(),
             group: pctx.names.group(),
-            token_secret: pctx.names.runner_token_secret(),
             headroom: s.headroom.clone(),
             ..PoolFound::default()
         };
@@ -225,22 +230,26 @@ pub async fn init(
             "instance types",
             super::checks::instance_types(&pctx, s, &mut p).await,
         )?;
-        step("image", super::checks::image(&pctx, s, &mut p).await)?;
-        p.user_data = render_user_data(&UserDataInput {
-            stack: s.stack.clone(),
-            group: p.group.clone(),
-            region: ctx.region.clone(),
-            resource_class: s.resource_class.clone(),
-            token_secret_id: p.token_secret.clone(),
-            idle_timeout: s.runner.idle_timeout.clone(),
-            max_run_time: s.runner.max_run_time.clone(),
-            working_directory: s.runner.working_directory.clone(),
-            setup_script: s.runner.setup_script.clone(),
-            apt_packages: s.runner.apt_packages.clone(),
-            embedded_token: None,
-            spares: !s.headroom.is_empty(),
-            bake: false,
-        })?;
+        step("image", super::checks::base_image(&pctx, s, &mut p).await)?;
+        let input = super::image::user_data_input(&pctx, s, false);
+        // The newest runner-ready image baked from this base with the same
+        // install inputs, if there is one.
+        let (baked, all) = super::image::newest(&pctx, &p.image, &input.install_hash()).await?;
+        match baked {
+            Some(id) => {
+                ctx.progress.note(&format!(
+                    "{}: launching from the baked image {id}",
+                    pctx.names.group()
+                ));
+                p.image = id;
+            }
+            None if all > 0 => ctx.progress.note(&format!(
+                "{}: its {all} baked image(s) are from another base image or other install inputs; run `cci-scaler image build` to bake a current one",
+                pctx.names.group()
+            )),
+            None => {}
+        }
+        p.user_data = render_user_data(&input)?;
         p.class = step(
             "resource class",
             cci::find_resource_class(ctx.circleci, &s.resource_class)
@@ -252,7 +261,10 @@ pub async fn init(
 
     let mut items = Vec::new();
     let mut checked = None;
-    for r in resources(Some(artifact)) {
+    for r in resources(Some(artifact))
+        .into_iter()
+        .filter(|r| r.converges())
+    {
         let selected = only.is_none_or(|o| o == r.step());
         if only == Some(r.step()) && checked.is_none() {
             requires(ctx, r.step(), &mut f).await?;

@@ -1275,3 +1275,202 @@ async fn init_with_headroom_and_status_of_spares() {
     let r = s.teardown().await;
     assert_eq!(r.code, 0, "{r:?}");
 }
+
+/// The running builder of `image build`, once it is up.
+async fn builder(s: &Stack) -> String {
+    let ec2 = aws_sdk_ec2::Client::new(&s.moto.config);
+    crate::support::eventually(
+        "a running builder",
+        std::time::Duration::from_secs(60),
+        || {
+            let ec2 = ec2.clone();
+            async move {
+                let out = ec2
+                    .describe_instances()
+                    .filters(
+                        aws_sdk_ec2::types::Filter::builder()
+                            .name("tag:cci-scaler:role")
+                            .values("builder")
+                            .build(),
+                    )
+                    .filters(
+                        aws_sdk_ec2::types::Filter::builder()
+                            .name("instance-state-name")
+                            .values("running")
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .ok()?;
+                out.reservations()
+                    .iter()
+                    .flat_map(|r| r.instances())
+                    .find_map(|i| i.instance_id().map(String::from))
+            }
+        },
+    )
+    .await
+}
+
+async fn instance_state(s: &Stack, id: &str) -> String {
+    let out = aws_sdk_ec2::Client::new(&s.moto.config)
+        .describe_instances()
+        .instance_ids(id)
+        .send()
+        .await
+        .unwrap();
+    out.reservations()[0].instances()[0]
+        .state()
+        .and_then(|s| s.name())
+        .map(|n| n.as_str().to_string())
+        .unwrap_or_default()
+}
+
+/// `image build` against the emulator, the builder's "done" (it stops
+/// itself) stood in by the test; `init` then launches from the image; a
+/// builder that never finishes is terminated with its console output in the
+/// error; `image prune` keeps the newest; teardown removes the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_build_bakes_an_image_that_init_uses() {
+    let s = Stack::new().await;
+    std::fs::write(
+        s.home.path().join("cci-scaler.toml"),
+        format!(
+            "stack = \"demo\"\nresource_class = \"{RC}\"\nimage = \"{IMAGE}\"\nmax_instances = 6\n"
+        ),
+    )
+    .unwrap();
+    let r = s.init(&[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let ec2 = aws_sdk_ec2::Client::new(&s.moto.config);
+
+    let build = |timeout: &str| {
+        s.cmd(&[
+            "--output",
+            "json",
+            "image",
+            "build",
+            "--poll-interval",
+            "1s",
+            "--timeout",
+            timeout,
+        ])
+    };
+    // A builder that never signals: terminated, with its console output.
+    let r = run(build("3s")).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("did not finish within 3s"), "{r:?}");
+    assert!(r.stderr.contains("console output ends"), "{r:?}");
+    let failed = builder_ids(&s).await;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(instance_state(&s, &failed[0]).await, "terminated");
+
+    // A builder that finishes (stops itself; the test stands in for it).
+    let mut images = Vec::new();
+    for _ in 0..2 {
+        let child = tokio::spawn(run(build("120s")));
+        let id = builder(&s).await;
+        ec2.stop_instances().instance_ids(&id).send().await.unwrap();
+        let r = child.await.unwrap();
+        assert_eq!(r.code, 0, "{r:?}");
+        let v = json(&r);
+        let image = v["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["kind"] == "baked image")
+            .and_then(|i| i["id"].as_str())
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            instance_state(&s, &id).await,
+            "terminated",
+            "no builder left"
+        );
+        images.push(image);
+    }
+    let img = ec2
+        .describe_images()
+        .image_ids(&images[1])
+        .send()
+        .await
+        .unwrap()
+        .images()[0]
+        .clone();
+    let tag = |k: &str| {
+        img.tags()
+            .iter()
+            .find(|t| t.key() == Some(k))
+            .and_then(|t| t.value().map(String::from))
+    };
+    assert_eq!(tag("cci-scaler:stack").as_deref(), Some("demo"));
+    assert_eq!(tag("cci-scaler:image-of").as_deref(), Some("demo-runners"));
+    assert_eq!(tag("cci-scaler:install-hash").map(|h| h.len()), Some(16));
+
+    // init launches from the newest baked image.
+    let r = s.init(&[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr
+            .contains(&format!("launching from the baked image {}", images[1])),
+        "{r:?}"
+    );
+    let v = ec2
+        .describe_launch_template_versions()
+        .launch_template_name("cci-scaler-demo-runner")
+        .versions("$Latest")
+        .send()
+        .await
+        .unwrap();
+    let d = v.launch_template_versions()[0]
+        .launch_template_data()
+        .unwrap();
+    assert_eq!(d.image_id(), Some(images[1].as_str()));
+
+    // Prune keeps the newest one.
+    let r = run(s.cmd(&["--output", "json", "image", "prune", "--keep", "1"])).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let pruned: Vec<String> = json(&r)["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(pruned, [images[0].clone()]);
+
+    // Teardown removes the stack's images with the rest.
+    let r = s.teardown().await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let left = ec2
+        .describe_images()
+        .owners("self")
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:cci-scaler:stack")
+                .values("demo")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(left.images().is_empty(), "{:?}", left.images());
+}
+
+async fn builder_ids(s: &Stack) -> Vec<String> {
+    let out = aws_sdk_ec2::Client::new(&s.moto.config)
+        .describe_instances()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:cci-scaler:role")
+                .values("builder")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter_map(|i| i.instance_id().map(String::from))
+        .collect()
+}
