@@ -46,6 +46,11 @@ pub struct StackFile {
     pub runner: RunnerFile,
     /// Spare runners by schedule (`[[headroom]]`), for a stack without pools.
     pub headroom: Option<Vec<HeadroomSpec>>,
+    /// `on-demand` (default) or `spot`.
+    pub market: Option<String>,
+    pub on_demand_base: Option<u32>,
+    pub spot_allocation: Option<String>,
+    pub retry_interrupted_jobs: Option<bool>,
     /// Values every `[[pool]]` takes unless it sets its own.
     pub defaults: Option<PoolFile>,
     /// Several runner pools (`[[pool]]` tables); without them the top-level
@@ -78,6 +83,10 @@ pub struct PoolFile {
     pub apt_packages: Option<Vec<String>>,
     /// Spare runners by schedule (`[[pool.headroom]]`, `[[defaults.headroom]]`).
     pub headroom: Option<Vec<HeadroomSpec>>,
+    pub market: Option<String>,
+    pub on_demand_base: Option<u32>,
+    pub spot_allocation: Option<String>,
+    pub retry_interrupted_jobs: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -141,6 +150,23 @@ pub struct RunnerSettings {
     pub apt_packages: Vec<String>,
 }
 
+/// A spot pool's settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpotSettings {
+    /// Instances always on demand.
+    pub on_demand_base: u32,
+    /// EC2's spot allocation strategy.
+    pub allocation: String,
+}
+
+/// The spot allocation strategies Auto Scaling takes.
+pub const SPOT_ALLOCATIONS: &[&str] = &[
+    "price-capacity-optimized",
+    "capacity-optimized",
+    "capacity-optimized-prioritized",
+    "lowest-price",
+];
+
 /// Validated settings of one stack.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StackSettings {
@@ -155,6 +181,11 @@ pub struct StackSettings {
     pub instance_types: Vec<String>,
     /// Spare runners by schedule (checked).
     pub headroom: Vec<HeadroomSpec>,
+    /// Spot capacity (with on-demand fallback), or on demand only.
+    pub spot: Option<SpotSettings>,
+    /// The runner's unsafe retries: a job on an interrupted instance starts
+    /// again from the beginning on another runner.
+    pub retry_interrupted_jobs: bool,
     pub image: ImageSource,
     /// Empty: the default VPC's default subnets.
     pub subnets: Vec<String>,
@@ -223,6 +254,10 @@ impl StackFile {
             instance_type,
             instance_types,
             headroom,
+            market,
+            on_demand_base,
+            spot_allocation,
+            retry_interrupted_jobs,
             defaults,
             pools,
             image,
@@ -384,6 +419,48 @@ impl StackFile {
                 ),
             ));
         }
+        let spot = match self.market.as_deref().unwrap_or("on-demand") {
+            "on-demand" => {
+                for (key, set) in [
+                    ("on_demand_base", self.on_demand_base.is_some()),
+                    ("spot_allocation", self.spot_allocation.is_some()),
+                ] {
+                    if set {
+                        return Err(bad(key, "applies to market = \"spot\" only"));
+                    }
+                }
+                None
+            }
+            "spot" => {
+                let allocation = self
+                    .spot_allocation
+                    .clone()
+                    .unwrap_or_else(|| SPOT_ALLOCATIONS[0].into());
+                if !SPOT_ALLOCATIONS.contains(&allocation.as_str()) {
+                    return Err(bad(
+                        "spot_allocation",
+                        format!("{allocation:?}: one of {}", SPOT_ALLOCATIONS.join(", ")),
+                    ));
+                }
+                let on_demand_base = self.on_demand_base.unwrap_or(0);
+                if on_demand_base > max_instances {
+                    return Err(bad(
+                        "on_demand_base",
+                        format!("{on_demand_base} is above max_instances {max_instances}"),
+                    ));
+                }
+                Some(SpotSettings {
+                    on_demand_base,
+                    allocation,
+                })
+            }
+            other => {
+                return Err(bad(
+                    "market",
+                    format!("{other:?}: \"on-demand\" or \"spot\""),
+                ));
+            }
+        };
         let dur = |key: &str, v: &Option<String>, default: Duration| match v {
             None => Ok(default),
             Some(s) => humantime::parse_duration(s)
@@ -501,6 +578,8 @@ impl StackFile {
             max_instances,
             instance_types,
             headroom,
+            spot,
+            retry_interrupted_jobs: self.retry_interrupted_jobs.unwrap_or(false),
             image,
             subnets,
             key_pair: self.key_pair.clone(),
@@ -535,6 +614,13 @@ impl StackFile {
             ("root_volume_gb", self.root_volume_gb.is_some()),
             ("imds_hop_limit", self.imds_hop_limit.is_some()),
             ("headroom", self.headroom.is_some()),
+            ("market", self.market.is_some()),
+            ("on_demand_base", self.on_demand_base.is_some()),
+            ("spot_allocation", self.spot_allocation.is_some()),
+            (
+                "retry_interrupted_jobs",
+                self.retry_interrupted_jobs.is_some(),
+            ),
             ("runner.idle_timeout", r.idle_timeout.is_some()),
             ("runner.max_run_time", r.max_run_time.is_some()),
             ("runner.working_directory", r.working_directory.is_some()),
@@ -647,6 +733,10 @@ impl StackFile {
                 root_volume_gb: p.root_volume_gb.or(d.root_volume_gb),
                 imds_hop_limit: p.imds_hop_limit.or(d.imds_hop_limit),
                 headroom: p.headroom.clone().or(d.headroom.clone()),
+                market: p.market.clone().or(d.market.clone()),
+                on_demand_base: p.on_demand_base.or(d.on_demand_base),
+                spot_allocation: p.spot_allocation.clone().or(d.spot_allocation.clone()),
+                retry_interrupted_jobs: p.retry_interrupted_jobs.or(d.retry_interrupted_jobs),
                 runner: RunnerFile {
                     idle_timeout: p.idle_timeout.clone().or(d.idle_timeout.clone()),
                     max_run_time: p.max_run_time.clone().or(d.max_run_time.clone()),

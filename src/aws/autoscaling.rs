@@ -8,7 +8,7 @@ use aws_config::SdkConfig;
 
 use super::AwsError;
 use crate::scale::GroupApi;
-use crate::scale::decide::{GroupState, Instance, Lifecycle};
+use crate::scale::decide::{GroupState, Instance, LaunchFailure, Lifecycle};
 
 #[derive(Clone, Debug)]
 pub struct AsgClient {
@@ -56,6 +56,15 @@ fn group_state(name: &str, group: &aws_sdk_autoscaling::types::AutoScalingGroup)
         max: count(group.max_size()),
         desired: count(group.desired_capacity()),
         instances,
+        spot: group.mixed_instances_policy().and_then(|m| {
+            let d = m.instances_distribution()?;
+            d.spot_allocation_strategy()?;
+            Some(crate::scale::spot::SpotState {
+                on_demand_percentage: count(d.on_demand_percentage_above_base_capacity()),
+                fallback_until: crate::scale::spot::fallback_until(group),
+                failures: Vec::new(),
+            })
+        }),
         spare_until: group
             .tags()
             .iter()
@@ -156,6 +165,107 @@ impl GroupApi for AsgClient {
             .await
             .map_err(|e| AwsError::call("autoscaling:SetDesiredCapacity", name, &e))?;
         Ok(())
+    }
+
+    async fn launch_failures(&self, name: &str) -> Result<Vec<LaunchFailure>, AwsError> {
+        let out = self
+            .autoscaling
+            .describe_scaling_activities()
+            .auto_scaling_group_name(name)
+            .max_records(20)
+            .send()
+            .await
+            .map_err(|e| AwsError::call("autoscaling:DescribeScalingActivities", name, &e))?;
+        Ok(out
+            .activities()
+            .iter()
+            .filter(|a| {
+                crate::scale::spot::is_spot_shortage(
+                    a.status_code().map(|s| s.as_str()).unwrap_or(""),
+                    a.status_message().unwrap_or(""),
+                )
+            })
+            .filter_map(|a| {
+                Some(LaunchFailure {
+                    time: SystemTime::try_from(*a.start_time()?).ok()?,
+                    reason: a.status_message().unwrap_or("").to_string(),
+                })
+            })
+            .collect())
+    }
+
+    async fn set_on_demand(
+        &self,
+        name: &str,
+        percentage: u32,
+        until: Option<u64>,
+    ) -> Result<(), AwsError> {
+        use aws_sdk_autoscaling::types as at;
+        let out = self
+            .autoscaling
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(name)
+            .send()
+            .await
+            .map_err(|e| AwsError::call("autoscaling:DescribeAutoScalingGroups", name, &e))?;
+        let policy = out
+            .auto_scaling_groups()
+            .first()
+            .and_then(|g| g.mixed_instances_policy())
+            .cloned()
+            .ok_or_else(|| AwsError::GroupNotFound {
+                name: name.to_string(),
+                region: self.region.clone(),
+            })?;
+        // The whole policy, with the percentage changed.
+        let d = policy
+            .instances_distribution()
+            .cloned()
+            .unwrap_or_else(|| at::InstancesDistribution::builder().build());
+        let d = at::InstancesDistribution::builder()
+            .set_on_demand_allocation_strategy(d.on_demand_allocation_strategy().map(String::from))
+            .set_on_demand_base_capacity(d.on_demand_base_capacity())
+            .on_demand_percentage_above_base_capacity(percentage as i32)
+            .set_spot_allocation_strategy(d.spot_allocation_strategy().map(String::from))
+            .set_spot_instance_pools(d.spot_instance_pools())
+            .set_spot_max_price(d.spot_max_price().map(String::from))
+            .build();
+        let policy = at::MixedInstancesPolicy::builder()
+            .set_launch_template(policy.launch_template().cloned())
+            .instances_distribution(d)
+            .build();
+        self.autoscaling
+            .update_auto_scaling_group()
+            .auto_scaling_group_name(name)
+            .mixed_instances_policy(policy)
+            .send()
+            .await
+            .map_err(|e| AwsError::call("autoscaling:UpdateAutoScalingGroup", name, &e))?;
+        let tag = at::Tag::builder()
+            .resource_id(name)
+            .resource_type("auto-scaling-group")
+            .key(crate::scale::spot::FALLBACK_TAG)
+            .value(until.map(|u| u.to_string()).unwrap_or_default())
+            .propagate_at_launch(false)
+            .build();
+        match until {
+            Some(_) => self
+                .autoscaling
+                .create_or_update_tags()
+                .tags(tag)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| AwsError::call("autoscaling:CreateOrUpdateTags", name, &e)),
+            None => self
+                .autoscaling
+                .delete_tags()
+                .tags(tag)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| AwsError::call("autoscaling:DeleteTags", name, &e)),
+        }
     }
 
     async fn tag(&self, name: &str, key: &str, value: &str) -> Result<(), AwsError> {

@@ -158,6 +158,7 @@ impl Scaler {
                 let policy = Policy {
                     boot_timeout: self.env.boot_timeout,
                     headroom: 0,
+                    ..Policy::default()
                 };
                 let (token, mode) = match (&self.env.asg, &self.env.pools) {
                     (Some(asg), _) => {

@@ -132,6 +132,7 @@ pub async fn run(global: &GlobalArgs, args: ScaleArgs) -> anyhow::Result<ExitCod
         policy: Policy {
             boot_timeout: args.boot_timeout,
             headroom: 0,
+            ..Policy::default()
         },
         headroom: Default::default(),
         dry_run: args.dry_run,
@@ -199,6 +200,7 @@ async fn run_pools(
     let policy = Policy {
         boot_timeout: args.boot_timeout,
         headroom: 0,
+        ..Policy::default()
     };
     let mut stop = shutdown_signal();
     loop {

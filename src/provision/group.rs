@@ -62,11 +62,21 @@ async fn converge(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
         .set_launch_template_id(f.pool().launch_template_id.clone())
         .version("$Latest")
         .build();
-    // Several types: a mixed-instances policy over them (on demand only), so
-    // one type's shortage does not stop the pool. Always the whole policy.
-    let mixed = (s.instance_types.len() > 1).then(|| mixed_policy(lt.clone(), &s.instance_types));
+    let found = find(ctx).await?;
+    // A spot pool falling back to on demand (the scaler's tag) stays so until
+    // the scaler switches it back.
+    let fallback = found
+        .as_ref()
+        .is_some_and(|g| crate::scale::spot::fallback_active(&g.it, std::time::SystemTime::now()));
+    // Several types or spot: a mixed-instances policy over the types, so one
+    // type's shortage does not stop the pool. Always the whole policy.
+    let mixed = (s.instance_types.len() > 1 || s.spot.is_some())
+        .then(|| mixed_policy(lt.clone(), &s.instance_types, s.spot.as_ref(), fallback));
+    let want_distribution = mixed
+        .as_ref()
+        .and_then(|m| m.instances_distribution().cloned());
     let max = s.max_instances as i32;
-    let item = match find(ctx).await? {
+    let item = match found {
         Some(Owned { ours: false, .. }) => return Err(not_ours("Auto Scaling group", &name, ctx)),
         Some(Owned { it: g, .. }) => {
             f.pool_mut().group_arn = g.auto_scaling_group_arn().map(String::from);
@@ -97,7 +107,19 @@ async fn converge(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
                                 .iter()
                                 .map(String::as_str)
                                 .collect::<Vec<_>>()
-                        && d.and_then(|d| d.on_demand_percentage_above_base_capacity()) == Some(100)
+                        && d.map(|d| {
+                            (
+                                d.on_demand_base_capacity(),
+                                d.on_demand_percentage_above_base_capacity(),
+                                d.spot_allocation_strategy().map(String::from),
+                            )
+                        }) == want_distribution.as_ref().map(|w| {
+                            (
+                                w.on_demand_base_capacity(),
+                                w.on_demand_percentage_above_base_capacity(),
+                                w.spot_allocation_strategy().map(String::from),
+                            )
+                        })
                 }
                 _ => false,
             };
@@ -178,6 +200,18 @@ async fn converge(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
     if s.instance_types.len() > 1 {
         detail.push_str(&format!(", types {}", s.instance_types.join(" ")));
     }
+    if let Some(sp) = &s.spot {
+        detail.push_str(&format!(
+            ", spot ({}, {} on demand){}",
+            sp.allocation,
+            sp.on_demand_base,
+            if fallback {
+                ", on-demand fallback active"
+            } else {
+                ""
+            }
+        ));
+    }
     let mut item = item.detail(detail);
     if let Some(a) = &f.pool().group_arn {
         item = item.id(a);
@@ -185,11 +219,24 @@ async fn converge(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
     Ok(item)
 }
 
-fn mixed_policy(
+pub(crate) fn mixed_policy(
     lt: aws_sdk_autoscaling::types::LaunchTemplateSpecification,
     types: &[String],
+    spot: Option<&crate::config::SpotSettings>,
+    fallback: bool,
 ) -> aws_sdk_autoscaling::types::MixedInstancesPolicy {
     use aws_sdk_autoscaling::types as at;
+    let distribution = match spot {
+        None => at::InstancesDistribution::builder()
+            .on_demand_allocation_strategy("prioritized")
+            .on_demand_base_capacity(0)
+            .on_demand_percentage_above_base_capacity(100),
+        Some(sp) => at::InstancesDistribution::builder()
+            .on_demand_allocation_strategy("prioritized")
+            .on_demand_base_capacity(sp.on_demand_base as i32)
+            .on_demand_percentage_above_base_capacity(if fallback { 100 } else { 0 })
+            .spot_allocation_strategy(&sp.allocation),
+    };
     at::MixedInstancesPolicy::builder()
         .launch_template(
             at::LaunchTemplate::builder()
@@ -206,13 +253,7 @@ fn mixed_policy(
                 ))
                 .build(),
         )
-        .instances_distribution(
-            at::InstancesDistribution::builder()
-                .on_demand_allocation_strategy("prioritized")
-                .on_demand_base_capacity(0)
-                .on_demand_percentage_above_base_capacity(100)
-                .build(),
-        )
+        .instances_distribution(distribution.build())
         .build()
 }
 

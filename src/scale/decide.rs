@@ -21,6 +21,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+pub use super::spot::{Fallback, LaunchFailure, SpotState};
+
 /// Tasks waiting for and running on one resource class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct QueueDepth {
@@ -81,6 +83,8 @@ pub struct GroupState {
     /// instances launched while it is in the future stay up as spares until
     /// then. Not used by the decision.
     pub spare_until: Option<u64>,
+    /// A spot pool's state (`None`: on demand only).
+    pub spot: Option<SpotState>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +95,11 @@ pub struct Policy {
     /// Spare idle runners wanted now, on top of the demand (the active
     /// headroom period's count; 0 outside any).
     pub headroom: u32,
+    /// A spot pool short of its desired capacity, with spot launches failing
+    /// for at least this long, falls back to on demand...
+    pub spot_grace: Duration,
+    /// ...for this long, then goes back to spot.
+    pub spot_cooldown: Duration,
 }
 
 impl Default for Policy {
@@ -98,6 +107,8 @@ impl Default for Policy {
         Policy {
             boot_timeout: Duration::from_secs(600),
             headroom: 0,
+            spot_grace: Duration::from_secs(180),
+            spot_cooldown: Duration::from_secs(1800),
         }
     }
 }
@@ -142,6 +153,8 @@ pub struct Decision {
     pub desired_after: u32,
     pub reap: Vec<Reap>,
     pub set_desired: Option<u32>,
+    /// Spot pools: fall back to on demand, or back to spot.
+    pub fallback: Fallback,
     pub reason: String,
 }
 
@@ -285,6 +298,7 @@ pub fn decide(
         None
     };
 
+    let fallback = spot_fallback(group, live, policy, now, &mut reasons);
     Ok(Decision {
         demand,
         target,
@@ -292,8 +306,74 @@ pub fn decide(
         desired_after: set_desired.unwrap_or(desired_after_reap),
         reap,
         set_desired,
+        fallback,
         reason: reasons.join("; "),
     })
+}
+
+/// A spot pool short of capacity falls back to on demand when spot launches
+/// have been failing for the grace period; after the cool-down it goes back.
+fn spot_fallback(
+    group: &GroupState,
+    live: u32,
+    policy: &Policy,
+    now: SystemTime,
+    reasons: &mut Vec<String>,
+) -> Fallback {
+    let Some(sp) = &group.spot else {
+        return Fallback::None;
+    };
+    match sp.fallback_until {
+        Some(until) if until > now => Fallback::None,
+        Some(_) => {
+            reasons.push("on-demand fallback over: back to spot".into());
+            Fallback::End
+        }
+        None => {
+            if group.desired <= live || sp.on_demand_percentage >= 100 {
+                return Fallback::None;
+            }
+            // Failures of the recent past only: those from before an
+            // earlier fallback do not count again.
+            let window = policy.spot_grace + Duration::from_secs(120);
+            let recent: Vec<&LaunchFailure> = sp
+                .failures
+                .iter()
+                .filter(|f| {
+                    f.time <= now && now.duration_since(f.time).is_ok_and(|age| age <= window)
+                })
+                .collect();
+            let Some(first) = recent.iter().map(|f| f.time).min() else {
+                return Fallback::None;
+            };
+            let failing = now.duration_since(first).unwrap_or_default();
+            if failing < policy.spot_grace {
+                reasons.push(format!(
+                    "spot launches failing for {}s (fall back after {}s)",
+                    failing.as_secs(),
+                    policy.spot_grace.as_secs()
+                ));
+                return Fallback::None;
+            }
+            let last = recent
+                .iter()
+                .max_by_key(|f| f.time)
+                .map(|f| f.reason.as_str());
+            let why = format!(
+                "{} of {} instances up and spot launches failing for {}s ({}): on demand for {}",
+                live,
+                group.desired,
+                failing.as_secs(),
+                last.unwrap_or("").chars().take(120).collect::<String>(),
+                humantime::format_duration(policy.spot_cooldown)
+            );
+            reasons.push(why.clone());
+            Fallback::Start {
+                until: now + policy.spot_cooldown,
+                reason: why,
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -324,6 +404,7 @@ mod tests {
             desired,
             instances,
             spare_until: None,
+            spot: None,
         }
     }
 
@@ -591,6 +672,112 @@ mod tests {
         ]
     }
 
+    /// Spot pools: fall back to on demand when short of capacity and spot
+    /// launches have failed for the grace period (3 min); back after the
+    /// cool-down (30 min).
+    #[test]
+    fn spot_fallback_table() {
+        let mins = |m: u64| Duration::from_secs(60 * m);
+        let fail = |ago: Duration| LaunchFailure {
+            time: now() - ago,
+            reason: "Could not launch Spot Instances. InsufficientInstanceCapacity".into(),
+        };
+        let spot = |pct, until: Option<SystemTime>, failures| SpotState {
+            on_demand_percentage: pct,
+            fallback_until: until,
+            failures,
+        };
+        // (name, desired, live instances, spot state, expected)
+        enum Want {
+            No,
+            Start,
+            End,
+        }
+        let live = |n: usize| -> Vec<Instance> {
+            (0..n)
+                .map(|i| inst(&format!("i-{i}"), "InService", MIN))
+                .collect()
+        };
+        let rows: Vec<(&str, u32, usize, Option<SpotState>, Want)> = vec![
+            ("on demand pool: never", 3, 0, None, Want::No),
+            (
+                "spot, not short: nothing",
+                2,
+                2,
+                Some(spot(0, None, vec![fail(mins(4))])),
+                Want::No,
+            ),
+            (
+                "short, no failures (still launching): wait",
+                3,
+                1,
+                Some(spot(0, None, vec![])),
+                Want::No,
+            ),
+            (
+                "short, failing for 1 min: within grace",
+                3,
+                1,
+                Some(spot(0, None, vec![fail(mins(1))])),
+                Want::No,
+            ),
+            (
+                "short, failing for 4 min: fall back",
+                3,
+                1,
+                Some(spot(0, None, vec![fail(mins(4)), fail(mins(1))])),
+                Want::Start,
+            ),
+            (
+                "short, only old failures (before a fallback): not again",
+                3,
+                1,
+                Some(spot(0, None, vec![fail(mins(40))])),
+                Want::No,
+            ),
+            (
+                "fallback active: keep",
+                3,
+                1,
+                Some(spot(100, Some(now() + mins(10)), vec![fail(mins(4))])),
+                Want::No,
+            ),
+            (
+                "cool-down over: back to spot",
+                3,
+                3,
+                Some(spot(100, Some(now() - mins(1)), vec![])),
+                Want::End,
+            ),
+            (
+                "already on demand by hand: no fallback",
+                3,
+                1,
+                Some(spot(100, None, vec![fail(mins(4))])),
+                Want::No,
+            ),
+        ];
+        for (name, desired, n, sp, want) in rows {
+            let g = GroupState {
+                spot: sp,
+                ..group(0, 10, desired, live(n))
+            };
+            let d = decide(q(0, 0), &g, &names(&[]), &Policy::default(), now()).unwrap();
+            match (want, &d.fallback) {
+                (Want::No, Fallback::None) | (Want::End, Fallback::End) => {}
+                (Want::Start, Fallback::Start { until, reason }) => {
+                    assert_eq!(*until, now() + mins(30), "{name}");
+                    assert!(
+                        reason.contains("InsufficientInstanceCapacity"),
+                        "{name}: {reason}"
+                    );
+                    assert!(reason.contains("1 of 3 instances up"), "{name}: {reason}");
+                }
+                (_, other) => panic!("{name}: {other:?} ({})", d.reason),
+            }
+        }
+    }
+
     /// Headroom: spares on top of the demand, clamped to max, raise only.
     #[test]
     fn headroom_table() {
@@ -827,11 +1014,13 @@ mod props {
                             desired,
                             instances,
                             spare_until: None,
+                            spot: None,
                         },
                         registered,
                         Policy {
                             boot_timeout: Duration::from_secs(boot),
                             headroom,
+                            ..Policy::default()
                         },
                     )
                 },

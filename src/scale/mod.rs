@@ -4,6 +4,7 @@
 pub mod decide;
 pub mod headroom;
 pub mod pools;
+pub mod spot;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -49,6 +50,19 @@ pub trait GroupApi {
         &self,
         instance_id: &str,
         decrement: bool,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// Recent launches that failed for want of spot capacity.
+    fn launch_failures(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Vec<decide::LaunchFailure>, AwsError>> + Send;
+    /// Set the mixed-instances policy's on-demand percentage above the base
+    /// (the whole policy sent again), and the fallback tag (`None`: removed).
+    fn set_on_demand(
+        &self,
+        name: &str,
+        percentage: u32,
+        until: Option<u64>,
     ) -> impl Future<Output = Result<(), AwsError>> + Send;
     /// Set a tag on the group, propagated to the instances it launches.
     fn tag(
@@ -113,6 +127,9 @@ pub struct Round {
     /// The headroom period active at this poll, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub headroom: Option<Active>,
+    /// A spot pool's fallback to on demand, or back to spot.
+    #[serde(skip_serializing_if = "is_no_fallback")]
+    pub spot: decide::Fallback,
     pub dry_run: bool,
     pub reason: String,
 }
@@ -191,6 +208,7 @@ pub async fn run_once<Q: RunnerQueue, G: GroupApi>(
         }
     }
 
+    read_spot_failures(group_api, &settings.asg, &mut group).await?;
     let now = SystemTime::now();
     let (policy, active) = with_headroom(&settings.policy, &settings.headroom, now);
     let decision = decide::decide(snapshot.depth, &group, &snapshot.runners, &policy, now)?;
@@ -214,6 +232,27 @@ pub async fn run_once<Q: RunnerQueue, G: GroupApi>(
     );
     round.headroom = active;
     Ok(round)
+}
+
+/// A spot pool short of its desired capacity: its recent failed launches
+/// (one call, only then).
+pub(crate) async fn read_spot_failures<G: GroupApi>(
+    group_api: &G,
+    asg: &str,
+    group: &mut GroupState,
+) -> Result<(), ScaleError> {
+    let live = group
+        .instances
+        .iter()
+        .filter(|i| i.lifecycle.counted_live())
+        .count() as u32;
+    if let Some(sp) = &mut group.spot
+        && sp.fallback_until.is_none()
+        && group.desired > live
+    {
+        sp.failures = group_api.launch_failures(asg).await?;
+    }
+    Ok(())
 }
 
 /// The policy with the spares the active headroom period wants at `now`.
@@ -261,12 +300,32 @@ pub(crate) async fn apply<G: GroupApi>(
         }
         done.push(format!("terminated {}", r.instance_id));
     }
+    match &decision.fallback {
+        decide::Fallback::None => {}
+        decide::Fallback::Start { until, .. } => {
+            let until = spot::epoch(*until);
+            if let Err(source) = group_api.set_on_demand(asg, 100, Some(until)).await {
+                return Err(apply_error(&done, source));
+            }
+            done.push(format!("switched {asg} to on demand until {until}"));
+        }
+        decide::Fallback::End => {
+            if let Err(source) = group_api.set_on_demand(asg, 0, None).await {
+                return Err(apply_error(&done, source));
+            }
+            done.push(format!("switched {asg} back to spot"));
+        }
+    }
     if let Some(n) = decision.set_desired
         && let Err(source) = group_api.set_desired(asg, n).await
     {
         return Err(apply_error(&done, source));
     }
     Ok(())
+}
+
+fn is_no_fallback(f: &decide::Fallback) -> bool {
+    *f == decide::Fallback::None
 }
 
 pub(crate) fn round(
@@ -294,6 +353,7 @@ pub(crate) fn round(
         action: decision.action(),
         reaped: decision.reap.clone(),
         headroom: None,
+        spot: decision.fallback.clone(),
         dry_run: settings.dry_run,
         reason: decision.reason,
     }

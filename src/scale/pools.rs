@@ -126,7 +126,8 @@ pub async fn run_pools<Q: RunnerQueue + Sync, G: GroupApi + Sync>(
     // Decide and apply each pool on its own, all at once.
     let now = SystemTime::now();
     join_all(pools.iter().zip(read).map(|(p, r)| async move {
-        let (depth, runners, group) = r?;
+        let (depth, runners, mut group) = r?;
+        super::read_spot_failures(group_api, &p.asg, &mut group).await?;
         let schedule = Schedule::new(&p.headroom)?;
         let (policy, active) = super::with_headroom(policy, &schedule, now);
         let decision = decide::decide(depth, &group, runners, &policy, now)?;

@@ -330,6 +330,7 @@ impl Sim<'_> {
                 })
                 .collect(),
             spare_until: None,
+            spot: None,
         };
         let registered: HashSet<String> = self
             .live
@@ -351,6 +352,7 @@ impl Sim<'_> {
         let policy = decide::Policy {
             boot_timeout: Duration::from_secs(self.fleet.boot_timeout_s),
             headroom: self.headroom_now,
+            ..decide::Policy::default()
         };
         let d = decide::decide(queue, &group, &registered, &policy, at(t))?;
         for r in &d.reap {
