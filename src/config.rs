@@ -551,6 +551,8 @@ impl StackFile {
             embedded_token: None,
             spares: !headroom.is_empty(),
             bake: false,
+            spot: spot.is_some(),
+            unsafe_retries: self.retry_interrupted_jobs.unwrap_or(false),
         })
         .map_err(|e| {
             let key = match &e {

@@ -230,8 +230,25 @@ impl GroupApi for AsgClient {
             .set_spot_instance_pools(d.spot_instance_pools())
             .set_spot_max_price(d.spot_max_price().map(String::from))
             .build();
+        // The template by id or by name, never both (the API refuses both).
+        let template = policy.launch_template().map(|l| {
+            let spec = l.launch_template_specification().map(|s| {
+                let b = at::LaunchTemplateSpecification::builder()
+                    .set_version(s.version().map(String::from));
+                match s.launch_template_id() {
+                    Some(id) => b.launch_template_id(id).build(),
+                    None => b
+                        .set_launch_template_name(s.launch_template_name().map(String::from))
+                        .build(),
+                }
+            });
+            at::LaunchTemplate::builder()
+                .set_launch_template_specification(spec)
+                .set_overrides(Some(l.overrides().to_vec()))
+                .build()
+        });
         let policy = at::MixedInstancesPolicy::builder()
-            .set_launch_template(policy.launch_template().cloned())
+            .set_launch_template(template)
             .instances_distribution(d)
             .build();
         self.autoscaling

@@ -18,6 +18,9 @@
 //!   (a pool of `CCI_SCALER_POOLS` carries its own `headroom` list)
 //! - `CCI_SCALER_POLL_INTERVAL`, `CCI_SCALER_POLL_WINDOW`, `CCI_SCALER_BOOT_TIMEOUT`,
 //!   `CCI_SCALER_CIRCLECI_TIMEOUT`: durations (`10s`, `500ms`, or plain seconds)
+//! - `CCI_SCALER_SPOT_GRACE` (3m), `CCI_SCALER_SPOT_COOLDOWN` (30m): a spot pool
+//!   short of capacity falls back to on demand after spot launches failed for
+//!   the grace period, for the cool-down
 //! - `CIRCLECI_RUNNER_API_URL`: runner API base URL
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -43,6 +46,8 @@ struct Env {
     interval: Duration,
     window: Duration,
     boot_timeout: Duration,
+    spot_grace: Duration,
+    spot_cooldown: Duration,
     circleci_timeout: Duration,
     circleci_url: String,
 }
@@ -93,6 +98,8 @@ impl Env {
             interval: duration_var("CCI_SCALER_POLL_INTERVAL", Duration::from_secs(10))?,
             window: duration_var("CCI_SCALER_POLL_WINDOW", Duration::from_secs(50))?,
             boot_timeout: duration_var("CCI_SCALER_BOOT_TIMEOUT", Duration::from_secs(600))?,
+            spot_grace: duration_var("CCI_SCALER_SPOT_GRACE", Duration::from_secs(180))?,
+            spot_cooldown: duration_var("CCI_SCALER_SPOT_COOLDOWN", Duration::from_secs(1800))?,
             circleci_timeout: duration_var("CCI_SCALER_CIRCLECI_TIMEOUT", Duration::from_secs(10))?,
             circleci_url: var("CIRCLECI_RUNNER_API_URL")
                 .unwrap_or_else(|| circleci::DEFAULT_URL.to_string()),
@@ -157,8 +164,9 @@ impl Scaler {
                 let secret = Some((&self.secrets, self.env.secret_id.as_str()));
                 let policy = Policy {
                     boot_timeout: self.env.boot_timeout,
+                    spot_grace: self.env.spot_grace,
+                    spot_cooldown: self.env.spot_cooldown,
                     headroom: 0,
-                    ..Policy::default()
                 };
                 let (token, mode) = match (&self.env.asg, &self.env.pools) {
                     (Some(asg), _) => {

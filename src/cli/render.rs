@@ -125,6 +125,8 @@ pub async fn run(global: &GlobalArgs, cmd: RenderCommand) -> anyhow::Result<Exit
         apt_packages: args.runner.apt_packages,
         spares: false,
         bake: false,
+        spot: false,
+        unsafe_retries: false,
         embedded_token,
     };
     let script = render::render_user_data(&input)?;

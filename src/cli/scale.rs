@@ -56,6 +56,13 @@ pub struct ScaleArgs {
     /// Instances that have not registered as a runner after this long are terminated.
     #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]
     pub boot_timeout: Duration,
+    /// Spot pools: fall back to on demand after spot launches have failed
+    /// this long while the group is short of its desired capacity...
+    #[arg(long, default_value = "3m", value_parser = parse_duration, value_name = "DURATION")]
+    pub spot_grace: Duration,
+    /// ...for this long, then back to spot.
+    #[arg(long, default_value = "30m", value_parser = parse_duration, value_name = "DURATION")]
+    pub spot_cooldown: Duration,
     /// Timeout of each CircleCI request.
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub circleci_timeout: Duration,
@@ -131,7 +138,8 @@ pub async fn run(global: &GlobalArgs, args: ScaleArgs) -> anyhow::Result<ExitCod
         resource_class,
         policy: Policy {
             boot_timeout: args.boot_timeout,
-            headroom: 0,
+            spot_grace: args.spot_grace,
+            spot_cooldown: args.spot_cooldown,
             ..Policy::default()
         },
         headroom: Default::default(),
@@ -199,7 +207,8 @@ async fn run_pools(
     let group = AsgClient::new(&config);
     let policy = Policy {
         boot_timeout: args.boot_timeout,
-        headroom: 0,
+        spot_grace: args.spot_grace,
+        spot_cooldown: args.spot_cooldown,
         ..Policy::default()
     };
     let mut stop = shutdown_signal();

@@ -149,6 +149,8 @@ pub(crate) struct PoolFound {
     pub group: String,
     /// Spare runners by schedule.
     pub headroom: Vec<crate::scale::headroom::HeadroomSpec>,
+    /// A spot pool.
+    pub spot: bool,
     pub architecture: String,
     pub image: String,
     pub root_device: String,

@@ -186,6 +186,8 @@ pub(crate) fn user_data_input(ctx: &Ctx<'_>, s: &StackSettings, bake: bool) -> U
         embedded_token: None,
         spares: !s.headroom.is_empty(),
         bake,
+        spot: s.spot.is_some(),
+        unsafe_retries: s.retry_interrupted_jobs,
     }
 }
 

@@ -224,6 +224,7 @@ pub async fn init(
             resource_class: s.resource_class.clone(),
             group: pctx.names.group(),
             headroom: s.headroom.clone(),
+            spot: s.spot.is_some(),
             ..PoolFound::default()
         };
         step(

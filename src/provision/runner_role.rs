@@ -58,7 +58,7 @@ pub(crate) fn runner_policy(ctx: &Ctx<'_>, account: &str, f: &Found) -> Value {
         .iter()
         .map(|p| group_arn_pattern(ctx, account, &p.group))
         .collect();
-    json!({
+    let mut policy = json!({
         "Version": "2012-10-17",
         "Statement": [
             {"Sid": "ReadOwnRunnerToken", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
@@ -67,7 +67,22 @@ pub(crate) fn runner_policy(ctx: &Ctx<'_>, account: &str, f: &Found) -> Value {
              "Action": ["autoscaling:TerminateInstanceInAutoScalingGroup", "autoscaling:SetInstanceHealth"],
              "Resource": one_or_list(groups)}
         ]
-    })
+    });
+    // Spot pools: an interrupted instance tags itself (that one tag, on the
+    // stack's instances only).
+    if f.pools.iter().any(|p| p.spot)
+        && let Some(st) = policy["Statement"].as_array_mut()
+    {
+        st.push(
+            json!({"Sid": "MarkOwnInterruption", "Effect": "Allow", "Action": "ec2:CreateTags",
+            "Resource": format!("arn:aws:ec2:{}:{account}:instance/*", ctx.region),
+            "Condition": {
+                "StringEquals": {"aws:ResourceTag/cci-scaler:stack": ctx.names.stack},
+                "ForAllValues:StringEquals": {"aws:TagKeys": ["cci-scaler:interrupted"]}
+            }}),
+        );
+    }
+    policy
 }
 
 async fn converge(ctx: &Ctx<'_>, f: &Found) -> R<Item> {

@@ -79,6 +79,55 @@ async fn converge(ctx: &Ctx<'_>, f: &mut Found) -> R<Item> {
         .filter(|p| !p.headroom.is_empty())
         .map(|p| p.group_arn.clone().unwrap_or_else(|| PENDING.into()))
         .collect();
+    // Spot pools: the Lambda switches their policy to on demand and back,
+    // which Auto Scaling allows only to whom may launch with their template.
+    let spot: Vec<&PoolFound> = f.pools.iter().filter(|p| p.spot).collect();
+    if !spot.is_empty()
+        && let Some(st) = policy["Statement"].as_array_mut()
+    {
+        let groups: Vec<String> = spot
+            .iter()
+            .map(|p| p.group_arn.clone().unwrap_or_else(|| PENDING.into()))
+            .collect();
+        let templates: Vec<String> = spot
+            .iter()
+            .map(|p| {
+                format!(
+                    "arn:aws:ec2:{}:{}:launch-template/{}",
+                    ctx.region,
+                    f.account,
+                    p.launch_template_id.as_deref().unwrap_or(PENDING)
+                )
+            })
+            .collect();
+        let mut launch: Vec<String> = templates.clone();
+        for r in [
+            "instance/*",
+            "volume/*",
+            "network-interface/*",
+            "subnet/*",
+            "security-group/*",
+        ] {
+            launch.push(format!("arn:aws:ec2:{}:{}:{r}", ctx.region, f.account));
+        }
+        launch.push(format!("arn:aws:ec2:{}::image/*", ctx.region));
+        st.push(json!({"Sid": "SpotFallbackOfOwnGroups", "Effect": "Allow",
+            "Action": ["autoscaling:UpdateAutoScalingGroup", "autoscaling:CreateOrUpdateTags", "autoscaling:DeleteTags"],
+            "Resource": super::runner_role::one_or_list(groups)}));
+        st.push(json!({"Sid": "LaunchWithOwnTemplates", "Effect": "Allow",
+            "Action": "ec2:RunInstances",
+            "Resource": launch.clone(),
+            "Condition": {"ArnLike": {"ec2:LaunchTemplate": super::runner_role::one_or_list(templates)}}}));
+        st.push(json!({"Sid": "TagWhatItLaunches", "Effect": "Allow",
+            "Action": "ec2:CreateTags",
+            "Resource": launch,
+            "Condition": {"StringEquals": {"ec2:CreateAction": "RunInstances"}}}));
+        st.push(
+            json!({"Sid": "PassRunnerRole", "Effect": "Allow", "Action": "iam:PassRole",
+            "Resource": format!("arn:aws:iam::{}:role/{}", f.account, ctx.names.runner_role()),
+            "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}}),
+        );
+    }
     if !tagged.is_empty()
         && let Some(st) = policy["Statement"].as_array_mut()
     {

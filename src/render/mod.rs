@@ -65,6 +65,10 @@ pub struct UserDataInput {
     /// Bake mode (`cci-scaler image build`): only the install half, then mark
     /// the image runner-ready and stop the instance.
     pub bake: bool,
+    /// A spot pool: install the interruption watcher.
+    pub spot: bool,
+    /// The runner's `enable_unsafe_retries` (retry_interrupted_jobs).
+    pub unsafe_retries: bool,
 }
 
 /// Bumped when the install half of the template changes what it installs.
@@ -345,6 +349,8 @@ pub fn render_user_data(input: &UserDataInput) -> Result<String, RenderError> {
                 stop_timeout_secs => stop_timeout.as_secs(),
                 spares => input.spares,
                 bake => input.bake,
+                spot => input.spot,
+                unsafe_retries => input.unsafe_retries,
                 install_hash => input.install_hash(),
                 idle_timeout_secs => idle_secs,
             })

@@ -9,5 +9,6 @@ mod lambda;
 mod pools;
 mod scale;
 mod simulate;
+mod spot;
 mod support;
 mod user_data;

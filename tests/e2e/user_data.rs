@@ -29,6 +29,8 @@ fn default_input() -> UserDataInput {
         embedded_token: None,
         spares: false,
         bake: false,
+        spot: false,
+        unsafe_retries: false,
     }
 }
 
@@ -49,6 +51,8 @@ fn custom_input(setup: &str) -> UserDataInput {
         embedded_token: None,
         spares: false,
         bake: false,
+        spot: false,
+        unsafe_retries: false,
     }
 }
 
@@ -90,10 +94,21 @@ fn variants() -> Vec<(&'static str, String)> {
         ),
         ("embedded-token", render_user_data(&embed).unwrap()),
         (
+            "spot",
+            render_user_data(&UserDataInput {
+                spot: true,
+                unsafe_retries: true,
+                ..default_input()
+            })
+            .unwrap(),
+        ),
+        (
             "spares",
             render_user_data(&UserDataInput {
                 spares: true,
                 bake: false,
+                spot: false,
+                unsafe_retries: false,
                 ..default_input()
             })
             .unwrap(),
@@ -136,19 +151,27 @@ fn every_variant_passes_bash_n_and_shellcheck() {
             "{name}: shellcheck:\n{}",
             String::from_utf8_lossy(&out.stdout)
         );
-        // The exit hook is a script of its own: check it too.
-        let hook = extract(&script, "<<'EXIT_HOOK'\n", "\nEXIT_HOOK\n");
-        let hook_path = dir.path().join(format!("{name}-exit-hook.sh"));
-        std::fs::write(&hook_path, hook).unwrap();
-        let out = Command::new(tool("shellcheck"))
-            .arg(&hook_path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{name} exit hook: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        // The embedded scripts (exit hook, signed-call helpers, spot
+        // watcher) are scripts of their own: check them too.
+        for marker in ["EXIT_HOOK", "AWS_SH", "SPOT_WATCHER"] {
+            let open = format!("<<'{marker}'\n");
+            if !script.contains(&open) {
+                continue;
+            }
+            let part = extract(&script, &open, &format!("\n{marker}\n"));
+            let path = dir.path().join(format!("{name}-{marker}.sh"));
+            std::fs::write(&path, part).unwrap();
+            let out = Command::new(tool("shellcheck"))
+                .args(["-s", "bash"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{name} {marker}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
     }
 }
 
@@ -194,6 +217,13 @@ while [ $# -gt 0 ]; do
   "SecretAccessKey" : "stub-secret-key",
   "Token" : "stub-session-token"
 }'; exit 0 ;;
+    */meta-data/spot/instance-action)
+      n=$(cat /tmp/.spot-polls 2>/dev/null || echo 0); echo $((n + 1)) > /tmp/.spot-polls
+      if [ -n "${STUB_SPOT_AFTER:-}" ] && [ "$n" -ge "$STUB_SPOT_AFTER" ]; then
+        printf '{"action": "terminate", "time": "2026-11-29T03:00:00Z"}'; exit 0
+      fi
+      exit 22 ;;
+    */meta-data/events/recommendations/rebalance) exit 22 ;;
     */meta-data/tags/instance/cci-scaler:spare-until)
       if [ -n "${STUB_SPARE_UNTIL:-}" ]; then printf '%s' "$STUB_SPARE_UNTIL"; exit 0; else exit 22; fi ;;
     http*) url=$1 ;;
@@ -207,6 +237,7 @@ if [ -n "$sigv4" ]; then
     *ShouldDecrementDesiredCapacity=true*) what=decrement ;;
     *ShouldDecrementDesiredCapacity=false*) what=no-decrement ;;
     *SetInstanceHealth*) what=health ;;
+    *Action=CreateTags*) what=tag ;;
     *) what=secret ;;
   esac
   printf 'sigv4 %s %s %s
@@ -354,6 +385,7 @@ impl Sandbox {
     fn clear_calls(&self) {
         let _ = std::fs::remove_file(self.path("/tmp/calls.log"));
         let _ = std::fs::remove_file(self.path("/tmp/.throttled"));
+        let _ = std::fs::remove_file(self.path("/tmp/.spot-polls"));
     }
 }
 
@@ -464,6 +496,8 @@ fn sandboxed_spare_stays_until_its_period_ends() {
     let script = render_user_data(&UserDataInput {
         spares: true,
         bake: false,
+        spot: false,
+        unsafe_retries: false,
         ..default_input()
     })
     .unwrap();
@@ -588,6 +622,8 @@ fn baked_images_boot_without_installs_and_bake_mode_stops_the_builder() {
     // Bake mode: the install half, the marker, then the builder stops.
     let bake = render_user_data(&UserDataInput {
         bake: true,
+        spot: false,
+        unsafe_retries: false,
         setup_script: Some(RECORDING_SETUP.into()),
         ..default_input()
     })
@@ -638,6 +674,64 @@ fn baked_images_boot_without_installs_and_bake_mode_stops_the_builder() {
     let r = sb.boot(&script, &[]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(installs(&sb.calls()), unbaked);
+}
+
+/// A spot pool: the watcher is installed and enabled at boot; given a fake
+/// instance metadata service that starts returning an interruption notice at
+/// its third poll, it tags the instance interrupted and stops the runner
+/// (whose exit hook then leaves the group with decrement). Unsafe retries
+/// reach the runner's config.
+#[test]
+fn sandboxed_spot_watcher_stops_the_runner_on_a_notice() {
+    let input = UserDataInput {
+        spot: true,
+        unsafe_retries: true,
+        ..default_input()
+    };
+    let sb = Sandbox::new();
+    let r = sb.boot(&render_user_data(&input).unwrap(), &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let config = sb.read("/etc/circleci-runner/circleci-runner-config.yaml");
+    assert!(
+        config.contains("  enable_unsafe_retries: true\n"),
+        "{config}"
+    );
+    let calls = sb.calls();
+    let watcher = position(
+        &calls,
+        "systemctl enable --now cci-scaler-spot-watcher.service",
+    );
+    let start = position(&calls, "systemctl start --no-block circleci-runner.service");
+    assert!(watcher < start, "{calls:#?}");
+
+    sb.clear_calls();
+    let r = sb.run(
+        "/usr/local/lib/cci-scaler/spot-watcher",
+        &[("STUB_SPOT_AFTER", "2")],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let calls: Vec<String> = sb
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("sigv4") || c.starts_with("systemctl") || c.starts_with("sleep"))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            "sleep 5",
+            "sleep 5",
+            "sigv4 ec2 CreateTags tag",
+            "systemctl stop circleci-runner.service"
+        ],
+        "{calls:#?}"
+    );
+    let log = sb.read("/var/log/cci-scaler-spot.log");
+    assert!(log.contains("spot interruption notice"), "{log}");
+    assert!(log.contains("\"action\": \"terminate\""), "{log}");
+
+    // On demand pools have neither.
+    let plain = render_user_data(&default_input()).unwrap();
+    assert!(!plain.contains("spot-watcher") && !plain.contains("enable_unsafe_retries"));
 }
 
 #[test]
