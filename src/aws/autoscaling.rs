@@ -285,6 +285,14 @@ impl GroupApi for AsgClient {
         }
     }
 
+    async fn interrupted(
+        &self,
+        name: &str,
+        since: SystemTime,
+    ) -> Result<Vec<(String, SystemTime)>, AwsError> {
+        interrupted_instances(&self.ec2, name, since).await
+    }
+
     async fn tag(&self, name: &str, key: &str, value: &str) -> Result<(), AwsError> {
         let tag = aws_sdk_autoscaling::types::Tag::builder()
             .resource_id(name)
@@ -318,4 +326,47 @@ impl GroupApi for AsgClient {
             })?;
         Ok(())
     }
+}
+
+/// A group's instances tagged interrupted by their spot watcher since
+/// `since` (terminated ones stay visible for about an hour).
+pub async fn interrupted_instances(
+    ec2: &aws_sdk_ec2::Client,
+    name: &str,
+    since: SystemTime,
+) -> Result<Vec<(String, SystemTime)>, AwsError> {
+    use aws_sdk_ec2::types::Filter;
+    let out = ec2
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name("tag:aws:autoscaling:groupName")
+                .values(name)
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name("tag-key")
+                .values(crate::scale::spot::INTERRUPTED_TAG)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| AwsError::call("ec2:DescribeInstances", name, &e))?;
+    let mut found = Vec::new();
+    for i in out.reservations().iter().flat_map(|r| r.instances()) {
+        let at = i
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some(crate::scale::spot::INTERRUPTED_TAG))
+            .and_then(|t| t.value())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(crate::scale::spot::from_epoch);
+        if let (Some(id), Some(at)) = (i.instance_id(), at)
+            && at >= since
+        {
+            found.push((id.to_string(), at));
+        }
+    }
+    Ok(found)
 }

@@ -120,6 +120,25 @@ fn print_text(stack: &str, region: &str, st: &StackStatus) {
                 }
             );
         }
+        if let Some(list) = &p.interrupted {
+            let ids: Vec<String> = list
+                .iter()
+                .map(|(id, at)| {
+                    format!(
+                        "{id} at {}",
+                        humantime::format_rfc3339_seconds(cci_scaler::scale::spot::from_epoch(*at))
+                    )
+                })
+                .collect();
+            println!(
+                "{indent}spot interruptions in the last hour: {}",
+                if ids.is_empty() {
+                    "none".into()
+                } else {
+                    ids.join(", ")
+                }
+            );
+        }
         if let Some(r) = &f.registered_runners {
             println!(
                 "{indent}registered runners: {}",

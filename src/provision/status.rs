@@ -26,6 +26,10 @@ pub struct PoolStatus {
     pub headroom: Option<crate::scale::headroom::Active>,
     /// `None`: the group does not exist.
     pub fleet: Option<Fleet>,
+    /// Spot pools: instances interrupted in the last hour (id, seconds since
+    /// the epoch of the notice).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<Vec<(String, u64)>>,
 }
 
 /// A pool's fleet as `status` reports it.
@@ -206,10 +210,26 @@ async fn pool_status(
         group: pctx.names.group(),
         headroom,
         fleet: None,
+        interrupted: None,
     };
     let Some(Owned { it: g, .. }) = super::group::find(&pctx).await? else {
         return Ok(out);
     };
+    let spot = g
+        .mixed_instances_policy()
+        .and_then(|m| m.instances_distribution())
+        .and_then(|d| d.spot_allocation_strategy())
+        .is_some();
+    if spot {
+        let since = std::time::SystemTime::now() - Duration::from_secs(3600);
+        let list =
+            crate::aws::autoscaling::interrupted_instances(&ctx.aws.ec2, &out.group, since).await?;
+        out.interrupted = Some(
+            list.into_iter()
+                .map(|(id, at)| (id, crate::scale::spot::epoch(at)))
+                .collect(),
+        );
+    }
     let snapshot = match &p.resource_class {
         Some(rc) => ctx.circleci.snapshot(rc).await.map_err(|e| e.to_string()),
         None => Err("the resource class is unknown: pass --resource-class".to_string()),

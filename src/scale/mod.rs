@@ -64,6 +64,14 @@ pub trait GroupApi {
         percentage: u32,
         until: Option<u64>,
     ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// How many of the group's instances were tagged interrupted (by their
+    /// spot watcher) since `since`; terminated instances stay visible for
+    /// about an hour.
+    fn interrupted(
+        &self,
+        name: &str,
+        since: SystemTime,
+    ) -> impl Future<Output = Result<Vec<(String, SystemTime)>, AwsError>> + Send;
     /// Set a tag on the group, propagated to the instances it launches.
     fn tag(
         &self,
@@ -127,6 +135,9 @@ pub struct Round {
     /// The headroom period active at this poll, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub headroom: Option<Active>,
+    /// Spot pools: instances interrupted in the last hour.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted_last_hour: Option<usize>,
     /// A spot pool's fallback to on demand, or back to spot.
     #[serde(skip_serializing_if = "is_no_fallback")]
     pub spot: decide::Fallback,
@@ -231,7 +242,22 @@ pub async fn run_once<Q: RunnerQueue, G: GroupApi>(
         decision,
     );
     round.headroom = active;
+    round.interrupted_last_hour = interrupted_count(group_api, &settings.asg, &group, now).await?;
     Ok(round)
+}
+
+/// Spot pools: how many instances were interrupted in the last hour.
+pub(crate) async fn interrupted_count<G: GroupApi>(
+    group_api: &G,
+    asg: &str,
+    group: &GroupState,
+    now: SystemTime,
+) -> Result<Option<usize>, ScaleError> {
+    if group.spot.is_none() {
+        return Ok(None);
+    }
+    let since = now - std::time::Duration::from_secs(3600);
+    Ok(Some(group_api.interrupted(asg, since).await?.len()))
 }
 
 /// A spot pool short of its desired capacity: its recent failed launches
@@ -353,6 +379,7 @@ pub(crate) fn round(
         action: decision.action(),
         reaped: decision.reap.clone(),
         headroom: None,
+        interrupted_last_hour: None,
         spot: decision.fallback.clone(),
         dry_run: settings.dry_run,
         reason: decision.reason,

@@ -150,6 +150,8 @@ pub async fn run_pools<Q: RunnerQueue + Sync, G: GroupApi + Sync>(
         let mut round = round(now, &settings, depth, runners.len(), &group, decision);
         round.pool = Some(p.name.clone());
         round.headroom = active;
+        round.interrupted_last_hour =
+            super::interrupted_count(group_api, &p.asg, &group, now).await?;
         Ok(round)
     }))
     .await

@@ -9,6 +9,10 @@ use serde::Serialize;
 /// the epoch); the scaler switches back to spot after it.
 pub const FALLBACK_TAG: &str = "cci-scaler:spot-fallback-until";
 
+/// Instance tag: its spot watcher saw an interruption notice at this time
+/// (seconds since the epoch).
+pub const INTERRUPTED_TAG: &str = "cci-scaler:interrupted";
+
 /// A launch the group tried and failed (a scaling activity).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaunchFailure {

@@ -163,6 +163,35 @@ async fn spot_pool_is_created_read_back_and_converged_in_place() {
         .await
         .unwrap();
     let before = group(&moto, "sp-runners").await;
+    // An instance its watcher tagged interrupted: status lists it.
+    let id = before.instances()[0].instance_id().unwrap().to_string();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    ec2.create_tags()
+        .resources(&id)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("cci-scaler:interrupted")
+                .value(now.to_string())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut cmd = command("cci-scaler", home.path());
+    moto.env(&mut cmd);
+    cmd.env("CIRCLECI_TOKEN", TOKEN)
+        .env("CIRCLECI_RUNNER_API_URL", &cci.url)
+        .args(["status", "--stack", "sp"]);
+    let r = run(cmd).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .contains(&format!("spot interruptions in the last hour: {id} at ")),
+        "{r:?}"
+    );
     std::fs::write(home.path().join("cci-scaler.toml"), stack_file("on-demand")).unwrap();
     let r = run(init(home.path())).await;
     assert_eq!(r.code, 0, "{r:?}");
@@ -228,6 +257,13 @@ impl GroupApi for Short {
     }
     async fn tag(&self, name: &str, key: &str, value: &str) -> Result<(), AwsError> {
         self.inner.tag(name, key, value).await
+    }
+    async fn interrupted(
+        &self,
+        name: &str,
+        since: SystemTime,
+    ) -> Result<Vec<(String, SystemTime)>, AwsError> {
+        self.inner.interrupted(name, since).await
     }
 }
 
@@ -299,6 +335,27 @@ async fn spot_shortage_falls_back_to_on_demand_and_back() {
         headroom: Default::default(),
         dry_run: false,
     };
+    // An instance whose watcher saw a notice 10 minutes ago (its tag), and
+    // one from two hours ago: the poll's line counts the recent one.
+    let (_, instances) = moto.group("short").await;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let ec2 = aws_sdk_ec2::Client::new(&moto.config);
+    for (inst, ago) in instances.iter().zip([600, 7200]) {
+        ec2.create_tags()
+            .resources(inst.instance_id().unwrap())
+            .tags(
+                aws_sdk_ec2::types::Tag::builder()
+                    .key("cci-scaler:interrupted")
+                    .value((now - ago).to_string())
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
     // Failing for a minute: within the grace period, nothing changes.
     let round = run_once(&queue, &api, &settings).await.unwrap();
     assert!(
