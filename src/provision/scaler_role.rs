@@ -111,6 +111,8 @@ async fn converge(ctx: &Ctx<'_>, f: &mut Found) -> R<Item> {
             launch.push(format!("arn:aws:ec2:{}:{}:{r}", ctx.region, f.account));
         }
         launch.push(format!("arn:aws:ec2:{}::image/*", ctx.region));
+        st.push(json!({"Sid": "ReadLaunchFailures", "Effect": "Allow",
+            "Action": "autoscaling:DescribeScalingActivities", "Resource": "*"}));
         st.push(json!({"Sid": "SpotFallbackOfOwnGroups", "Effect": "Allow",
             "Action": ["autoscaling:UpdateAutoScalingGroup", "autoscaling:CreateOrUpdateTags", "autoscaling:DeleteTags"],
             "Resource": super::runner_role::one_or_list(groups)}));
