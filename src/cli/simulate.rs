@@ -64,6 +64,22 @@ pub struct SimulateArgs {
     /// workflows), each within 2 minutes of its arrival.
     #[arg(long, default_value_t = 0.0, value_name = "RATE")]
     pub cancel_rate: f64,
+    /// Ours on `spot` (the tutorial stays on demand) or `on-demand`.
+    #[arg(long, value_enum, default_value = "on-demand")]
+    pub market: Market,
+    /// Spot price as a share of on demand.
+    #[arg(long, default_value_t = 0.35, value_name = "RATIO")]
+    pub spot_price_ratio: f64,
+    /// Spot interruptions per instance-hour.
+    #[arg(long, default_value_t = 0.05, value_name = "RATE")]
+    pub interruption_rate: f64,
+    /// A job on an interrupted instance runs again from the beginning
+    /// (the runner's unsafe retries) instead of failing.
+    #[arg(long)]
+    pub retry_interrupted_jobs: bool,
+    /// Spot capacity out in this window of the day, e.g. 10h..11h.
+    #[arg(long, value_name = "FROM..TO")]
+    pub spot_outage: Option<String>,
     /// Root volume size, for what a stopped warm-pool instance costs (gp3).
     #[arg(long, default_value_t = 30, value_name = "GB")]
     pub root_volume_gb: u32,
@@ -89,7 +105,8 @@ pub struct SimulateArgs {
     #[arg(long, value_name = "FILE")]
     pub chart: Option<PathBuf>,
     /// Compare settings: max_instances=5,10,20, idle_timeout=1m,5m, interval=10s,30s,
-    /// headroom=0,1,2,4, image=cold,baked,warm-pool or cancel_rate=0,0.1,0.3.
+    /// headroom=0,1,2,4, image=cold,baked,warm-pool, market=on-demand,spot or
+    /// cancel_rate=0,0.1,0.3.
     #[arg(long, value_name = "KEY=V1,V2,...")]
     pub sweep: Vec<String>,
 }
@@ -117,6 +134,14 @@ fn boot_range(s: &str) -> anyhow::Result<(u64, u64)> {
         bail!("--boot-time {s}: the range is reversed");
     }
     Ok((a, b))
+}
+
+/// Where our instances run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Market {
+    OnDemand,
+    Spot,
 }
 
 /// How our instances start.
@@ -176,6 +201,22 @@ fn fleet(args: &SimulateArgs) -> anyhow::Result<Fleet> {
         cancel_rate: args.cancel_rate,
         cancel_within_s: 120,
         without_spare_rule: false,
+        spot: args.market == Market::Spot,
+        spot_price_ratio: args.spot_price_ratio,
+        interruption_rate: args.interruption_rate,
+        retry_interrupted_jobs: args.retry_interrupted_jobs,
+        spot_outage: args
+            .spot_outage
+            .as_deref()
+            .map(|s| {
+                let (a, b) = boot_range(s).with_context(|| format!("--spot-outage {s}"))?;
+                if a >= b {
+                    bail!("--spot-outage {s}: the window is empty");
+                }
+                Ok((a, b))
+            })
+            .transpose()?,
+        ..Fleet::default()
     };
     apply_image(&mut f, args.image, (boot_min_s, boot_max_s));
     f.validate()?;
@@ -243,13 +284,20 @@ fn sweep_fleets(spec: &str, base: &Fleet) -> anyhow::Result<(String, Vec<(String
                     (base.tutorial_boot_min_s, base.tutorial_boot_max_s),
                 );
             }
+            "market" => {
+                f.spot = match v {
+                    "spot" => true,
+                    "on-demand" => false,
+                    _ => bail!("--sweep market={v}: expected on-demand or spot"),
+                };
+            }
             "cancel_rate" | "cancel-rate" => {
                 f.cancel_rate = v
                     .parse()
                     .with_context(|| format!("--sweep {key}={v}: not a rate"))?;
             }
             other => bail!(
-                "--sweep {other}: can sweep max_instances, idle_timeout, interval, headroom, image or cancel_rate"
+                "--sweep {other}: can sweep max_instances, idle_timeout, interval, headroom, image, market or cancel_rate"
             ),
         }
         f.validate().with_context(|| format!("--sweep {key}={v}"))?;
@@ -344,6 +392,27 @@ fn table(ours: &Report, tut: &Report, fleet: &Fleet) -> String {
             "  spare (idle in headroom)".into(),
             format!("{:.1}", ours.spare_instance_hours),
             format!("{:.1}", tut.spare_instance_hours),
+        ),
+        (
+            "  on spot".into(),
+            format!("{:.1}", ours.spot_instance_hours),
+            format!("{:.1}", tut.spot_instance_hours),
+        ),
+        (
+            "jobs interrupted (retried/failed)".into(),
+            format!(
+                "{} ({}/{})",
+                ours.jobs_interrupted, ours.jobs_retried, ours.jobs_failed_by_interruption
+            ),
+            format!(
+                "{} ({}/{})",
+                tut.jobs_interrupted, tut.jobs_retried, tut.jobs_failed_by_interruption
+            ),
+        ),
+        (
+            "hours on on-demand fallback".into(),
+            format!("{:.1}", ours.fallback_hours),
+            format!("{:.1}", tut.fallback_hours),
         ),
         (
             "warm-pool stopped hours".into(),

@@ -86,6 +86,23 @@ pub struct Fleet {
     /// What-if: spares idle out after the plain idle timeout (no
     /// spare-until rule), to show the churn the rule prevents.
     pub without_spare_rule: bool,
+    /// Ours on spot (the tutorial stays on demand): spot instances cost
+    /// `spot_price_ratio` of the on-demand price and are interrupted at
+    /// `interruption_rate` per instance-hour.
+    pub spot: bool,
+    pub spot_price_ratio: f64,
+    pub interruption_rate: f64,
+    /// Instances always on demand.
+    pub on_demand_base: u32,
+    /// A job on an interrupted instance runs again from the beginning
+    /// (unsafe retries) instead of failing.
+    pub retry_interrupted_jobs: bool,
+    /// Spot launches fail in this window of simulated time (a capacity
+    /// outage), from..to seconds.
+    pub spot_outage: Option<(u64, u64)>,
+    /// The fallback's grace period and cool-down (as the scaler's).
+    pub spot_grace_s: u64,
+    pub spot_cooldown_s: u64,
 }
 
 impl Default for Fleet {
@@ -110,6 +127,14 @@ impl Default for Fleet {
             cancel_rate: 0.0,
             cancel_within_s: 120,
             without_spare_rule: false,
+            spot: false,
+            spot_price_ratio: 0.35,
+            interruption_rate: 0.05,
+            on_demand_base: 0,
+            retry_interrupted_jobs: false,
+            spot_outage: None,
+            spot_grace_s: 180,
+            spot_cooldown_s: 1800,
         }
     }
 }
@@ -133,6 +158,13 @@ impl Fleet {
         if self.boot_min_s > self.boot_max_s || self.tutorial_boot_min_s > self.tutorial_boot_max_s
         {
             return bad("boot time range is reversed");
+        }
+        if !(0.0..=1.0).contains(&self.spot_price_ratio) {
+            return bad("spot price ratio must be between 0 and 1");
+        }
+        if !(self.interruption_rate.is_finite() && (0.0..=3600.0).contains(&self.interruption_rate))
+        {
+            return bad("interruption rate must be 0 or more (per instance-hour)");
         }
         if !(0.0..=1.0).contains(&self.cancel_rate) {
             return bad("cancel rate must be between 0 and 1");
@@ -207,6 +239,15 @@ pub struct Report {
     /// Stopped instance-hours in the warm pool, and what they cost (in `cost`).
     pub warm_pool_hours: f64,
     pub warm_pool_cost: f64,
+    /// Spot: instance-hours on spot and on demand, jobs whose instance was
+    /// interrupted (retried from the beginning, or failed), time spent in the
+    /// on-demand fallback.
+    pub spot_instance_hours: f64,
+    pub on_demand_instance_hours: f64,
+    pub jobs_interrupted: u64,
+    pub jobs_retried: u64,
+    pub jobs_failed_by_interruption: u64,
+    pub fallback_hours: f64,
     pub simulated_s: u64,
     #[serde(skip)]
     pub timeline: Vec<Sample>,
@@ -216,7 +257,7 @@ pub struct Report {
 enum State {
     Booting { ready_at: u64, fails: bool },
     Idle { since: u64 },
-    Busy { until: u64 },
+    Busy { until: u64, job: usize },
     Gone,
 }
 
@@ -230,6 +271,8 @@ struct Inst {
     spare_until: u64,
     /// Its runner's idle timeout, set when it registers.
     idle_limit: u64,
+    /// Launched as a spot instance.
+    spot: bool,
 }
 
 struct Sim<'a> {
@@ -257,9 +300,55 @@ struct Sim<'a> {
     warm_s: u64,
     cancel_at: Vec<Option<u64>>,
     cancelled: usize,
+    /// Spot: the on-demand fallback, failed launches, interruptions.
+    fallback_until: Option<u64>,
+    launch_failures: VecDeque<u64>,
+    interrupted: u64,
+    retried: u64,
+    failed_by_interruption: u64,
+    fallback_s: u64,
+    rng_spot: ChaCha8Rng,
 }
 
 impl Sim<'_> {
+    /// Whether the next launch is a spot one (ours on spot, beyond the
+    /// on-demand base, outside a fallback).
+    fn next_is_spot(&self, t: u64) -> bool {
+        if !(self.fleet.spot && self.policy == Policy::Ours) {
+            return false;
+        }
+        if self.fallback_until.is_some_and(|u| u > t) {
+            return false;
+        }
+        let on_demand = self.live.iter().filter(|&&i| !self.insts[i].spot).count() as u32;
+        on_demand >= self.fleet.on_demand_base
+    }
+
+    /// One launch, unless it is a spot one during an outage: then the
+    /// group records a failed launch (at most one each 10 s) and stays short.
+    fn try_launch(&mut self, t: u64) -> bool {
+        let spot = self.next_is_spot(t);
+        if spot
+            && self
+                .fleet
+                .spot_outage
+                .is_some_and(|(a, b)| (a..b).contains(&t))
+        {
+            if self.launch_failures.back().is_none_or(|&l| t >= l + 10) {
+                self.launch_failures.push_back(t);
+                if self.launch_failures.len() > 100 {
+                    self.launch_failures.pop_front();
+                }
+            }
+            return false;
+        }
+        self.launch(t);
+        if let Some(&i) = self.live.last() {
+            self.insts[i].spot = spot;
+        }
+        true
+    }
+
     fn launch(&mut self, t: u64) {
         let (lo, hi) = match self.policy {
             Policy::Ours => (self.fleet.boot_min_s, self.fleet.boot_max_s),
@@ -288,13 +377,14 @@ impl Sim<'_> {
             gone_at: 0,
             spare_until: self.spare_tag,
             idle_limit: self.fleet.idle_timeout_s,
+            spot: false,
         });
     }
 
     /// An instance leaves the group at `t`, with decrement where allowed.
     fn leave(&mut self, idx: usize, t: u64, decrement: bool) {
         let inst = &mut self.insts[idx];
-        if let State::Busy { until } = inst.state {
+        if let State::Busy { until, .. } = inst.state {
             // Terminated under a running job.
             self.killed += 1;
             inst.busy_s -= until.saturating_sub(t);
@@ -330,7 +420,22 @@ impl Sim<'_> {
                 })
                 .collect(),
             spare_until: None,
-            spot: None,
+            spot: (self.fleet.spot && self.policy == Policy::Ours).then(|| decide::SpotState {
+                on_demand_percentage: if self.fallback_until.is_some() {
+                    100
+                } else {
+                    0
+                },
+                fallback_until: self.fallback_until.map(at),
+                failures: self
+                    .launch_failures
+                    .iter()
+                    .map(|&f| decide::LaunchFailure {
+                        time: at(f),
+                        reason: "InsufficientInstanceCapacity (simulated outage)".into(),
+                    })
+                    .collect(),
+            }),
         };
         let registered: HashSet<String> = self
             .live
@@ -352,7 +457,8 @@ impl Sim<'_> {
         let policy = decide::Policy {
             boot_timeout: Duration::from_secs(self.fleet.boot_timeout_s),
             headroom: self.headroom_now,
-            ..decide::Policy::default()
+            spot_grace: Duration::from_secs(self.fleet.spot_grace_s),
+            spot_cooldown: Duration::from_secs(self.fleet.spot_cooldown_s),
         };
         let d = decide::decide(queue, &group, &registered, &policy, at(t))?;
         for r in &d.reap {
@@ -369,7 +475,55 @@ impl Sim<'_> {
         if let Some(n) = d.set_desired {
             self.desired = n;
         }
+        match d.fallback {
+            decide::Fallback::Start { until, .. } => {
+                self.fallback_until = Some(crate::scale::spot::epoch(until));
+            }
+            decide::Fallback::End => {
+                self.fallback_until = None;
+                self.launch_failures.clear();
+            }
+            decide::Fallback::None => {}
+        }
         Ok(())
+    }
+
+    /// Spot interruptions this second: the watcher stops the runner at the
+    /// notice; its job is retried from the beginning (unsafe retries) or
+    /// fails; the instance leaves with decrement.
+    fn interruptions(&mut self, t: u64) {
+        if !(self.fleet.spot && self.policy == Policy::Ours) || self.fleet.interruption_rate <= 0.0
+        {
+            return;
+        }
+        let p = (self.fleet.interruption_rate / 3600.0).min(1.0);
+        let mut hit = Vec::new();
+        for &i in &self.live {
+            if self.insts[i].spot && self.rng_spot.random_bool(p) {
+                hit.push(i);
+            }
+        }
+        if hit.is_empty() {
+            return;
+        }
+        self.live.retain(|i| !hit.contains(i));
+        for i in hit {
+            if let State::Busy { until, job } = self.insts[i].state {
+                self.interrupted += 1;
+                let inst = &mut self.insts[i];
+                inst.busy_s -= until.saturating_sub(t);
+                if self.fleet.retry_interrupted_jobs {
+                    self.retried += 1;
+                    self.started[job] = None;
+                    self.queue.push_front(job);
+                } else {
+                    self.failed_by_interruption += 1;
+                }
+                // Not killed silently: handed back or failed, and counted.
+                inst.state = State::Idle { since: t };
+            }
+            self.leave(i, t, true);
+        }
     }
 
     fn poll_tutorial(&mut self) {
@@ -396,7 +550,7 @@ impl Sim<'_> {
                         self.fleet.idle_timeout_s
                     };
                 }
-                State::Busy { until } if until <= t => {
+                State::Busy { until, .. } if until <= t => {
                     // The job is done: single-task, the runner exits.
                     inst.state = State::Idle { since: t };
                     leaving.push(i);
@@ -411,6 +565,10 @@ impl Sim<'_> {
             for i in leaving {
                 self.leave(i, t, decrement);
             }
+        }
+        self.interruptions(t);
+        if self.fallback_until.is_some() {
+            self.fallback_s += 1;
         }
         // 3: arrivals and claims.
         while *next_job < self.jobs.len() && self.jobs[*next_job].arrival_s <= t {
@@ -432,7 +590,7 @@ impl Sim<'_> {
                 let inst = &mut self.insts[i];
                 if let State::Idle { .. } = inst.state {
                     let d = self.jobs[job].duration_s;
-                    inst.state = State::Busy { until: t + d };
+                    inst.state = State::Busy { until: t + d, job };
                     inst.busy_s += d;
                     self.started[job] = Some(t);
                     self.queue.pop_front();
@@ -466,7 +624,9 @@ impl Sim<'_> {
             let asked = self.desired.saturating_sub(self.floor.max(live));
             self.replaced += u64::from(n - asked.min(n));
             for _ in 0..n {
-                self.launch(t);
+                if !self.try_launch(t) {
+                    break;
+                }
             }
         }
         Ok(())
@@ -545,6 +705,13 @@ pub fn simulate(
         warm_s: 0,
         cancel_at: cancellations(jobs, fleet, seed),
         cancelled: 0,
+        fallback_until: None,
+        launch_failures: VecDeque::new(),
+        interrupted: 0,
+        retried: 0,
+        failed_by_interruption: 0,
+        fallback_s: 0,
+        rng_spot: ChaCha8Rng::seed_from_u64(seed ^ 0x7370_6f74),
     };
     let last_arrival = jobs.iter().map(|j| j.arrival_s).max().unwrap_or(0);
     let drain = fleet.boot_max_s
@@ -601,6 +768,7 @@ pub fn simulate(
     let run = waits.len();
     let mut total_s = 0u64;
     let mut busy_s = 0u64;
+    let mut spot_s = 0u64;
     for inst in &sim.insts {
         let until = if inst.state == State::Gone {
             inst.gone_at
@@ -609,7 +777,12 @@ pub fn simulate(
         };
         total_s += until - inst.launched;
         busy_s += inst.busy_s.min(until - inst.launched);
+        if inst.spot {
+            spot_s += until - inst.launched;
+        }
     }
+    let spot_instance_hours = spot_s as f64 / 3600.0;
+    let on_demand_instance_hours = (total_s - spot_s) as f64 / 3600.0;
     let instance_hours = total_s as f64 / 3600.0;
     let warm_pool_hours = sim.warm_s as f64 / 3600.0;
     let warm_pool_cost = warm_pool_hours * fleet.stopped_price_per_hour;
@@ -634,7 +807,9 @@ pub fn simulate(
         failed_boots: sim.failed_boots,
         jobs_killed: sim.killed,
         left_running: sim.live.len() as u32,
-        cost: instance_hours * fleet.price_per_hour + warm_pool_cost,
+        cost: (on_demand_instance_hours + spot_instance_hours * fleet.spot_price_ratio)
+            * fleet.price_per_hour
+            + warm_pool_cost,
         jobs_cancelled: sim.cancelled,
         waits_in_headroom: waits_of(&inside),
         jobs_in_headroom: inside.len(),
@@ -642,6 +817,12 @@ pub fn simulate(
         spare_instance_hours: sim.spare_s as f64 / 3600.0,
         warm_pool_hours,
         warm_pool_cost,
+        spot_instance_hours,
+        on_demand_instance_hours,
+        jobs_interrupted: sim.interrupted,
+        jobs_retried: sim.retried,
+        jobs_failed_by_interruption: sim.failed_by_interruption,
+        fallback_hours: sim.fallback_s as f64 / 3600.0,
         simulated_s: end,
         timeline,
     })

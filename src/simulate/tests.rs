@@ -26,6 +26,7 @@ fn fleet() -> Fleet {
         cancel_rate: 0.0,
         cancel_within_s: 120,
         without_spare_rule: false,
+        ..Fleet::default()
     }
 }
 
@@ -333,4 +334,90 @@ fn warm_pool_pays_for_stopped_disks() {
         "{r:?}"
     );
     assert!((r.warm_pool_cost - r.warm_pool_hours * 0.01).abs() < 1e-9);
+}
+
+/// A spot pool whose spot capacity is out for an hour: jobs arriving then
+/// wait at most the grace period, a poll and an on-demand boot; the fallback
+/// ends after the cool-down; spot is cheaper.
+#[test]
+fn spot_outage_is_bounded_by_the_fallback() {
+    let f = Fleet {
+        spot: true,
+        interruption_rate: 0.0,
+        spot_outage: Some((3600, 7200)),
+        spot_grace_s: 120,
+        spot_cooldown_s: 1800,
+        ..fleet()
+    };
+    // A job every 5 minutes for three hours.
+    let j: Vec<Job> = (0..36)
+        .map(|i| Job {
+            arrival_s: i * 300,
+            duration_s: 120,
+        })
+        .collect();
+    let r = simulate(&j, &f, Policy::Ours, 1).unwrap();
+    assert_eq!(r.jobs_not_run, 0);
+    // grace 120 + failures start at the first failed launch (up to a poll
+    // after arrival) + poll 10 + boot 60, and some slack for the 10 s
+    // failure spacing.
+    assert!(
+        r.waits.max_s <= 120 + 10 + 10 + 60 + 20,
+        "max wait {}",
+        r.waits.max_s
+    );
+    // Two fallbacks of 30 minutes: the outage outlasts the first cool-down,
+    // spot fails again, and after the grace period it falls back again.
+    assert!(
+        r.fallback_hours > 0.9 && r.fallback_hours < 1.1,
+        "{}",
+        r.fallback_hours
+    );
+    assert!(r.on_demand_instance_hours > 0.0 && r.spot_instance_hours > 0.0);
+    let od = simulate(
+        &j,
+        &Fleet {
+            spot: false,
+            ..f.clone()
+        },
+        Policy::Ours,
+        1,
+    )
+    .unwrap();
+    assert!(r.cost < od.cost, "{} vs {}", r.cost, od.cost);
+}
+
+/// Interruptions: with unsafe retries a job restarts from the beginning
+/// (counted), without them it fails (counted); never silently.
+#[test]
+fn interrupted_jobs_are_retried_or_counted() {
+    let j: Vec<Job> = (0..50)
+        .map(|i| Job {
+            arrival_s: i * 600,
+            duration_s: 1200,
+        })
+        .collect();
+    let f = Fleet {
+        spot: true,
+        interruption_rate: 2.0,
+        ..fleet()
+    };
+    let failed = simulate(&j, &f, Policy::Ours, 3).unwrap();
+    assert!(failed.jobs_interrupted > 0, "{}", failed.jobs_interrupted);
+    assert_eq!(failed.jobs_failed_by_interruption, failed.jobs_interrupted);
+    assert_eq!(failed.jobs_retried, 0);
+    assert_eq!(failed.jobs_killed, 0, "interruptions are not silent kills");
+    let retried = simulate(
+        &j,
+        &Fleet {
+            retry_interrupted_jobs: true,
+            ..f
+        },
+        Policy::Ours,
+        3,
+    )
+    .unwrap();
+    assert!(retried.jobs_retried > 0);
+    assert_eq!(retried.jobs_failed_by_interruption, 0);
+    assert_eq!(retried.jobs_not_run, 0);
 }
