@@ -21,7 +21,11 @@
 //! - `CCI_SCALER_SPOT_GRACE` (3m), `CCI_SCALER_SPOT_COOLDOWN` (30m): a spot pool
 //!   short of capacity falls back to on demand after spot launches failed for
 //!   the grace period, for the cool-down
+//! - `CCI_SCALER_STACK`: the stack, a metric dimension (default: the group)
 //! - `CIRCLECI_RUNNER_API_URL`: runner API base URL
+//!
+//! Each poll's line also carries CloudWatch Embedded Metric Format (namespace
+//! `cci-scaler`, dimensions stack and pool): metrics at no extra API call.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -39,6 +43,7 @@ use cci_scaler::{error_chain, token};
 
 struct Env {
     secret_id: String,
+    stack: Option<String>,
     asg: Option<String>,
     headroom: Schedule,
     pools: Option<Vec<Pool>>,
@@ -73,6 +78,7 @@ impl Env {
         let required = |n: &str| var(n).ok_or_else(|| format!("{n} is not set"));
         let env = Env {
             secret_id: required("CCI_SCALER_SECRET_ID")?,
+            stack: var("CCI_SCALER_STACK"),
             asg: var("CCI_SCALER_ASG"),
             headroom: var("CCI_SCALER_HEADROOM")
                 .map(|v| {
@@ -153,6 +159,13 @@ fn failure(kind: &str, message: String) -> Diagnostic {
     }
 }
 
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 fn log(line: Value) {
     println!("{line}");
 }
@@ -204,6 +217,27 @@ impl Scaler {
             .await
     }
 
+    fn stack_name<'a>(&'a self, asg: &'a str) -> &'a str {
+        self.env.stack.as_deref().unwrap_or(asg)
+    }
+
+    /// A poll's line: the round, and its metrics in EMF.
+    fn log_round(&self, round: &cci_scaler::scale::Round, pool: &str, poll: u32, request_id: &str) {
+        let mut line = serde_json::to_value(round).unwrap_or(Value::Null);
+        if let Value::Object(m) = &mut line {
+            m.insert("poll".into(), json!(poll));
+            m.insert("request_id".into(), json!(request_id));
+        }
+        let metrics = cci_scaler::scale::metrics::of_round(round);
+        log(cci_scaler::scale::metrics::emf(
+            line,
+            self.stack_name(&round.asg),
+            pool,
+            &metrics,
+            now_ms(),
+        ));
+    }
+
     /// One poll of several pools: a line per pool; failures are logged and
     /// returned (the others are still scaled).
     async fn poll_pools(
@@ -219,12 +253,7 @@ impl Scaler {
         for (pool, result) in pools.iter().zip(results) {
             match result {
                 Ok(round) => {
-                    let mut line = serde_json::to_value(&round).unwrap_or(Value::Null);
-                    if let Value::Object(m) = &mut line {
-                        m.insert("poll".into(), json!(poll));
-                        m.insert("request_id".into(), json!(request_id));
-                    }
-                    log(line);
+                    self.log_round(&round, &pool.name, poll, request_id);
                 }
                 Err(e) => {
                     let message = format!(
@@ -233,10 +262,14 @@ impl Scaler {
                         pool.resource_class,
                         error_chain(&e)
                     );
-                    log(
-                        json!({"level": "error", "error_type": "ScaleError", "pool": pool.name,
+                    log(cci_scaler::scale::metrics::emf_error(
+                        json!({"level": "error", "error_type": "ScaleError",
                         "poll": poll, "request_id": request_id, "error": message}),
-                    );
+                        self.stack_name(&pool.asg),
+                        &pool.name,
+                        "ScaleError",
+                        now_ms(),
+                    ));
                     failed.push(pool.name.clone());
                 }
             }
@@ -279,12 +312,7 @@ impl Scaler {
             })?;
             polls += 1;
             desired = Some(round.group.desired_after);
-            let mut line = serde_json::to_value(&round).unwrap_or(Value::Null);
-            if let Value::Object(m) = &mut line {
-                m.insert("poll".into(), json!(polls));
-                m.insert("request_id".into(), json!(event.context.request_id));
-            }
-            log(line);
+            self.log_round(&round, &settings.asg, polls, &event.context.request_id);
             if !self.next_poll(start, deadline, polls).await {
                 break;
             }

@@ -94,6 +94,7 @@ fn lambda_env(ctx: &Ctx<'_>, s: &StackSettings, f: &Found) -> HashMap<String, St
             env.insert("CCI_SCALER_POOLS".into(), Value::Array(list).to_string());
         }
     }
+    env.insert("CCI_SCALER_STACK".into(), ctx.names.stack.clone());
     env.insert("CCI_SCALER_POLL_INTERVAL".into(), secs(s.poll_interval));
     env.insert("CCI_SCALER_POLL_WINDOW".into(), secs(s.poll_window));
     env.insert("CCI_SCALER_BOOT_TIMEOUT".into(), secs(s.boot_timeout));

@@ -3,6 +3,7 @@
 
 pub mod decide;
 pub mod headroom;
+pub mod metrics;
 pub mod pools;
 pub mod spot;
 
@@ -116,6 +117,15 @@ pub struct GroupSummary {
     pub desired_before: u32,
     pub desired_after: u32,
     pub instances: usize,
+    /// Instances in service (booting ones not counted).
+    pub in_service: usize,
+}
+
+/// How long the poll's reads took, each side.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Latency {
+    pub circleci_ms: u64,
+    pub aws_ms: u64,
 }
 
 /// One decision, as printed (human line or one JSON object) and logged.
@@ -135,6 +145,7 @@ pub struct Round {
     /// The headroom period active at this poll, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub headroom: Option<Active>,
+    pub latency: Latency,
     /// Spot pools: instances interrupted in the last hour.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interrupted_last_hour: Option<usize>,
@@ -187,18 +198,21 @@ pub async fn run_once<Q: RunnerQueue, G: GroupApi>(
     group_api: &G,
     settings: &ScaleSettings,
 ) -> Result<Round, ScaleError> {
-    // Queue and group at once: one round trip to each side.
-    let (snapshot, mut group) = tokio::try_join!(
+    // Queue and group at once: one round trip to each side, each timed.
+    let started = std::time::Instant::now();
+    let ((snapshot, circleci_ms), (mut group, aws_ms)) = tokio::try_join!(
         async {
             queue
                 .snapshot(&settings.resource_class)
                 .await
+                .map(|s| (s, started.elapsed().as_millis() as u64))
                 .map_err(ScaleError::from)
         },
         async {
             group_api
                 .describe(&settings.asg)
                 .await
+                .map(|g| (g, started.elapsed().as_millis() as u64))
                 .map_err(ScaleError::from)
         },
     )?;
@@ -242,6 +256,10 @@ pub async fn run_once<Q: RunnerQueue, G: GroupApi>(
         decision,
     );
     round.headroom = active;
+    round.latency = Latency {
+        circleci_ms,
+        aws_ms,
+    };
     round.interrupted_last_hour = interrupted_count(group_api, &settings.asg, &group, now).await?;
     Ok(round)
 }
@@ -375,7 +393,13 @@ pub(crate) fn round(
             desired_before: decision.desired_before,
             desired_after: decision.desired_after,
             instances: group.instances.len(),
+            in_service: group
+                .instances
+                .iter()
+                .filter(|i| i.lifecycle == decide::Lifecycle::InService)
+                .count(),
         },
+        latency: Latency::default(),
         action: decision.action(),
         reaped: decision.reap.clone(),
         headroom: None,

@@ -46,16 +46,32 @@ pub async fn run_pools<Q: RunnerQueue + Sync, G: GroupApi + Sync>(
     let namespaces: BTreeSet<String> = pools.iter().map(namespace).collect();
     let names: Vec<String> = pools.iter().map(|p| p.asg.clone()).collect();
 
-    // One round trip to each side.
-    let (registered, depths, groups) = tokio::join!(
-        join_all(
-            namespaces
-                .iter()
-                .map(|ns| async move { (ns.clone(), queue.registered(ns).await) })
-        ),
-        join_all(pools.iter().map(|p| queue.depth(&p.resource_class))),
-        group_api.describe_many(&names),
-    );
+    // One round trip to each side, each timed.
+    let ((registered, depths), circleci_ms, (groups, aws_ms)) = {
+        let started = std::time::Instant::now();
+        let (cci, groups) = tokio::join!(
+            async {
+                let out = tokio::join!(
+                    join_all(
+                        namespaces
+                            .iter()
+                            .map(|ns| async move { (ns.clone(), queue.registered(ns).await) })
+                    ),
+                    join_all(pools.iter().map(|p| queue.depth(&p.resource_class))),
+                );
+                (out, started.elapsed().as_millis() as u64)
+            },
+            async {
+                let g = group_api.describe_many(&names).await;
+                (g, started.elapsed().as_millis() as u64)
+            },
+        );
+        (cci.0, cci.1, groups)
+    };
+    let latency = super::Latency {
+        circleci_ms,
+        aws_ms,
+    };
     let registered: HashMap<String, _> = registered.into_iter().collect();
     let empty = HashSet::new();
 
@@ -150,6 +166,7 @@ pub async fn run_pools<Q: RunnerQueue + Sync, G: GroupApi + Sync>(
         let mut round = round(now, &settings, depth, runners.len(), &group, decision);
         round.pool = Some(p.name.clone());
         round.headroom = active;
+        round.latency = latency;
         round.interrupted_last_hour =
             super::interrupted_count(group_api, &p.asg, &group, now).await?;
         Ok(round)

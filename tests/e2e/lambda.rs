@@ -244,6 +244,21 @@ async fn lambda_scales_several_pools_and_fails_only_for_the_broken_one() {
     );
     let failed: Vec<&Value> = polls.iter().filter(|p| p["level"] == "error").collect();
     assert_eq!(failed.len(), 2, "the broken pool once a poll:\n{stdout}");
+    // Every line is a valid EMF document: metrics per stack and pool.
+    for line in &polls {
+        let problems = crate::support::emf::problems(line);
+        assert!(problems.is_empty(), "{problems:?}: {line}");
+    }
+    let x64 = ok.iter().find(|l| l["pool"] == "x64").unwrap();
+    assert_eq!(
+        x64["_aws"]["CloudWatchMetrics"][0]["Namespace"],
+        "cci-scaler"
+    );
+    assert_eq!(x64["Desired"], 2.0);
+    assert_eq!(x64["Unclaimed"], 2.0);
+    assert!(x64["CircleCiLatency"].as_f64().is_some());
+    assert_eq!(failed[0]["Errors"], 1.0);
+    assert_eq!(failed[0]["error_kind"], "ScaleError");
     assert!(failed.iter().all(|f| f["pool"] == "gpu"));
     assert!(!stdout.contains(TOKEN) && !stderr.contains(TOKEN));
 }

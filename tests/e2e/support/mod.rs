@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod circleci;
+pub mod emf;
 pub mod lambda_api;
 pub mod moto;
 
