@@ -98,12 +98,12 @@ pub fn problems(doc: &Value) -> Vec<String> {
                     if !(1..=255).contains(&name.len()) {
                         p.push(format!("directive {i}: a metric without a valid Name: {m}"));
                     }
-                    if let Some(unit) = m.get("Unit") {
-                        if !unit.as_str().is_some_and(|u| UNITS.contains(&u)) {
-                            p.push(format!(
-                                "metric {name}: unit {unit} is not a CloudWatch unit"
-                            ));
-                        }
+                    if let Some(unit) = m.get("Unit")
+                        && !unit.as_str().is_some_and(|u| UNITS.contains(&u))
+                    {
+                        p.push(format!(
+                            "metric {name}: unit {unit} is not a CloudWatch unit"
+                        ));
                     }
                     match root.get(name) {
                         Some(Value::Number(_)) => {}
