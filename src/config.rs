@@ -51,12 +51,40 @@ pub struct StackFile {
     pub on_demand_base: Option<u32>,
     pub spot_allocation: Option<String>,
     pub retry_interrupted_jobs: Option<bool>,
+    /// CloudWatch alarms (`[alarms]`), for the whole stack.
+    pub alarms: Option<AlarmsFile>,
     /// Values every `[[pool]]` takes unless it sets its own.
     pub defaults: Option<PoolFile>,
     /// Several runner pools (`[[pool]]` tables); without them the top-level
     /// keys describe the stack's one pool.
     #[serde(rename = "pool")]
     pub pools: Option<Vec<PoolFile>>,
+}
+
+/// `[alarms]`: what pages, and when.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmsFile {
+    /// Create the alarms [default: true].
+    pub enabled: Option<bool>,
+    /// An email address subscribed to the alarms' SNS topic.
+    pub email: Option<String>,
+    /// The scaler is failing: Lambda errors in this many of the last 5 minutes [3].
+    pub scaler_errors: Option<u32>,
+    /// Jobs starved: unclaimed while desired is at max for this many minutes [10].
+    pub starved_minutes: Option<u32>,
+    /// Boots failing: instances reaped within this many minutes [30].
+    pub reaped_window_minutes: Option<u32>,
+}
+
+/// Checked alarm settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlarmSettings {
+    pub enabled: bool,
+    pub email: Option<String>,
+    pub scaler_errors: u32,
+    pub starved_minutes: u32,
+    pub reaped_window_minutes: u32,
 }
 
 /// One `[[pool]]` table (or `[defaults]`): the keys that may differ between
@@ -186,6 +214,8 @@ pub struct StackSettings {
     /// The runner's unsafe retries: a job on an interrupted instance starts
     /// again from the beginning on another runner.
     pub retry_interrupted_jobs: bool,
+    /// The stack's alarms (the same in every pool's settings).
+    pub alarms: AlarmSettings,
     pub image: ImageSource,
     /// Empty: the default VPC's default subnets.
     pub subnets: Vec<String>,
@@ -258,6 +288,7 @@ impl StackFile {
             on_demand_base,
             spot_allocation,
             retry_interrupted_jobs,
+            alarms,
             defaults,
             pools,
             image,
@@ -461,6 +492,37 @@ impl StackFile {
                 ));
             }
         };
+        let a = self.alarms.clone().unwrap_or_default();
+        if let Some(e) = &a.email
+            && !(e.len() <= 254
+                && e.split_once('@').is_some_and(|(l, d)| {
+                    !l.is_empty() && d.contains('.') && !e.contains(char::is_whitespace)
+                }))
+        {
+            return Err(bad(
+                "alarms.email",
+                format!("{e:?} is not an email address"),
+            ));
+        }
+        let alarms = AlarmSettings {
+            enabled: a.enabled.unwrap_or(true),
+            email: a.email.clone(),
+            scaler_errors: a.scaler_errors.unwrap_or(3),
+            starved_minutes: a.starved_minutes.unwrap_or(10),
+            reaped_window_minutes: a.reaped_window_minutes.unwrap_or(30),
+        };
+        if !(1..=5).contains(&alarms.scaler_errors) {
+            return Err(bad(
+                "alarms.scaler_errors",
+                "1 to 5 (of the last 5 minutes)",
+            ));
+        }
+        if !(1..=1440).contains(&alarms.starved_minutes) {
+            return Err(bad("alarms.starved_minutes", "1 to 1440"));
+        }
+        if !(5..=1440).contains(&alarms.reaped_window_minutes) {
+            return Err(bad("alarms.reaped_window_minutes", "5 to 1440"));
+        }
         let dur = |key: &str, v: &Option<String>, default: Duration| match v {
             None => Ok(default),
             Some(s) => humantime::parse_duration(s)
@@ -582,6 +644,7 @@ impl StackFile {
             headroom,
             spot,
             retry_interrupted_jobs: self.retry_interrupted_jobs.unwrap_or(false),
+            alarms,
             image,
             subnets,
             key_pair: self.key_pair.clone(),

@@ -79,7 +79,7 @@ pub enum Command {
     /// Create the whole stack (or converge it to the settings), idempotently.
     Init(Box<init::InitArgs>),
     /// Run (or repeat) one step of init: resource-class, secrets, iam,
-    /// launch-template, group, lambda or schedule.
+    /// launch-template, group, lambda, schedule or alarms.
     Step(Box<init::StepArgs>),
     /// Remove everything the stack created, and nothing else.
     Teardown(teardown::TeardownArgs),

@@ -123,6 +123,8 @@ pub(crate) struct Found {
     pub scaler_secret_arn: Option<String>,
     pub scaler_role_arn: Option<String>,
     pub function_arn: Option<String>,
+    /// The alarms' SNS topic, when there is one.
+    pub topic_arn: Option<String>,
     /// Every pool, in the stack file's order.
     pub pools: Vec<PoolFound>,
     /// Pools being removed: still recorded until they are gone.

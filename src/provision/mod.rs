@@ -5,10 +5,12 @@
 //! Every step reads first, compares, and writes only what differs; in a dry run
 //! it only reads and reports the action it would take.
 
+mod alarms;
 pub mod artifact;
 mod checks;
 pub mod circleci_admin;
 mod common;
+mod dashboard;
 mod function;
 mod group;
 pub mod image;
@@ -25,6 +27,7 @@ mod schedule;
 mod secret;
 mod security_group;
 mod status;
+mod topic;
 
 use std::future::Future;
 use std::time::Duration;
@@ -228,6 +231,8 @@ pub struct Clients {
     pub ssm: aws_sdk_ssm::Client,
     pub sts: aws_sdk_sts::Client,
     pub logs: aws_sdk_cloudwatchlogs::Client,
+    pub cloudwatch: aws_sdk_cloudwatch::Client,
+    pub sns: aws_sdk_sns::Client,
 }
 
 impl Clients {
@@ -242,6 +247,8 @@ impl Clients {
             ssm: aws_sdk_ssm::Client::new(config),
             sts: aws_sdk_sts::Client::new(config),
             logs: aws_sdk_cloudwatchlogs::Client::new(config),
+            cloudwatch: aws_sdk_cloudwatch::Client::new(config),
+            sns: aws_sdk_sns::Client::new(config),
         }
     }
 }

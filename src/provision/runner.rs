@@ -37,6 +37,11 @@ pub(crate) trait Resource: Sync {
     fn converges(&self) -> bool {
         true
     }
+    /// Whether the settings want it at all (`false`: `init` removes one
+    /// left from earlier settings, and reports only that).
+    fn wanted(&self, _s: &StackSettings) -> bool {
+        true
+    }
 }
 
 /// What a teardown needs beyond the stack's names (for a per-pool kind: of
@@ -82,6 +87,9 @@ fn resources(artifact: Option<&Artifact>) -> Vec<Box<dyn Resource + '_>> {
         Box::new(super::scaler_role::ScalerRole),
         Box::new(super::function::Function { artifact }),
         Box::new(super::schedule::Schedule),
+        Box::new(super::topic::Topic),
+        Box::new(super::alarms::Alarms),
+        Box::new(super::dashboard::Dashboard),
     ]
 }
 
@@ -103,6 +111,8 @@ pub enum StepName {
     Lambda,
     /// The EventBridge schedule that runs the Lambda.
     Schedule,
+    /// The CloudWatch alarms, their SNS topic, the dashboard.
+    Alarms,
 }
 
 impl StepName {
@@ -115,6 +125,7 @@ impl StepName {
             StepName::Group => "group",
             StepName::Lambda => "lambda",
             StepName::Schedule => "schedule",
+            StepName::Alarms => "alarms",
         }
     }
 }
@@ -183,7 +194,9 @@ async fn requires(ctx: &Ctx<'_>, step: StepName, f: &mut Found) -> R<()> {
                 StepName::Secrets,
             )
         }
-        StepName::Schedule => need(&f.function_arn, step, "Lambda function", StepName::Lambda),
+        StepName::Schedule | StepName::Alarms => {
+            need(&f.function_arn, step, "Lambda function", StepName::Lambda)
+        }
         _ => Ok(()),
     }
 }
@@ -288,6 +301,19 @@ pub async fn init(
             };
             if selected {
                 ctx.progress.start(r.label());
+            }
+            if !r.wanted(s) {
+                let t = Teardown {
+                    resource_class: None,
+                    keep_resource_class: true,
+                };
+                for item in step(r.label(), r.delete(c, &t).await)? {
+                    if selected && item.action != Action::Absent {
+                        ctx.progress.done(&item);
+                        items.push(item);
+                    }
+                }
+                continue;
             }
             let item = step(r.label(), r.converge(c, s, &mut f).await)?;
             if selected {

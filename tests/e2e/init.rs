@@ -886,6 +886,7 @@ async fn steps_run_one_at_a_time_and_add_up_to_init() {
         ("iam", vec!["IAM role", "instance profile", "IAM role"]),
         ("lambda", vec!["Lambda function"]),
         ("schedule", vec!["EventBridge rule"]),
+        ("alarms", vec!["alarms", "dashboard"]),
     ];
     for (name, kinds) in expect {
         let r = step(name).await;

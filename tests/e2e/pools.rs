@@ -367,6 +367,8 @@ async fn two_pools_are_created_scaled_converged_removed_and_torn_down() {
     assert!(
         planned.iter().all(|c| c.contains("arm64")
             || c.contains("Lambda")
+            || c.contains("alarms")
+            || c.contains("dashboard")
             || c.contains("role")
             || c.contains("scaler secret")),
         "{planned:?}"

@@ -118,7 +118,7 @@ async fn simulate_refuses_bad_input() {
         ),
         (
             vec!["--sweep", "colour=red"],
-            "can sweep max_instances, idle_timeout, interval, headroom, image or cancel_rate",
+            "can sweep max_instances, idle_timeout, interval, headroom, image, market or cancel_rate",
         ),
         (vec!["--sweep", "max_instances"], "expected KEY=V1,V2"),
         (vec!["--boot-time", "90s..30s"], "reversed"),
