@@ -1475,3 +1475,129 @@ async fn builder_ids(s: &Stack) -> Vec<String> {
         .filter_map(|i| i.instance_id().map(String::from))
         .collect()
 }
+
+/// Alarms, their topic and the dashboard: created with the stack, read back,
+/// converged, changed with the settings, and removed by teardown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_topic_and_dashboard_are_made_converged_and_removed() {
+    let s = Stack::new().await;
+    let cfg = &s.moto.config;
+    std::fs::write(
+        s.home.path().join("cci-scaler.toml"),
+        "[alarms]\nemail = \"ops@example.com\"\nstarved_minutes = 15\n",
+    )
+    .unwrap();
+    let r = s.init(&[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let cw = aws_sdk_cloudwatch::Client::new(cfg);
+    let alarms = cw
+        .describe_alarms()
+        .alarm_name_prefix("cci-scaler-demo-")
+        .send()
+        .await
+        .unwrap();
+    let mut names: Vec<&str> = alarms
+        .metric_alarms()
+        .iter()
+        .filter_map(|a| a.alarm_name())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "cci-scaler-demo-boots-failing",
+            "cci-scaler-demo-scaler-failing",
+            "cci-scaler-demo-starved"
+        ]
+    );
+    let starved = alarms
+        .metric_alarms()
+        .iter()
+        .find(|a| a.alarm_name() == Some("cci-scaler-demo-starved"))
+        .unwrap();
+    assert_eq!(starved.namespace(), Some("cci-scaler"));
+    assert_eq!(starved.metric_name(), Some("Starved"));
+    assert_eq!(starved.evaluation_periods(), Some(15));
+    assert!(
+        starved
+            .alarm_description()
+            .unwrap()
+            .contains("raise max_instances")
+    );
+    let dims: Vec<(&str, &str)> = starved
+        .dimensions()
+        .iter()
+        .map(|d| (d.name().unwrap(), d.value().unwrap()))
+        .collect();
+    assert!(
+        dims.contains(&("pool", "demo-runners")) && dims.contains(&("stack", "demo")),
+        "{dims:?}"
+    );
+    let failing = alarms
+        .metric_alarms()
+        .iter()
+        .find(|a| a.alarm_name() == Some("cci-scaler-demo-scaler-failing"))
+        .unwrap();
+    assert_eq!(failing.namespace(), Some("AWS/Lambda"));
+    assert_eq!(failing.datapoints_to_alarm(), Some(3));
+    let topic = failing.alarm_actions()[0].clone();
+    assert!(topic.ends_with(":cci-scaler-demo-alarms"), "{topic}");
+    let sns = aws_sdk_sns::Client::new(cfg);
+    let subs = sns
+        .list_subscriptions_by_topic()
+        .topic_arn(&topic)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(subs.subscriptions()[0].endpoint(), Some("ops@example.com"));
+    let dash = cw
+        .get_dashboard()
+        .dashboard_name("cci-scaler-demo")
+        .send()
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_str(dash.dashboard_body().unwrap()).unwrap();
+    assert!(body["widgets"].as_array().unwrap().len() >= 4, "{body}");
+
+    // Converged: nothing changes.
+    let r = s.init(&[]).await;
+    assert_eq!(json(&r)["changed"], false, "{r:?}");
+
+    // No email any more: the topic goes, the alarms lose their actions.
+    std::fs::write(
+        s.home.path().join("cci-scaler.toml"),
+        "[alarms]\nstarved_minutes = 15\n",
+    )
+    .unwrap();
+    let r = s.init(&[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let v = json(&r);
+    assert!(
+        actions(&v).contains(&("alarm topic".to_string(), "delete".to_string())),
+        "{v}"
+    );
+    let failing = cw
+        .describe_alarms()
+        .alarm_names("cci-scaler-demo-scaler-failing")
+        .send()
+        .await
+        .unwrap();
+    assert!(failing.metric_alarms()[0].alarm_actions().is_empty());
+
+    let r = s.teardown().await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let left = cw
+        .describe_alarms()
+        .alarm_name_prefix("cci-scaler-demo-")
+        .send()
+        .await
+        .unwrap();
+    assert!(left.metric_alarms().is_empty());
+    assert!(
+        cw.get_dashboard()
+            .dashboard_name("cci-scaler-demo")
+            .send()
+            .await
+            .is_err()
+    );
+}
