@@ -415,6 +415,11 @@ fn table(ours: &Report, tut: &Report, fleet: &Fleet) -> String {
             format!("{:.1}", tut.fallback_hours),
         ),
         (
+            "control plane (its share)".into(),
+            format!("{:.2}", ours.control_plane_cost),
+            format!("{:.2}", tut.control_plane_cost),
+        ),
+        (
             "warm-pool stopped hours".into(),
             format!("{:.1}", ours.warm_pool_hours),
             format!("{:.1}", tut.warm_pool_hours),

@@ -27,6 +27,14 @@ use crate::scale::decide::{self, GroupState, Instance, Lifecycle, QueueDepth};
 use crate::scale::headroom::{HeadroomSpec, Schedule};
 use workload::Job;
 
+/// What the control plane costs a month (us-east-1 list prices, before free
+/// tiers; the README's table): ours for a one-pool stack (the Lambda polling
+/// 50 s of every minute, its logs, 11 EMF metrics, 3 alarms, a dashboard, 2
+/// secrets) and the tutorial's (a 1 s Lambda a minute, its logs, 1 secret).
+pub const CONTROL_PLANE_PER_MONTH: f64 = 12.08;
+pub const TUTORIAL_CONTROL_PLANE_PER_MONTH: f64 = 0.50;
+const MONTH_S: f64 = 30.0 * 86_400.0;
+
 /// The tutorial's Lambda runs once a minute.
 pub const TUTORIAL_INTERVAL_S: u64 = 60;
 
@@ -103,6 +111,10 @@ pub struct Fleet {
     /// The fallback's grace period and cool-down (as the scaler's).
     pub spot_grace_s: u64,
     pub spot_cooldown_s: u64,
+    /// What the control planes cost a month (prorated over the simulated
+    /// time, added to the cost).
+    pub control_plane_per_month: f64,
+    pub tutorial_control_plane_per_month: f64,
 }
 
 impl Default for Fleet {
@@ -135,6 +147,8 @@ impl Default for Fleet {
             spot_outage: None,
             spot_grace_s: 180,
             spot_cooldown_s: 1800,
+            control_plane_per_month: CONTROL_PLANE_PER_MONTH,
+            tutorial_control_plane_per_month: TUTORIAL_CONTROL_PLANE_PER_MONTH,
         }
     }
 }
@@ -239,6 +253,8 @@ pub struct Report {
     /// Stopped instance-hours in the warm pool, and what they cost (in `cost`).
     pub warm_pool_hours: f64,
     pub warm_pool_cost: f64,
+    /// The control plane's share of the cost (in `cost`).
+    pub control_plane_cost: f64,
     /// Spot: instance-hours on spot and on demand, jobs whose instance was
     /// interrupted (retried from the beginning, or failed), time spent in the
     /// on-demand fallback.
@@ -786,6 +802,12 @@ pub fn simulate(
     let instance_hours = total_s as f64 / 3600.0;
     let warm_pool_hours = sim.warm_s as f64 / 3600.0;
     let warm_pool_cost = warm_pool_hours * fleet.stopped_price_per_hour;
+    // The control plane runs all the time: its share of a month.
+    let control_plane_cost = match policy {
+        Policy::Ours => fleet.control_plane_per_month,
+        Policy::Tutorial => fleet.tutorial_control_plane_per_month,
+    } * end as f64
+        / MONTH_S;
     Ok(Report {
         policy,
         jobs: jobs.len(),
@@ -809,7 +831,9 @@ pub fn simulate(
         left_running: sim.live.len() as u32,
         cost: (on_demand_instance_hours + spot_instance_hours * fleet.spot_price_ratio)
             * fleet.price_per_hour
-            + warm_pool_cost,
+            + warm_pool_cost
+            + control_plane_cost,
+        control_plane_cost,
         jobs_cancelled: sim.cancelled,
         waits_in_headroom: waits_of(&inside),
         jobs_in_headroom: inside.len(),
