@@ -5,15 +5,27 @@ use std::process::ExitCode;
 use clap::Args;
 
 use cci_scaler::config::StackFile;
-use cci_scaler::provision::{self, Quiet, StackStatus};
+use std::io::{IsTerminal, Write};
+
+use cci_scaler::provision::{self, PoolHistory, Quiet, StackStatus};
 
 use super::stack::{StackArgs, connect, describe, require_stack, stack_pools};
-use super::{GlobalArgs, Output};
+use super::{GlobalArgs, Output, parse_duration};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     #[command(flatten)]
     pub stack: StackArgs,
+    /// Also sum up the pools' metrics over this period (peak queue and
+    /// capacity, instance-hours, reaps, errors, a sparkline of the queue).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub since: Option<std::time::Duration>,
+    /// Refresh every --interval until Ctrl-C, redrawn in place.
+    #[arg(long)]
+    pub watch: bool,
+    /// How often --watch refreshes.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub interval: std::time::Duration,
 }
 
 pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<ExitCode> {
@@ -30,24 +42,103 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<ExitCo
         &mut api,
     )
     .await?;
-    let pools = stack_pools(&ctx, rc, args.stack.pool.as_deref()).await?;
-    let st = provision::status(&ctx, &pools).await?;
-    match global.output {
-        Output::Json => {
-            let mut v = serde_json::json!({"stack": stack, "region": ctx.region});
-            if let (Some(obj), serde_json::Value::Object(more)) =
-                (v.as_object_mut(), serde_json::to_value(&st)?)
-            {
-                obj.extend(more);
-            }
-            println!("{v}");
-        }
-        Output::Text => print_text(&stack, &ctx.region, &st),
+    if args.watch && args.interval < std::time::Duration::from_secs(1) {
+        anyhow::bail!("--interval must be at least 1s");
     }
-    Ok(ExitCode::SUCCESS)
+    let pools = stack_pools(&ctx, rc, args.stack.pool.as_deref()).await?;
+    let terminal = std::io::stdout().is_terminal() && global.output == Output::Text;
+    let mut first = true;
+    loop {
+        let st = provision::status(&ctx, &pools).await?;
+        let history = match args.since {
+            Some(since) => Some(provision::history(&ctx, &pools, since).await?),
+            None => None,
+        };
+        let mut text = String::new();
+        match global.output {
+            Output::Json => {
+                let mut v = serde_json::json!({"stack": stack, "region": ctx.region});
+                if let (Some(obj), serde_json::Value::Object(more)) =
+                    (v.as_object_mut(), serde_json::to_value(&st)?)
+                {
+                    obj.extend(more);
+                }
+                if let Some(h) = &history {
+                    v["history"] = serde_json::to_value(h)?;
+                }
+                text = format!("{v}\n");
+            }
+            Output::Text => {
+                print_text(&mut text, &stack, &ctx.region, &st);
+                if let (Some(h), Some(since)) = (&history, args.since) {
+                    print_history(&mut text, h, since);
+                }
+            }
+        }
+        let mut out = std::io::stdout().lock();
+        if args.watch && terminal {
+            // Redraw in place: home, each line cleared to its end, the rest
+            // of the screen cleared; no blank frame between two.
+            let framed: String = text.lines().map(|l| format!("{l}\x1b[K\n")).collect();
+            write!(
+                out,
+                "\x1b[H{}{framed}\x1b[J",
+                if first { "\x1b[2J\x1b[H" } else { "" }
+            )?;
+        } else {
+            write!(out, "{text}")?;
+        }
+        out.flush()?;
+        first = false;
+        if !args.watch {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(args.interval) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+        }
+    }
 }
 
-fn print_text(stack: &str, region: &str, st: &StackStatus) {
+/// The pools' metrics over the period, with a sparkline of the queue.
+fn print_history(o: &mut String, history: &[PoolHistory], since: std::time::Duration) {
+    use std::fmt::Write;
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    for h in history {
+        let name = h.pool.as_deref().unwrap_or("fleet");
+        let _ = writeln!(
+            o,
+            "last {} ({name}): peak queue {}, peak desired {}, {:.1} instance-hours, {} reaped, {} error(s)",
+            humantime::format_duration(since),
+            h.peak_unclaimed,
+            h.peak_desired,
+            h.instance_hours,
+            h.reaped,
+            h.errors
+        );
+        let top = h.unclaimed.iter().cloned().fold(0.0, f64::max);
+        let line: String = h
+            .unclaimed
+            .iter()
+            .map(|v| {
+                if top <= 0.0 {
+                    BARS[0]
+                } else {
+                    BARS[((v / top) * 7.0).round().clamp(0.0, 7.0) as usize]
+                }
+            })
+            .collect();
+        let _ = writeln!(o, "  queue {line} (every {}s, max {top})", h.step_seconds);
+    }
+}
+
+fn print_text(o: &mut String, stack: &str, region: &str, st: &StackStatus) {
+    use std::fmt::Write;
+    macro_rules! println {
+        ($($a:tt)*) => {{
+            let _ = writeln!(o, $($a)*);
+        }};
+    }
     match st.pools.as_slice() {
         [p] if p.pool.is_none() => {
             let rc = p

@@ -41,7 +41,9 @@ use crate::circleci::{CircleCiError, RunnerApi};
 use crate::config::StackSettings;
 
 pub use runner::{PoolRecord, StepName, init, recorded_pools, remove_pools, teardown};
-pub use status::{Fleet, FleetInstance, LambdaRuns, PoolStatus, StackStatus, status};
+pub use status::{
+    Fleet, FleetInstance, LambdaRuns, PoolHistory, PoolStatus, StackStatus, history, status,
+};
 
 /// The tag that marks a resource as this stack's.
 pub const STACK_TAG: &str = "cci-scaler:stack";

@@ -279,3 +279,133 @@ async fn pool_status(
     });
     Ok(out)
 }
+
+/// A pool's metrics over a period (`status --since`).
+#[derive(Debug, Serialize)]
+pub struct PoolHistory {
+    pub pool: Option<String>,
+    pub peak_unclaimed: f64,
+    pub peak_desired: f64,
+    pub instance_hours: f64,
+    pub reaped: f64,
+    pub errors: f64,
+    /// The unclaimed queue over the period, oldest first (one value per
+    /// period step; missing steps are 0).
+    pub unclaimed: Vec<f64>,
+    pub step_seconds: i32,
+}
+
+/// Sum up the pools' metrics since `since` ago, in one GetMetricData call
+/// (more only when the answer is paged).
+pub async fn history(ctx: &Ctx<'_>, pools: &[PoolRecord], since: Duration) -> R<Vec<PoolHistory>> {
+    use aws_sdk_cloudwatch::types as cw;
+    let now = std::time::SystemTime::now();
+    let start = now - since;
+    // About 60 steps, whole minutes.
+    let step = ((since.as_secs() / 60).div_ceil(60).max(1) * 60) as i32;
+    let metrics = [
+        ("unclaimed", "Unclaimed", "Maximum"),
+        ("desired", "Desired", "Maximum"),
+        ("inservice", "InService", "Average"),
+        ("reaped", "Reaped", "Sum"),
+        ("errors", "Errors", "Sum"),
+    ];
+    let dim_pool = |p: &PoolRecord| match (pools.len(), &p.name) {
+        (1, _) | (_, None) => ctx.names.for_pool(p.name.as_deref()).group(),
+        (_, Some(n)) => n.clone(),
+    };
+    let mut queries = Vec::new();
+    for (i, p) in pools.iter().enumerate() {
+        for (id, metric, stat) in metrics {
+            queries.push(
+                cw::MetricDataQuery::builder()
+                    .id(format!("p{i}_{id}"))
+                    .metric_stat(
+                        cw::MetricStat::builder()
+                            .metric(
+                                cw::Metric::builder()
+                                    .namespace(crate::scale::metrics::NAMESPACE)
+                                    .metric_name(metric)
+                                    .dimensions(
+                                        cw::Dimension::builder()
+                                            .name("stack")
+                                            .value(&ctx.names.stack)
+                                            .build(),
+                                    )
+                                    .dimensions(
+                                        cw::Dimension::builder()
+                                            .name("pool")
+                                            .value(dim_pool(p))
+                                            .build(),
+                                    )
+                                    .build(),
+                            )
+                            .period(step)
+                            .stat(stat)
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
+    }
+    let mut values: HashMap<String, Vec<(i64, f64)>> = HashMap::new();
+    let mut token: Option<String> = None;
+    loop {
+        let out = ctx
+            .aws
+            .cloudwatch
+            .get_metric_data()
+            .set_metric_data_queries(Some(queries.clone()))
+            .start_time(aws_sdk_cloudwatch::primitives::DateTime::from(start))
+            .end_time(aws_sdk_cloudwatch::primitives::DateTime::from(now))
+            .set_next_token(token.clone())
+            .send()
+            .await
+            .map_err(aws_err("cloudwatch:GetMetricData", "the stack's metrics"))?;
+        for r in out.metric_data_results() {
+            let entry = values
+                .entry(r.id().unwrap_or_default().to_string())
+                .or_default();
+            for (t, v) in r.timestamps().iter().zip(r.values()) {
+                entry.push((t.secs(), *v));
+            }
+        }
+        token = out.next_token().map(String::from);
+        if token.is_none() {
+            break;
+        }
+    }
+    let start_s = crate::scale::spot::epoch(start) as i64;
+    let steps = (since.as_secs() as i64 / step as i64).max(1) as usize;
+    Ok(pools
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let get = |id: &str| {
+                values
+                    .get(&format!("p{i}_{id}"))
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            let max = |id: &str| get(id).iter().map(|(_, v)| *v).fold(0.0, f64::max);
+            let sum = |id: &str| get(id).iter().map(|(_, v)| *v).sum::<f64>();
+            let mut unclaimed = vec![0.0; steps];
+            for (t, v) in get("unclaimed") {
+                let k = ((t - start_s).max(0) / step as i64) as usize;
+                if let Some(slot) = unclaimed.get_mut(k.min(steps - 1)) {
+                    *slot = f64::max(*slot, v);
+                }
+            }
+            PoolHistory {
+                pool: p.name.clone(),
+                peak_unclaimed: max("unclaimed"),
+                peak_desired: max("desired"),
+                instance_hours: sum("inservice") * step as f64 / 3600.0,
+                reaped: sum("reaped"),
+                errors: sum("errors"),
+                unclaimed,
+                step_seconds: step,
+            }
+        })
+        .collect())
+}

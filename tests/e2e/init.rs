@@ -1563,6 +1563,67 @@ async fn alarms_topic_and_dashboard_are_made_converged_and_removed() {
     let r = s.init(&[]).await;
     assert_eq!(json(&r)["changed"], false, "{r:?}");
 
+    // status --since sums up the metrics (put here as the Lambda's EMF
+    // lines would make them).
+    let now = std::time::SystemTime::now();
+    for (ago_min, unclaimed, desired, reaped) in [
+        (50u64, 2.0, 2.0, 0.0),
+        (30, 7.0, 5.0, 1.0),
+        (10, 1.0, 5.0, 1.0),
+    ] {
+        let at = aws_sdk_cloudwatch::primitives::DateTime::from(
+            now - std::time::Duration::from_secs(ago_min * 60),
+        );
+        let datum = |name: &str, v: f64| {
+            aws_sdk_cloudwatch::types::MetricDatum::builder()
+                .metric_name(name)
+                .value(v)
+                .timestamp(at)
+                .dimensions(
+                    aws_sdk_cloudwatch::types::Dimension::builder()
+                        .name("stack")
+                        .value("demo")
+                        .build(),
+                )
+                .dimensions(
+                    aws_sdk_cloudwatch::types::Dimension::builder()
+                        .name("pool")
+                        .value("demo-runners")
+                        .build(),
+                )
+                .build()
+        };
+        cw.put_metric_data()
+            .namespace("cci-scaler")
+            .metric_data(datum("Unclaimed", unclaimed))
+            .metric_data(datum("Desired", desired))
+            .metric_data(datum("InService", desired))
+            .metric_data(datum("Reaped", reaped))
+            .send()
+            .await
+            .unwrap();
+    }
+    let r = run(s.cmd(&[
+        "--output", "json", "status", "--stack", "demo", "--since", "2h",
+    ]))
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let h = &json(&r)["history"][0];
+    assert_eq!(h["peak_unclaimed"], 7.0, "{h}");
+    assert_eq!(h["peak_desired"], 5.0, "{h}");
+    assert_eq!(h["reaped"], 2.0, "{h}");
+    assert_eq!(h["step_seconds"], 120, "{h}");
+    let r = run(s.cmd(&["status", "--stack", "demo", "--since", "2h"])).await;
+    assert!(
+        r.stdout
+            .contains("last 2h (fleet): peak queue 7, peak desired 5"),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.contains("  queue ") && r.stdout.contains('█'),
+        "{r:?}"
+    );
+
     // No email any more: the topic goes, the alarms lose their actions.
     std::fs::write(
         s.home.path().join("cci-scaler.toml"),
