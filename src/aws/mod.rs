@@ -3,6 +3,7 @@
 //! `--profile`, `--region`, `--endpoint-url`/`AWS_ENDPOINT_URL`.
 
 pub mod autoscaling;
+pub mod metrics;
 pub mod secrets;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};

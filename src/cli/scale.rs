@@ -63,6 +63,11 @@ pub struct ScaleArgs {
     /// ...for this long, then back to spot.
     #[arg(long, default_value = "30m", value_parser = parse_duration, value_name = "DURATION")]
     pub spot_cooldown: Duration,
+    /// Also put each poll's metrics into CloudWatch (PutMetricData, batched;
+    /// namespace cci-scaler, dimensions stack and pool), as the Lambda's log
+    /// lines do.
+    #[arg(long)]
+    pub metrics: bool,
     /// Timeout of each CircleCI request.
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub circleci_timeout: Duration,
@@ -146,12 +151,25 @@ pub async fn run(global: &GlobalArgs, args: ScaleArgs) -> anyhow::Result<ExitCod
         dry_run: args.dry_run,
     };
 
+    let metrics = args
+        .metrics
+        .then(|| aws_sdk_cloudwatch::Client::new(&config));
     let mut stop = shutdown_signal();
     loop {
         let result = run_once(&queue, &group, &settings).await;
         let ok = result.is_ok();
         match result {
-            Ok(round) => print_round(global.output, &round)?,
+            Ok(round) => {
+                print_round(global.output, &round)?;
+                if let Some(cw) = &metrics {
+                    put_metrics(
+                        cw,
+                        args.stack.as_deref().unwrap_or(&settings.asg),
+                        &[(&settings.asg, &round)],
+                    )
+                    .await;
+                }
+            }
             Err(e) => {
                 let err = failed(e, &settings.asg, &settings.resource_class);
                 if args.once {
@@ -211,21 +229,34 @@ async fn run_pools(
         spot_cooldown: args.spot_cooldown,
         ..Policy::default()
     };
+    let metrics = args
+        .metrics
+        .then(|| aws_sdk_cloudwatch::Client::new(&config));
     let mut stop = shutdown_signal();
     loop {
         let results =
             cci_scaler::scale::pools::run_pools(&queue, &group, &pools, &policy, args.dry_run)
                 .await;
         let mut ok = true;
+        let mut done = Vec::new();
         for (pool, result) in pools.iter().zip(results) {
             match result {
-                Ok(round) => print_round(global.output, &round)?,
+                Ok(round) => {
+                    print_round(global.output, &round)?;
+                    done.push((pool.name.clone(), round));
+                }
                 Err(e) => {
                     ok = false;
                     let err = failed(e, &pool.asg, &pool.resource_class);
                     report_round_error(global.output, &err, Some(&pool.name))?;
                 }
             }
+        }
+        if let Some(cw) = &metrics {
+            let stack = args.stack.clone().unwrap_or_else(|| "cci-scaler".into());
+            let rounds: Vec<(&str, &cci_scaler::scale::Round)> =
+                done.iter().map(|(p, r)| (p.as_str(), r)).collect();
+            put_metrics(cw, &stack, &rounds).await;
         }
         let code = if ok {
             ExitCode::SUCCESS
@@ -270,12 +301,29 @@ fn stack_pools(stack: &str, args: &ScaleArgs) -> anyhow::Result<Vec<Pool>> {
     Ok(pools
         .into_iter()
         .map(|p| Pool {
-            name: p.pool.clone().unwrap_or_else(|| stack.to_string()),
+            // A stack without pools: its group names the pool, as in the
+            // Lambda's metrics (and the alarms and dashboard on them).
+            name: p
+                .pool
+                .clone()
+                .unwrap_or_else(|| cci_scaler::names::group(stack, None)),
             asg: cci_scaler::names::group(stack, p.pool.as_deref()),
             resource_class: p.resource_class,
             headroom: p.headroom,
         })
         .collect())
+}
+
+/// Put a poll's metrics; a failure is reported and the loop goes on (the
+/// scaling itself was done).
+async fn put_metrics(
+    cw: &aws_sdk_cloudwatch::Client,
+    stack: &str,
+    rounds: &[(&str, &cci_scaler::scale::Round)],
+) {
+    if let Err(e) = cci_scaler::aws::metrics::put(cw, stack, rounds).await {
+        eprintln!("warning: metrics not put: {e}");
+    }
 }
 
 fn print_round(output: Output, round: &cci_scaler::scale::Round) -> anyhow::Result<()> {

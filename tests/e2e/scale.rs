@@ -673,3 +673,52 @@ async fn headroom_adds_spares_and_tags_the_group() {
     );
     assert_eq!(r.code, 0, "{r:?}");
 }
+
+/// `scale --metrics` puts the poll's metrics into CloudWatch (the same ones
+/// the Lambda's EMF lines make).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_puts_its_metrics_with_metrics() {
+    let fx = Fx::new().await;
+    fx.moto.create_group("m-runners", 10, 0).await;
+    fx.cci.set_queue(3, 1);
+    let r = run(fx.scale_bare(&["--stack", "m", "--resource-class", RC, "--metrics"])).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let cw = aws_sdk_cloudwatch::Client::new(&fx.moto.config);
+    let listed = cw
+        .list_metrics()
+        .namespace("cci-scaler")
+        .send()
+        .await
+        .unwrap();
+    let mut names: Vec<&str> = listed
+        .metrics()
+        .iter()
+        .filter_map(|m| m.metric_name())
+        .collect();
+    names.sort();
+    names.dedup();
+    for want in [
+        "Desired",
+        "Unclaimed",
+        "Running",
+        "InService",
+        "Starved",
+        "CircleCiLatency",
+    ] {
+        assert!(names.contains(&want), "{want}: {names:?}");
+    }
+    let unclaimed = listed
+        .metrics()
+        .iter()
+        .find(|m| m.metric_name() == Some("Unclaimed"))
+        .unwrap();
+    let dims: Vec<(&str, &str)> = unclaimed
+        .dimensions()
+        .iter()
+        .map(|d| (d.name().unwrap(), d.value().unwrap()))
+        .collect();
+    assert!(
+        dims.contains(&("stack", "m")) && dims.contains(&("pool", "m-runners")),
+        "{dims:?}"
+    );
+}
