@@ -343,16 +343,7 @@ pub async fn remove_pools(
     }
     for r in resources(None).iter().rev().filter(|r| r.per_pool()) {
         for pool in removing {
-            let pctx = pool_ctx(ctx, pool.name.as_deref());
-            let t = Teardown {
-                resource_class: pool.resource_class.clone(),
-                keep_resource_class,
-            };
-            ctx.progress.start(r.label());
-            for item in r.delete(&pctx, &t).await? {
-                ctx.progress.done(&item);
-                items.push(item);
-            }
+            items.extend(delete_for_pool(ctx, r.as_ref(), pool, keep_resource_class).await?);
         }
     }
     if let Some(item) = super::scaler_secret::forget(ctx, removing).await? {
@@ -392,17 +383,28 @@ pub async fn teardown(
             continue;
         }
         for pool in pools {
-            let pctx = pool_ctx(ctx, pool.name.as_deref());
-            let t = Teardown {
-                resource_class: pool.resource_class.clone(),
-                keep_resource_class,
-            };
-            ctx.progress.start(r.label());
-            for item in r.delete(&pctx, &t).await? {
-                ctx.progress.done(&item);
-                items.push(item);
-            }
+            items.extend(delete_for_pool(ctx, r.as_ref(), pool, keep_resource_class).await?);
         }
+    }
+    Ok(items)
+}
+
+/// Remove one per-pool kind of one pool, with progress.
+async fn delete_for_pool(
+    ctx: &Ctx<'_>,
+    r: &dyn Resource,
+    pool: &PoolRecord,
+    keep_resource_class: bool,
+) -> R<Vec<Item>> {
+    let pctx = pool_ctx(ctx, pool.name.as_deref());
+    let t = Teardown {
+        resource_class: pool.resource_class.clone(),
+        keep_resource_class,
+    };
+    ctx.progress.start(r.label());
+    let items = r.delete(&pctx, &t).await?;
+    for item in &items {
+        ctx.progress.done(item);
     }
     Ok(items)
 }

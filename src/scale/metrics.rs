@@ -97,34 +97,3 @@ pub fn emf_error(line: Value, stack: &str, pool: &str, kind: &str, timestamp_ms:
         json!([["stack", "pool"], ["stack", "pool", "error_kind"]]);
     v
 }
-
-/// The units CloudWatch accepts (the EMF specification's list).
-pub const UNITS: &[&str] = &[
-    "Seconds",
-    "Microseconds",
-    "Milliseconds",
-    "Bytes",
-    "Kilobytes",
-    "Megabytes",
-    "Gigabytes",
-    "Terabytes",
-    "Bits",
-    "Kilobits",
-    "Megabits",
-    "Gigabits",
-    "Terabits",
-    "Percent",
-    "Count",
-    "Bytes/Second",
-    "Kilobytes/Second",
-    "Megabytes/Second",
-    "Gigabytes/Second",
-    "Terabytes/Second",
-    "Bits/Second",
-    "Kilobits/Second",
-    "Megabits/Second",
-    "Gigabits/Second",
-    "Terabits/Second",
-    "Count/Second",
-    "None",
-];
