@@ -53,6 +53,8 @@ pub struct StackFile {
     pub retry_interrupted_jobs: Option<bool>,
     /// CloudWatch alarms (`[alarms]`), for the whole stack.
     pub alarms: Option<AlarmsFile>,
+    /// Shorthand for `[alarms] email`.
+    pub alarm_email: Option<String>,
     /// Values every `[[pool]]` takes unless it sets its own.
     pub defaults: Option<PoolFile>,
     /// Several runner pools (`[[pool]]` tables); without them the top-level
@@ -289,6 +291,7 @@ impl StackFile {
             spot_allocation,
             retry_interrupted_jobs,
             alarms,
+            alarm_email,
             defaults,
             pools,
             image,
@@ -492,7 +495,17 @@ impl StackFile {
                 ));
             }
         };
-        let a = self.alarms.clone().unwrap_or_default();
+        let mut a = self.alarms.clone().unwrap_or_default();
+        match (&a.email, &self.alarm_email) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "alarm_email",
+                    "set alarm_email or [alarms] email, not both",
+                ));
+            }
+            (None, Some(e)) => a.email = Some(e.clone()),
+            _ => {}
+        }
         if let Some(e) = &a.email
             && !(e.len() <= 254
                 && e.split_once('@').is_some_and(|(l, d)| {
