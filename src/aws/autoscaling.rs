@@ -56,14 +56,15 @@ fn group_state(name: &str, group: &aws_sdk_autoscaling::types::AutoScalingGroup)
         max: count(group.max_size()),
         desired: count(group.desired_capacity()),
         instances,
-        spot: group.mixed_instances_policy().and_then(|m| {
-            let d = m.instances_distribution()?;
-            d.spot_allocation_strategy()?;
-            Some(crate::scale::spot::SpotState {
-                on_demand_percentage: count(d.on_demand_percentage_above_base_capacity()),
-                fallback_until: crate::scale::spot::fallback_until(group),
-                failures: Vec::new(),
-            })
+        spot: crate::scale::spot::is_spot_group(group).then(|| crate::scale::spot::SpotState {
+            on_demand_percentage: count(
+                group
+                    .mixed_instances_policy()
+                    .and_then(|m| m.instances_distribution())
+                    .and_then(|d| d.on_demand_percentage_above_base_capacity()),
+            ),
+            fallback_until: crate::scale::spot::fallback_until(group),
+            failures: Vec::new(),
         }),
         spare_until: group
             .tags()

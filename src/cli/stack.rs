@@ -250,7 +250,14 @@ pub async fn stack_pools(
             ),
         }
     }
-    let Some(want) = pool else { return Ok(pools) };
+    match pool {
+        None => Ok(pools),
+        Some(want) => pick_pool(&ctx.names.stack, &pools, want),
+    }
+}
+
+/// The pool named `want` among the stack's pools, or an error listing them.
+pub fn pick_pool(stack: &str, pools: &[PoolRecord], want: &str) -> anyhow::Result<Vec<PoolRecord>> {
     let picked: Vec<PoolRecord> = pools
         .iter()
         .filter(|p| p.name.as_deref() == Some(want))
@@ -258,9 +265,8 @@ pub async fn stack_pools(
         .collect();
     if picked.is_empty() {
         anyhow::bail!(
-            "stack {} has no pool named {want} (its pools: {})",
-            ctx.names.stack,
-            pool_names(&pools)
+            "stack {stack} has no pool named {want} (its pools: {})",
+            pool_names(pools)
         );
     }
     Ok(picked)

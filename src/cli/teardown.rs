@@ -11,7 +11,8 @@ use cci_scaler::provision::{self, PoolRecord};
 
 use super::GlobalArgs;
 use super::stack::{
-    CliProgress, StackArgs, any_foreign, connect, print_items, require_stack, stack_pools,
+    CliProgress, StackArgs, any_foreign, connect, pick_pool, print_items, require_stack,
+    stack_pools,
 };
 
 #[derive(Debug, Args)]
@@ -70,7 +71,7 @@ pub async fn run(global: &GlobalArgs, args: TeardownArgs) -> anyhow::Result<Exit
     let all = stack_pools(&ctx, rc, None).await?;
     let pools = match pool {
         None => all.clone(),
-        Some(_) => stack_pools(&ctx, None, pool).await?,
+        Some(want) => pick_pool(&stack, &all, want)?,
     };
     let items = match pool {
         None => provision::teardown(&ctx, &all, args.keep_resource_class).await?,

@@ -215,12 +215,7 @@ async fn pool_status(
     let Some(Owned { it: g, .. }) = super::group::find(&pctx).await? else {
         return Ok(out);
     };
-    let spot = g
-        .mixed_instances_policy()
-        .and_then(|m| m.instances_distribution())
-        .and_then(|d| d.spot_allocation_strategy())
-        .is_some();
-    if spot {
+    if crate::scale::spot::is_spot_group(&g) {
         let since = std::time::SystemTime::now() - Duration::from_secs(3600);
         let list =
             crate::aws::autoscaling::interrupted_instances(&ctx.aws.ec2, &out.group, since).await?;

@@ -85,6 +85,15 @@ pub fn is_spot_shortage(status: &str, message: &str) -> bool {
     .any(|k| m.contains(k))
 }
 
+/// Whether an SDK group is a spot pool's (its mixed-instances policy names a
+/// spot allocation strategy).
+pub fn is_spot_group(g: &aws_sdk_autoscaling::types::AutoScalingGroup) -> bool {
+    g.mixed_instances_policy()
+        .and_then(|m| m.instances_distribution())
+        .and_then(|d| d.spot_allocation_strategy())
+        .is_some()
+}
+
 /// Whether an SDK group has an active fallback tag at `now`.
 pub fn fallback_active(g: &aws_sdk_autoscaling::types::AutoScalingGroup, now: SystemTime) -> bool {
     fallback_until(g).is_some_and(|u| u > now)
