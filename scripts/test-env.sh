@@ -2,7 +2,9 @@
 # Installs what the tests need (idempotent: a second run installs nothing) and
 # prints the environment to use them:   eval "$(scripts/test-env.sh)"
 #
-# - shellcheck and bubblewrap (Debian packages), for the user-data tests: with
+# - shellcheck, bubblewrap and iptables (Debian packages), for the user-data
+#   tests (the metadata-firewall test runs as root, or through password-less
+#   sudo, in a network namespace of its own): with
 #   apt-get, as root or through password-less sudo; otherwise it says what to
 #   install and stops.
 # - a virtualenv outside the clone with the Python tools pinned in
@@ -19,11 +21,12 @@ die() {
   exit 1
 }
 
-# Installs shellcheck and bubblewrap from Debian packages.
+# Installs shellcheck, bubblewrap and iptables from Debian packages.
 debian_packages() {
   missing=()
   command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
   command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+  PATH="$PATH:/usr/sbin:/sbin" command -v iptables >/dev/null 2>&1 || missing+=(iptables)
   if [ ${#missing[@]} -gt 0 ]; then
     what="${missing[*]}"
     what="${what// / and }"
@@ -50,6 +53,9 @@ debian_packages() {
   fi
   if ! bwrap --ro-bind / / --dev /dev --proc /proc true 2>/dev/null; then
     die "bwrap is installed but cannot create a sandbox here (unprivileged user namespaces off?): the user-data tests need it"
+  fi
+  if [ "$(id -u)" -ne 0 ] && ! { command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; }; then
+    die "the metadata-firewall test needs root or password-less sudo (its sandbox sets firewall rules and switches users): run the tests as root, or allow sudo"
   fi
 }
 

@@ -117,6 +117,7 @@ pub struct PoolFile {
     pub on_demand_base: Option<u32>,
     pub spot_allocation: Option<String>,
     pub retry_interrupted_jobs: Option<bool>,
+    pub job_sudo: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -128,6 +129,9 @@ pub struct RunnerFile {
     /// Relative to the stack file's folder.
     pub setup_script: Option<PathBuf>,
     pub apt_packages: Option<Vec<String>>,
+    /// Password-less sudo for jobs [default: false]; it makes the
+    /// instance-metadata rule advisory.
+    pub job_sudo: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +182,8 @@ pub struct RunnerSettings {
     pub setup_script: Option<String>,
     pub setup_script_path: Option<PathBuf>,
     pub apt_packages: Vec<String>,
+    /// Jobs get password-less sudo (so they could lift the metadata rule).
+    pub job_sudo: bool,
 }
 
 /// A spot pool's settings.
@@ -274,6 +280,7 @@ impl StackFile {
                 working_directory: flags.runner.working_directory.or(self.runner.working_directory),
                 setup_script: flags.runner.setup_script.or(self.runner.setup_script),
                 apt_packages: flags.runner.apt_packages.or(self.runner.apt_packages),
+                job_sudo: flags.runner.job_sudo.or(self.runner.job_sudo),
             } } };
         }
         pick!(
@@ -628,6 +635,7 @@ impl StackFile {
             bake: false,
             spot: spot.is_some(),
             unsafe_retries: self.retry_interrupted_jobs.unwrap_or(false),
+            job_sudo: r.job_sudo.unwrap_or(false),
         })
         .map_err(|e| {
             let key = match &e {
@@ -673,6 +681,7 @@ impl StackFile {
                 setup_script,
                 setup_script_path: r.setup_script.clone(),
                 apt_packages,
+                job_sudo: r.job_sudo.unwrap_or(false),
             },
         })
     }
@@ -704,6 +713,7 @@ impl StackFile {
             ("runner.working_directory", r.working_directory.is_some()),
             ("runner.setup_script", r.setup_script.is_some()),
             ("runner.apt_packages", r.apt_packages.is_some()),
+            ("runner.job_sudo", r.job_sudo.is_some()),
         ]
         .into_iter()
         .filter_map(|(k, set)| set.then_some(k))
@@ -821,6 +831,7 @@ impl StackFile {
                     working_directory: p.working_directory.clone().or(d.working_directory.clone()),
                     setup_script: p.setup_script.clone().or(d.setup_script.clone()),
                     apt_packages: p.apt_packages.clone().or(d.apt_packages.clone()),
+                    job_sudo: p.job_sudo.or(d.job_sudo),
                 },
                 defaults: None,
                 pools: None,
@@ -907,6 +918,7 @@ mod tests {
         assert_eq!(s.instance_types, [DEFAULT_INSTANCE_TYPE]);
         assert_eq!(s.imds_hop_limit, 1);
         assert_eq!(s.pool, None);
+        assert!(!s.runner.job_sudo, "jobs get no sudo unless asked");
     }
 
     #[test]
@@ -918,10 +930,12 @@ region = "eu-west-1"
 [defaults]
 max_instances = 10
 idle_timeout = "1m"
+job_sudo = true
 
 [[pool]]
 resource_class = "acme/linux-x64"
 instance_types = ["c7i.large"]
+job_sudo = false
 
 [[pool]]
 resource_class = "acme/linux-arm64"
@@ -944,6 +958,8 @@ instance_type = "c7i.4xlarge"
         assert_eq!(pools[1].instance_types, ["c7g.large", "m7g.large"]);
         assert_eq!(pools[2].instance_types, ["c7i.4xlarge"]);
         assert!(pools.iter().all(|p| p.runner.idle_timeout == "1m"));
+        let sudo: Vec<bool> = pools.iter().map(|p| p.runner.job_sudo).collect();
+        assert_eq!(sudo, [false, true, true]);
         assert_eq!(select_pools(pools.clone(), Some("big")).unwrap().len(), 1);
         let e = select_pools(pools, Some("nope")).unwrap_err().to_string();
         assert!(

@@ -66,6 +66,10 @@ pub struct InitArgs {
     /// Extra Debian package for the runners (repeatable).
     #[arg(long = "apt-package", value_name = "NAME")]
     pub apt_packages: Vec<String>,
+    /// Give jobs password-less sudo (they could then lift the rule that keeps
+    /// them from the instance's credentials) [default: off].
+    #[arg(long)]
+    pub job_sudo: bool,
     /// The Lambda binary to deploy [default: cci-scaler-lambda beside cci-scaler].
     #[arg(long, value_name = "FILE", conflicts_with = "lambda_zip")]
     pub lambda_binary: Option<PathBuf>,
@@ -121,6 +125,7 @@ async fn converge(
             working_directory: args.working_directory.clone(),
             setup_script: args.setup_script.clone(),
             apt_packages: (!args.apt_packages.is_empty()).then(|| args.apt_packages.clone()),
+            job_sudo: args.job_sudo.then_some(true),
         },
         ..StackFile::default()
     };
@@ -133,6 +138,17 @@ async fn converge(
     let file = args.stack.file(flags, global)?;
     let pools = file.pools()?;
     let stack = pools[0].stack.clone();
+    let sudo: Vec<&str> = pools
+        .iter()
+        .filter(|p| p.runner.job_sudo)
+        .map(|p| p.pool.as_deref().unwrap_or(&stack))
+        .collect();
+    if !sudo.is_empty() {
+        eprintln!(
+            "warning: job_sudo is on ({}): jobs get password-less sudo, so they can lift the rule that keeps them from the instance role's credentials and the runner token (see SECURITY.md)",
+            sudo.join(", ")
+        );
+    }
     let artifact = match (&args.lambda_zip, &args.lambda_binary) {
         (Some(z), _) => artifact::from_zip(z)?,
         (None, Some(b)) => artifact::from_binary(b)?,

@@ -41,6 +41,9 @@ pub struct RunnerArgs {
     /// Extra Debian package to install (repeatable).
     #[arg(long = "apt-package", value_name = "NAME")]
     pub apt_packages: Vec<String>,
+    /// Give jobs password-less sudo (the instance-metadata rule is then advisory).
+    #[arg(long)]
+    pub job_sudo: bool,
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +130,7 @@ pub async fn run(global: &GlobalArgs, cmd: RenderCommand) -> anyhow::Result<Exit
         bake: false,
         spot: false,
         unsafe_retries: false,
+        job_sudo: args.runner.job_sudo,
         embedded_token,
     };
     let script = render::render_user_data(&input)?;

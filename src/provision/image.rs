@@ -188,6 +188,7 @@ pub(crate) fn user_data_input(ctx: &Ctx<'_>, s: &StackSettings, bake: bool) -> U
         bake,
         spot: s.spot.is_some(),
         unsafe_retries: s.retry_interrupted_jobs,
+        job_sudo: s.runner.job_sudo,
     }
 }
 

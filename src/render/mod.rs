@@ -69,6 +69,9 @@ pub struct UserDataInput {
     pub spot: bool,
     /// The runner's `enable_unsafe_retries` (retry_interrupted_jobs).
     pub unsafe_retries: bool,
+    /// Jobs (user `circleci`) get password-less sudo; the instance-metadata
+    /// rule is then advisory only.
+    pub job_sudo: bool,
 }
 
 /// Bumped when the install half of the template changes what it installs.
@@ -351,6 +354,7 @@ pub fn render_user_data(input: &UserDataInput) -> Result<String, RenderError> {
                 bake => input.bake,
                 spot => input.spot,
                 unsafe_retries => input.unsafe_retries,
+                job_sudo => input.job_sudo,
                 install_hash => input.install_hash(),
                 idle_timeout_secs => idle_secs,
             })

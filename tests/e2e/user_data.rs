@@ -31,6 +31,7 @@ fn default_input() -> UserDataInput {
         bake: false,
         spot: false,
         unsafe_retries: false,
+        job_sudo: false,
     }
 }
 
@@ -53,6 +54,7 @@ fn custom_input(setup: &str) -> UserDataInput {
         bake: false,
         spot: false,
         unsafe_retries: false,
+        job_sudo: false,
     }
 }
 
@@ -98,6 +100,7 @@ fn variants() -> Vec<(&'static str, String)> {
             render_user_data(&UserDataInput {
                 spot: true,
                 unsafe_retries: true,
+                job_sudo: false,
                 ..default_input()
             })
             .unwrap(),
@@ -109,6 +112,7 @@ fn variants() -> Vec<(&'static str, String)> {
                 bake: false,
                 spot: false,
                 unsafe_retries: false,
+                job_sudo: false,
                 ..default_input()
             })
             .unwrap(),
@@ -117,14 +121,15 @@ fn variants() -> Vec<(&'static str, String)> {
 }
 
 fn tool(name: &str) -> PathBuf {
-    let found = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(name))
-            .find(|f| f.is_file())
-    });
+    // Where an unprivileged PATH may not look: iptables is in /usr/sbin.
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(name))
+        .find(|f| f.is_file());
     found.unwrap_or_else(|| {
         panic!(
-            "{name} is not installed: .ci/run installs it (apt-get install shellcheck bubblewrap)"
+            "{name} is not installed: scripts/test-env.sh installs it (apt-get install shellcheck bubblewrap iptables)"
         )
     })
 }
@@ -153,7 +158,7 @@ fn every_variant_passes_bash_n_and_shellcheck() {
         );
         // The embedded scripts (exit hook, signed-call helpers, spot
         // watcher) are scripts of their own: check them too.
-        for marker in ["EXIT_HOOK", "AWS_SH", "SPOT_WATCHER"] {
+        for marker in ["EXIT_HOOK", "AWS_SH", "SPOT_WATCHER", "IMDS_FIREWALL"] {
             let open = format!("<<'{marker}'\n");
             if !script.contains(&open) {
                 continue;
@@ -196,7 +201,12 @@ exit 0"#,
     ),
     (
         "curl",
-        r#"# Instance metadata, and signed AWS calls: recorded as
+        r#"# With STUB_REAL_IMDS, instance metadata is asked of the real curl (a
+# stand-in metadata service in the sandbox's own network).
+if [ -n "${STUB_REAL_IMDS:-}" ]; then
+  case " $* " in *" http://169.254.169.254/"*) exec /usr/bin/curl "$@" ;; esac
+fi
+# Instance metadata, and signed AWS calls: recorded as
 # "sigv4 SERVICE ACTION" and answered as STUB_* say; with STUB_REAL_AWS the
 # signed calls go to the real curl (an emulator on 127.0.0.1).
 out="" sigv4="" target="" body="" url=""
@@ -265,7 +275,42 @@ printf '%s
 if [ -n "$out" ]; then printf '#!/bin/bash\necho "repository added (stub)"\n' > "$out"; fi
 exit 0"#,
     ),
-    ("systemctl", "exit 0"),
+    (
+        "systemctl",
+        r#"# With STUB_IPTABLES (the real iptables), the rules in force when the
+# runner is started are recorded.
+case " $* " in *" start "*circleci-runner*)
+  if [ -n "${STUB_IPTABLES:-}" ]; then
+    "$STUB_IPTABLES" -w -S OUTPUT | sed 's/^/rule at runner start: /' >> /tmp/calls.log
+  fi ;;
+esac
+exit 0"#,
+    ),
+    (
+        "iptables",
+        r#"if [ -n "${STUB_IPTABLES:-}" ]; then exec "$STUB_IPTABLES" "$@"; fi
+exit 0"#,
+    ),
+    (
+        "ip6tables",
+        r#"if [ -n "${STUB_IPTABLES:-}" ]; then exec "${STUB_IPTABLES%iptables}ip6tables" "$@"; fi
+exit 0"#,
+    ),
+    (
+        "id",
+        r#"# STUB_CIRCLECI_GROUPS: the image has a user circleci in these groups.
+if [ -n "${STUB_CIRCLECI_GROUPS:-}" ]; then
+  case "$*" in
+    circleci) echo "uid=1001(circleci) gid=1001(circleci)"; exit 0 ;;
+    "-nG circleci") echo "$STUB_CIRCLECI_GROUPS"; exit 0 ;;
+  esac
+fi
+exec /usr/bin/id "$@""#,
+    ),
+    (
+        "sudo",
+        r#"printf '%s\n' "${STUB_SUDO_LIST:-User circleci is not allowed to run sudo.}""#,
+    ),
     (".circleci-runner", "exit 0"),
     ("shutdown", "exit 0"),
     ("sleep", "exit 0"),
@@ -276,6 +321,9 @@ struct Sandbox {
     dir: tempfile::TempDir,
     /// Share the host's network (loopback: an emulator on 127.0.0.1).
     net: bool,
+    /// Its own network namespace in which it may set addresses and firewall
+    /// rules and switch users (root, with those capabilities only).
+    netadmin: bool,
 }
 
 impl Sandbox {
@@ -294,7 +342,21 @@ impl Sandbox {
             .unwrap();
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        Sandbox { dir, net: false }
+        Sandbox {
+            dir,
+            net: false,
+            netadmin: false,
+        }
+    }
+
+    /// A sandbox with its own network, firewall and users: it runs as root
+    /// (the test's user, or through password-less sudo, as the test setup
+    /// installs packages) with the network and user-switching capabilities.
+    fn with_netadmin() -> Sandbox {
+        Sandbox {
+            netadmin: true,
+            ..Sandbox::new()
+        }
     }
 
     /// A sandbox that may reach the host's loopback (an emulator).
@@ -325,7 +387,18 @@ impl Sandbox {
     /// no network, stubs first on PATH.
     fn run(&self, script_inside: &str, env: &[(&str, &str)]) -> crate::support::Run {
         let t = self.dir.path();
-        let mut cmd = Command::new(tool("bwrap"));
+        let mut cmd = if !self.netadmin || is_root() {
+            Command::new(tool("bwrap"))
+        } else {
+            let sudo = Command::new("sudo").args(["-n", "true"]).status();
+            assert!(
+                sudo.is_ok_and(|s| s.success()),
+                "this test needs root or password-less sudo (as the test setup does) to give its sandbox a firewall"
+            );
+            let mut c = Command::new("sudo");
+            c.arg("-n").arg(tool("bwrap"));
+            c
+        };
         cmd.args(["--ro-bind", "/", "/"])
             .arg("--bind")
             .arg(t.join("etc"))
@@ -345,6 +418,23 @@ impl Sandbox {
             .args(["--unshare-pid", "--die-with-parent", "--clearenv"]);
         if !self.net {
             cmd.arg("--unshare-net");
+        }
+        if self.netadmin {
+            // iptables' lock lives in /run; Debian's iptables is a link
+            // through /etc/alternatives.
+            cmd.args(["--tmpfs", "/run"]);
+            if Path::new("/etc/alternatives").is_dir() {
+                cmd.args(["--ro-bind", "/etc/alternatives", "/etc/alternatives"]);
+            }
+            for cap in [
+                "CAP_NET_ADMIN",
+                "CAP_NET_RAW",
+                "CAP_NET_BIND_SERVICE",
+                "CAP_SETUID",
+                "CAP_SETGID",
+            ] {
+                cmd.args(["--cap-add", cap]);
+            }
         }
         cmd.args([
             "--setenv",
@@ -387,6 +477,13 @@ impl Sandbox {
         let _ = std::fs::remove_file(self.path("/tmp/.throttled"));
         let _ = std::fs::remove_file(self.path("/tmp/.spot-polls"));
     }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
 
 fn position(calls: &[String], prefix: &str) -> usize {
@@ -456,7 +553,10 @@ fn sandboxed_boot_configures_and_starts_the_runner() {
     // Installed before use; setup before the runner starts; the runner last.
     let install = position(&calls, "apt-get install -y -q circleci-runner");
     let setup = position(&calls, "setup ran");
-    let enable = position(&calls, "systemctl enable circleci-runner.service");
+    let enable = position(
+        &calls,
+        "systemctl enable cci-scaler-imds-firewall.service circleci-runner.service",
+    );
     let start = position(&calls, "systemctl start --no-block circleci-runner.service");
     assert!(
         install < setup && setup < enable && enable < start,
@@ -498,6 +598,7 @@ fn sandboxed_spare_stays_until_its_period_ends() {
         bake: false,
         spot: false,
         unsafe_retries: false,
+        job_sudo: false,
         ..default_input()
     })
     .unwrap();
@@ -624,6 +725,7 @@ fn baked_images_boot_without_installs_and_bake_mode_stops_the_builder() {
         bake: true,
         spot: false,
         unsafe_retries: false,
+        job_sudo: false,
         setup_script: Some(RECORDING_SETUP.into()),
         ..default_input()
     })
@@ -686,6 +788,7 @@ fn sandboxed_spot_watcher_stops_the_runner_on_a_notice() {
     let input = UserDataInput {
         spot: true,
         unsafe_retries: true,
+        job_sudo: false,
         ..default_input()
     };
     let sb = Sandbox::new();
@@ -810,6 +913,271 @@ fn sandboxed_boot_with_embedded_token_reads_no_secret() {
         !sb.read("/var/log/cci-scaler-boot.log")
             .contains(RUNNER_TOKEN)
     );
+}
+
+/// A stand-in of the instance metadata service (IMDSv2: a PUT for a session
+/// token, then reads with it), for the sandbox's own 169.254.169.254.
+const METADATA_STANDIN: &str = r#"import http.server, sys
+TOKEN = "imds-session-token"
+PATHS = {
+    "/latest/meta-data/instance-id": "i-0123456789abcdef0",
+    "/latest/meta-data/iam/security-credentials/": "cci-scaler-demo-runner",
+    "/latest/meta-data/iam/security-credentials/cci-scaler-demo-runner":
+        '{"Code": "Success", "AccessKeyId": "ASIASTUB", "SecretAccessKey": "stub-secret-key", "Token": "stub-session-token"}',
+}
+class H(http.server.BaseHTTPRequestHandler):
+    def reply(self, code, body=""):
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def do_PUT(self):
+        if self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
+            self.reply(200, TOKEN)
+        else:
+            self.reply(400)
+    def do_GET(self):
+        if self.headers.get("X-aws-ec2-metadata-token") != TOKEN:
+            self.reply(401)
+        elif self.path in PATHS:
+            self.reply(200, PATHS[self.path])
+        else:
+            self.reply(404)
+    def log_message(self, fmt, *args):
+        with open("/tmp/metadata.log", "a") as f:
+            f.write("%s %s\n" % (self.command, self.path))
+http.server.ThreadingHTTPServer(("169.254.169.254", 80), H).serve_forever()
+"#;
+
+/// Boots the user data in a network of its own holding a stand-in metadata
+/// service on 169.254.169.254, with the real iptables; then asks the service
+/// as an unprivileged user (a job) and as root (the runner).
+const METADATA_DRIVER: &str = r#"set -u
+ip link set lo up
+ip addr add 169.254.169.254/32 dev lo
+python3 /tmp/metadata.py & standin=$!
+for _ in $(seq 100); do
+  /usr/bin/curl -s -o /dev/null http://169.254.169.254/ && break
+  /usr/bin/sleep 0.1
+done
+ask() {
+  local tok
+  tok=$("$@" /usr/bin/curl -sS --connect-timeout 2 -m 3 -X PUT http://169.254.169.254/latest/api/token \
+    -H 'X-aws-ec2-metadata-token-ttl-seconds: 60') &&
+    "$@" /usr/bin/curl -fsS --connect-timeout 2 -m 3 -H "X-aws-ec2-metadata-token: $tok" \
+      http://169.254.169.254/latest/meta-data/iam/security-credentials/
+}
+job=(setpriv --reuid 1001 --regid 1001 --clear-groups)
+{
+  echo "before boot, job: $(ask "${job[@]}" 2>&1; echo " exit $?")"
+  bash /tmp/user-data.sh >/tmp/boot.out 2>&1
+  echo "boot exit $?"
+  echo "job: $(ask "${job[@]}" 2>&1; echo " exit $?")"
+  echo "root: $(ask 2>&1; echo " exit $?")"
+  # A reboot: the unit's script runs again; the rule is not doubled.
+  /usr/local/lib/cci-scaler/imds-firewall && echo "reapplied"
+  echo "job after reboot: $(ask "${job[@]}" 2>&1; echo " exit $?")"
+  /usr/local/lib/cci-scaler/exit-hook
+  echo "exit hook $?"
+  "$STUB_IPTABLES" -w -S | sed 's/^/rule: /'
+} > /tmp/result 2>&1
+kill "$standin"
+wait "$standin" 2>/dev/null
+chmod 0644 /tmp/result /tmp/calls.log
+"#;
+
+/// Jobs cannot reach the instance metadata service (so not the instance
+/// role's credentials, nor through them the runner token); root can.
+#[test]
+fn sandboxed_boot_closes_instance_metadata_to_jobs() {
+    let sb = Sandbox::with_netadmin();
+    std::fs::write(sb.path("/tmp/metadata.py"), METADATA_STANDIN).unwrap();
+    std::fs::write(sb.path("/tmp/driver.sh"), METADATA_DRIVER).unwrap();
+    std::fs::write(
+        sb.path("/tmp/user-data.sh"),
+        render_user_data(&default_input()).unwrap(),
+    )
+    .unwrap();
+    let iptables = tool("iptables");
+    let r = sb.run(
+        "/tmp/driver.sh",
+        &[
+            ("STUB_REAL_IMDS", "1"),
+            ("STUB_IPTABLES", iptables.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let result = sb.read("/tmp/result");
+    let line = |prefix: &str| -> String {
+        result
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in:\n{result}"))
+            .to_string()
+    };
+    // Before the boot the stand-in answers anyone (as the real one does).
+    assert!(
+        line("before boot, job:").contains("cci-scaler-demo-runner exit 0"),
+        "{result}"
+    );
+    assert_eq!(line("boot exit"), "boot exit 0", "{result}");
+    // After it: a job is refused, root (the runner) answered.
+    let job = line("job:");
+    assert!(
+        !job.ends_with(" exit 0"),
+        "a job reached the metadata: {job}"
+    );
+    assert!(!job.contains("cci-scaler-demo-runner"), "{job}");
+    assert!(
+        line("root:").contains("cci-scaler-demo-runner exit 0"),
+        "{result}"
+    );
+    // The boot itself (root) read its identity and credentials there.
+    let log = sb.read("/tmp/metadata.log");
+    assert!(
+        log.contains("GET /latest/meta-data/iam/security-credentials/cci-scaler-demo-runner"),
+        "{log}"
+    );
+    assert!(
+        sb.read("/var/log/cci-scaler-boot.log")
+            .contains("instance metadata closed to jobs"),
+        "{result}"
+    );
+    // Applied again (the unit, at a reboot): still closed, and not doubled.
+    assert!(result.contains("\nreapplied\n"), "{result}");
+    assert!(!line("job after reboot:").ends_with(" exit 0"), "{result}");
+    let jumps: Vec<&str> = result
+        .lines()
+        .filter(|l| l.contains("-A OUTPUT -d 169.254.169.254/32 -j CCI_SCALER_IMDS"))
+        .collect();
+    assert_eq!(jumps.len(), 1, "{result}");
+    assert!(
+        result.contains("rule: -A CCI_SCALER_IMDS -m owner --uid-owner 0 -j RETURN"),
+        "{result}"
+    );
+    // The exit hook (root) still reaches the metadata and leaves the group.
+    assert_eq!(line("exit hook"), "exit hook 0", "{result}");
+    let calls = sb.calls();
+    position(
+        &calls,
+        "sigv4 autoscaling TerminateInstanceInAutoScalingGroup decrement",
+    );
+    // The rule was in force when the runner was started (the start call
+    // itself records the rules, right after its own line).
+    let rule = position(
+        &calls,
+        "rule at runner start: -A OUTPUT -d 169.254.169.254/32 -j CCI_SCALER_IMDS",
+    );
+    let start = position(&calls, "systemctl start --no-block circleci-runner.service");
+    assert_eq!(rule, start + 2, "{calls:#?}");
+    assert_eq!(calls[start + 1], "rule at runner start: -P OUTPUT ACCEPT");
+    // The unit that applies it at every boot, and the runner's need of it.
+    let unit = sb.read("/etc/systemd/system/cci-scaler-imds-firewall.service");
+    assert!(
+        unit.contains("Before=network-pre.target circleci-runner.service"),
+        "{unit}"
+    );
+    assert!(
+        unit.contains("ExecStart=/usr/local/lib/cci-scaler/imds-firewall"),
+        "{unit}"
+    );
+    let dropin = sb.read("/etc/systemd/system/circleci-runner.service.d/cci-scaler.conf");
+    assert!(
+        dropin.contains(
+            "Requires=cci-scaler-imds-firewall.service\nAfter=cci-scaler-imds-firewall.service\n"
+        ),
+        "{dropin}"
+    );
+    // The token file stays root-only.
+    let meta =
+        std::fs::metadata(sb.path("/etc/circleci-runner/circleci-runner-config.yaml")).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o600);
+}
+
+/// A firewall that cannot be applied stops the boot: no runner without it.
+#[test]
+fn sandboxed_boot_stops_without_the_metadata_rule() {
+    let sb = Sandbox::new();
+    let script = render_user_data(&default_input()).unwrap();
+    // iptables fails (as it would in a kernel without netfilter).
+    std::fs::write(
+        sb.path("/tmp/stubs/iptables"),
+        "#!/bin/bash\necho \"iptables $*\" >> /tmp/calls.log\nexit 4\n",
+    )
+    .unwrap();
+    let r = sb.boot(&script, &[]);
+    assert_ne!(r.code, 0, "{r:?}");
+    let log = sb.read("/var/log/cci-scaler-boot.log");
+    assert!(
+        log.contains("could not close instance metadata to jobs"),
+        "{log}"
+    );
+    let calls = sb.calls();
+    assert!(
+        !calls.iter().any(|c| c.contains("start --no-block")),
+        "{calls:#?}"
+    );
+    assert!(
+        !calls.iter().any(|c| c.starts_with("sigv4")),
+        "no token read: {calls:#?}"
+    );
+}
+
+/// `job_sudo`: jobs get password-less sudo (and the log says the metadata
+/// rule is advisory); without it, an image or setup script that gave them
+/// sudo stops the boot.
+#[test]
+fn sandboxed_boot_gives_sudo_only_with_job_sudo() {
+    let sb = Sandbox::new();
+    let script = render_user_data(&UserDataInput {
+        job_sudo: true,
+        ..default_input()
+    })
+    .unwrap();
+    let r = sb.boot(&script, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let sudoers = "/etc/sudoers.d/90-cci-scaler-job-sudo";
+    assert_eq!(sb.read(sudoers), "circleci ALL=(ALL) NOPASSWD:ALL\n");
+    assert_eq!(
+        std::fs::metadata(sb.path(sudoers)).unwrap().mode() & 0o777,
+        0o440
+    );
+    let log = sb.read("/var/log/cci-scaler-boot.log");
+    assert!(log.contains("the metadata rule is advisory"), "{log}");
+
+    let sb = Sandbox::new();
+    let r = sb.boot(
+        &render_user_data(&default_input()).unwrap(),
+        &[
+            ("STUB_CIRCLECI_GROUPS", "circleci docker"),
+            (
+                "STUB_SUDO_LIST",
+                "User circleci may run the following commands:\n    (ALL) NOPASSWD: ALL",
+            ),
+        ],
+    );
+    assert_ne!(r.code, 0, "{r:?}");
+    let log = sb.read("/var/log/cci-scaler-boot.log");
+    assert!(
+        log.contains("user circleci has password-less sudo") && log.contains("set job_sudo = true"),
+        "{log}"
+    );
+    assert!(!sb.path(sudoers).exists());
+    let calls = sb.calls();
+    assert!(
+        !calls.iter().any(|c| c.contains("start --no-block")),
+        "{calls:#?}"
+    );
+
+    // In the docker group: a warning (jobs can start root containers).
+    let sb = Sandbox::new();
+    let r = sb.boot(
+        &render_user_data(&default_input()).unwrap(),
+        &[("STUB_CIRCLECI_GROUPS", "circleci docker")],
+    );
+    let log = sb.read("/var/log/cci-scaler-boot.log");
+    assert!(log.contains("is in the docker or lxd group"), "{r:?} {log}");
 }
 
 #[test]
