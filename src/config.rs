@@ -55,6 +55,9 @@ pub struct StackFile {
     pub alarms: Option<AlarmsFile>,
     /// Shorthand for `[alarms] email`.
     pub alarm_email: Option<String>,
+    /// An IAM role jobs assume with CircleCI's OIDC tokens (`[job_role]`),
+    /// for the whole stack.
+    pub job_role: Option<JobRoleFile>,
     /// Values every `[[pool]]` takes unless it sets its own.
     pub defaults: Option<PoolFile>,
     /// Several runner pools (`[[pool]]` tables); without them the top-level
@@ -77,6 +80,140 @@ pub struct AlarmsFile {
     pub starved_minutes: Option<u32>,
     /// Boots failing: instances reaped within this many minutes [30].
     pub reaped_window_minutes: Option<u32>,
+}
+
+/// `[job_role]`: an IAM OIDC provider for the CircleCI organisation and a
+/// role that only its jobs (and, if given, only these projects') may assume.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JobRoleFile {
+    /// The CircleCI organisation's id (Organization Settings, Overview).
+    pub org_id: Option<String>,
+    /// Managed policies the role gets (at least one).
+    pub policy_arns: Option<Vec<String>>,
+    /// Project ids whose jobs may assume it [default: every project of the
+    /// organisation].
+    pub projects: Option<Vec<String>>,
+    /// The longest session, in seconds (3600 to 43200) [default: 3600].
+    pub max_session_seconds: Option<u32>,
+}
+
+/// Checked job-role settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobRoleSettings {
+    pub org_id: String,
+    pub policy_arns: Vec<String>,
+    /// Empty: every project of the organisation.
+    pub projects: Vec<String>,
+    pub max_session_seconds: u32,
+}
+
+/// At most this many projects in a job role's trust policy (whose size IAM
+/// limits to 2,048 characters by default).
+pub const MAX_JOB_ROLE_PROJECTS: usize = 12;
+/// IAM attaches at most 10 managed policies to a role by default.
+pub const MAX_JOB_ROLE_POLICIES: usize = 10;
+
+fn is_uuid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 5
+        && parts
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(p, n)| p.len() == n && p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+impl JobRoleFile {
+    fn check(&self) -> Result<JobRoleSettings, ConfigError> {
+        fn bad(key: &str, detail: impl Into<String>) -> ConfigError {
+            ConfigError::invalid(key, detail)
+        }
+        let org_id = self.org_id.clone().ok_or_else(|| {
+            bad(
+                "job_role.org_id",
+                "the CircleCI organisation id is needed (Organization Settings > Overview > Organization ID)",
+            )
+        })?;
+        if !is_uuid(&org_id) {
+            return Err(bad(
+                "job_role.org_id",
+                format!(
+                    "{org_id:?} is not an organisation id (a UUID, as Organization Settings > Overview shows it)"
+                ),
+            ));
+        }
+        let org_id = org_id.to_ascii_lowercase();
+        let policy_arns = self.policy_arns.clone().unwrap_or_default();
+        if policy_arns.is_empty() || policy_arns.len() > MAX_JOB_ROLE_POLICIES {
+            return Err(bad(
+                "job_role.policy_arns",
+                format!(
+                    "give 1 to {MAX_JOB_ROLE_POLICIES} managed policy ARNs the role gets (e.g. arn:aws:iam::aws:policy/ReadOnlyAccess)"
+                ),
+            ));
+        }
+        for a in &policy_arns {
+            let ok = a.starts_with("arn:aws")
+                && a.split(':').count() == 6
+                && a.split(':').nth(2) == Some("iam")
+                && a.split(':')
+                    .nth(5)
+                    .is_some_and(|r| r.starts_with("policy/") && r.len() > 7);
+            if !ok {
+                return Err(bad(
+                    "job_role.policy_arns",
+                    format!("{a:?} is not a managed policy ARN (arn:aws:iam::ACCOUNT:policy/NAME)"),
+                ));
+            }
+        }
+        if policy_arns
+            .iter()
+            .enumerate()
+            .any(|(i, a)| policy_arns[..i].contains(a))
+        {
+            return Err(bad("job_role.policy_arns", "a policy is listed twice"));
+        }
+        let projects: Vec<String> = self
+            .projects
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| p.to_ascii_lowercase())
+            .collect();
+        if projects.len() > MAX_JOB_ROLE_PROJECTS {
+            return Err(bad(
+                "job_role.projects",
+                format!(
+                    "at most {MAX_JOB_ROLE_PROJECTS} projects (IAM limits the trust policy's size); leave it out to trust every project of the organisation"
+                ),
+            ));
+        }
+        if let Some(p) = projects.iter().find(|p| !is_uuid(p)) {
+            return Err(bad(
+                "job_role.projects",
+                format!(
+                    "{p:?} is not a project id (a UUID, as Project Settings > Overview shows it)"
+                ),
+            ));
+        }
+        if projects
+            .iter()
+            .enumerate()
+            .any(|(i, p)| projects[..i].contains(p))
+        {
+            return Err(bad("job_role.projects", "a project is listed twice"));
+        }
+        let max_session_seconds = self.max_session_seconds.unwrap_or(3600);
+        if !(3600..=43200).contains(&max_session_seconds) {
+            return Err(bad("job_role.max_session_seconds", "3600 to 43200"));
+        }
+        Ok(JobRoleSettings {
+            org_id,
+            policy_arns,
+            projects,
+            max_session_seconds,
+        })
+    }
 }
 
 /// Checked alarm settings.
@@ -224,6 +361,9 @@ pub struct StackSettings {
     pub retry_interrupted_jobs: bool,
     /// The stack's alarms (the same in every pool's settings).
     pub alarms: AlarmSettings,
+    /// The role jobs assume through CircleCI OIDC (the same in every pool's
+    /// settings).
+    pub job_role: Option<JobRoleSettings>,
     pub image: ImageSource,
     /// Empty: the default VPC's default subnets.
     pub subnets: Vec<String>,
@@ -299,6 +439,7 @@ impl StackFile {
             retry_interrupted_jobs,
             alarms,
             alarm_email,
+            job_role,
             defaults,
             pools,
             image,
@@ -543,6 +684,7 @@ impl StackFile {
         if !(5..=1440).contains(&alarms.reaped_window_minutes) {
             return Err(bad("alarms.reaped_window_minutes", "5 to 1440"));
         }
+        let job_role = self.job_role.as_ref().map(JobRoleFile::check).transpose()?;
         let dur = |key: &str, v: &Option<String>, default: Duration| match v {
             None => Ok(default),
             Some(s) => humantime::parse_duration(s)
@@ -666,6 +808,7 @@ impl StackFile {
             spot,
             retry_interrupted_jobs: self.retry_interrupted_jobs.unwrap_or(false),
             alarms,
+            job_role,
             image,
             subnets,
             key_pair: self.key_pair.clone(),
@@ -966,6 +1109,75 @@ instance_type = "c7i.4xlarge"
             e.contains("no pool named nope") && e.contains("linux-x64, linux-arm64, big"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn job_role_is_checked() {
+        const ORG: &str = "8A1C3F0E-2B4D-4E6F-9A8B-7C6D5E4F3A2B";
+        const POLICY: &str = "arn:aws:iam::aws:policy/ReadOnlyAccess";
+        let load = |job: &str| {
+            let text = format!("stack = \"ci\"\nresource_class = \"acme/x\"\n[job_role]\n{job}");
+            StackFile::parse(&text, Path::new("x.toml"))
+                .and_then(|f| f.pools())
+                .map(|mut p| p.remove(0).job_role.unwrap())
+        };
+        let ok = load(&format!(
+            "org_id = \"{ORG}\"\npolicy_arns = [\"{POLICY}\"]\nprojects = [\"{ORG}\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.org_id, ORG.to_ascii_lowercase());
+        assert_eq!(ok.projects, [ORG.to_ascii_lowercase()]);
+        assert_eq!(ok.max_session_seconds, 3600);
+        let many: Vec<String> = (0..13)
+            .map(|i| format!("\"{:08x}-0000-4000-8000-000000000000\"", i))
+            .collect();
+        let cases = [
+            (
+                format!("policy_arns = [\"{POLICY}\"]\n"),
+                "job_role.org_id: the CircleCI organisation id is needed",
+            ),
+            (
+                format!("org_id = \"acme\"\npolicy_arns = [\"{POLICY}\"]\n"),
+                "job_role.org_id: \"acme\" is not an organisation id",
+            ),
+            (
+                format!("org_id = \"{ORG}\"\n"),
+                "job_role.policy_arns: give 1 to 10",
+            ),
+            (
+                format!("org_id = \"{ORG}\"\npolicy_arns = [\"ReadOnlyAccess\"]\n"),
+                "is not a managed policy ARN",
+            ),
+            (
+                format!("org_id = \"{ORG}\"\npolicy_arns = [\"{POLICY}\", \"{POLICY}\"]\n"),
+                "listed twice",
+            ),
+            (
+                format!("org_id = \"{ORG}\"\npolicy_arns = [\"{POLICY}\"]\nprojects = [\"web\"]\n"),
+                "job_role.projects: \"web\" is not a project id",
+            ),
+            (
+                format!(
+                    "org_id = \"{ORG}\"\npolicy_arns = [\"{POLICY}\"]\nprojects = [{}]\n",
+                    many.join(", ")
+                ),
+                "job_role.projects: at most 12",
+            ),
+            (
+                format!(
+                    "org_id = \"{ORG}\"\npolicy_arns = [\"{POLICY}\"]\nmax_session_seconds = 60\n"
+                ),
+                "job_role.max_session_seconds",
+            ),
+            (
+                format!("org_id = \"{ORG}\"\npolicy_arns = [\"{POLICY}\"]\nrole = \"x\"\n"),
+                "unknown field `role`",
+            ),
+        ];
+        for (job, want) in cases {
+            let e = load(&job).unwrap_err().to_string();
+            assert!(e.contains(want), "{job}: {e}");
+        }
     }
 
     #[test]

@@ -205,23 +205,45 @@ async fn converge(
     if !removing.is_empty() && only.is_none() {
         items.extend(provision::remove_pools(&ctx, &removing, false).await?);
     }
-    let jobs: String = pools
+    // The job role, when the stack has one: jobs assume it with their
+    // CircleCI OIDC token (the aws-cli orb does the exchange).
+    let job_role_arn = items
         .iter()
-        .map(|p| {
+        .find(|i| i.kind == "job role")
+        .and_then(|i| i.id.clone());
+    let aws_step = job_role_arn
+        .as_deref()
+        .map(|arn| {
             format!(
-                "  build-{}:\n    machine: true\n    resource_class: {}\n    steps:\n      - checkout\n",
-                p.pool.as_deref().unwrap_or("default"),
-                p.resource_class
+                "      # AWS access through the job role (CircleCI OIDC), not the instance's:\n      \
+                 - aws-cli/setup:\n          role_arn: {arn}\n          region: {}\n",
+                ctx.region
             )
         })
-        .collect();
-    let snippet = match pools.as_slice() {
-        [p] => format!(
-            "version: 2.1\njobs:\n  build:\n    machine: true\n    resource_class: {}\n    steps:\n      - checkout\n",
-            p.resource_class
-        ),
-        _ => format!("version: 2.1\njobs:\n{jobs}"),
+        .unwrap_or_default();
+    let orbs = if job_role_arn.is_some() {
+        "orbs:\n  aws-cli: circleci/aws-cli@5\n"
+    } else {
+        ""
     };
+    let job = |name: &str, class: &str| {
+        format!(
+            "  {name}:\n    machine: true\n    resource_class: {class}\n    steps:\n      - checkout\n{aws_step}"
+        )
+    };
+    let jobs: String = match pools.as_slice() {
+        [p] => job("build", &p.resource_class),
+        _ => pools
+            .iter()
+            .map(|p| {
+                job(
+                    &format!("build-{}", p.pool.as_deref().unwrap_or("default")),
+                    &p.resource_class,
+                )
+            })
+            .collect(),
+    };
+    let snippet = format!("version: 2.1\n{orbs}jobs:\n{jobs}");
     let settings = match pools.as_slice() {
         [p] if p.pool.is_none() => serde_json::to_value(p)?,
         _ => serde_json::to_value(&pools)?,
@@ -232,7 +254,11 @@ async fn converge(
         &ctx.region,
         args.dry_run,
         &items,
-        Some(serde_json::json!({"circleci_config": snippet, "settings": settings})),
+        Some(serde_json::json!({
+            "circleci_config": snippet,
+            "settings": settings,
+            "job_role_arn": job_role_arn,
+        })),
     )?;
     if global.output == Output::Text && !args.dry_run && only.is_none() {
         println!("\nSend jobs to the fleet with this in .circleci/config.yml:\n\n{snippet}");

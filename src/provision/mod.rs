@@ -15,7 +15,9 @@ mod function;
 mod group;
 pub mod image;
 mod instance_profile;
+mod job_role;
 mod launch_template;
+mod oidc_provider;
 mod resource_class;
 mod role;
 mod runner;
@@ -104,6 +106,10 @@ impl Names {
     }
     pub fn scaler_role(&self) -> String {
         self.prefixed("-scaler")
+    }
+    /// The role jobs assume with CircleCI OIDC tokens (`[job_role]`).
+    pub fn job_role(&self) -> String {
+        self.prefixed("-job")
     }
     pub fn function(&self) -> String {
         self.prefixed("-scaler")

@@ -23,12 +23,18 @@ pub(crate) async fn find(ctx: &Ctx<'_>, name: &str) -> R<Option<Owned<aws_sdk_ia
     Ok(Some(Owned { it: role, ours }))
 }
 
-pub(crate) fn trust(service: &str) -> String {
+/// A trust policy that lets an AWS service assume the role.
+pub(crate) fn trust(service: &str) -> Value {
     json!({
         "Version": "2012-10-17",
         "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}]
     })
-    .to_string()
+}
+
+/// An IAM policy document as IAM returns it (URL-encoded JSON).
+pub(crate) fn decode_policy(doc: &str) -> Option<Value> {
+    let doc = percent_encoding::percent_decode_str(doc).decode_utf8_lossy();
+    serde_json::from_str::<Value>(&doc).ok()
 }
 
 pub(crate) fn group_arn_pattern(ctx: &Ctx<'_>, account: &str, group: &str) -> String {
@@ -38,18 +44,35 @@ pub(crate) fn group_arn_pattern(ctx: &Ctx<'_>, account: &str, group: &str) -> St
     )
 }
 
-/// Ensure a role (ours) with a trust policy and one inline policy.
+/// Ensure a role (ours) with a trust policy and one inline policy; the item
+/// is of `kind`.
 pub(crate) async fn converge(
     ctx: &Ctx<'_>,
+    kind: &'static str,
     name: &str,
-    service: &str,
+    trust: Value,
     policy: Option<Value>,
 ) -> R<(Item, Option<String>)> {
     let iam = &ctx.aws.iam;
     let mut action = Action::Keep;
     let arn = match find(ctx, name).await? {
         Some(Owned { ours: false, .. }) => return Err(not_ours("IAM role", name, ctx)),
-        Some(Owned { it: r, .. }) => Some(r.arn().to_string()),
+        Some(Owned { it: r, .. }) => {
+            // Who may assume it: converged too (the job role's projects).
+            let current = r.assume_role_policy_document().and_then(decode_policy);
+            if current.as_ref() != Some(&trust) {
+                action = Action::Update;
+                if !ctx.dry_run {
+                    iam.update_assume_role_policy()
+                        .role_name(name)
+                        .policy_document(trust.to_string())
+                        .send()
+                        .await
+                        .map_err(aws_err("iam:UpdateAssumeRolePolicy", name))?;
+                }
+            }
+            Some(r.arn().to_string())
+        }
         None => {
             action = Action::Create;
             if ctx.dry_run {
@@ -58,7 +81,7 @@ pub(crate) async fn converge(
                 let out = iam
                     .create_role()
                     .role_name(name)
-                    .assume_role_policy_document(trust(service))
+                    .assume_role_policy_document(trust.to_string())
                     .description(format!("cci-scaler stack {}", ctx.names.stack))
                     .tags(iam_tag(ctx))
                     .send()
@@ -76,11 +99,7 @@ pub(crate) async fn converge(
             .send()
             .await
         {
-            Ok(p) => {
-                let doc =
-                    percent_encoding::percent_decode_str(p.policy_document()).decode_utf8_lossy();
-                serde_json::from_str::<Value>(&doc).ok()
-            }
+            Ok(p) => decode_policy(p.policy_document()),
             Err(e) if is_not_found(&e) => None,
             Err(e) => return Err(aws_err("iam:GetRolePolicy", name)(e)),
         };
@@ -99,7 +118,7 @@ pub(crate) async fn converge(
             }
         }
     }
-    let mut item = Item::new("IAM role", name, action);
+    let mut item = Item::new(kind, name, action);
     if let Some(a) = &arn {
         item = item.id(a);
     }

@@ -85,6 +85,8 @@ fn resources(artifact: Option<&Artifact>) -> Vec<Box<dyn Resource + '_>> {
         Box::new(super::launch_template::LaunchTemplate),
         Box::new(super::group::Group),
         Box::new(super::scaler_role::ScalerRole),
+        Box::new(super::oidc_provider::OidcProvider),
+        Box::new(super::job_role::JobRole),
         Box::new(super::function::Function { artifact }),
         Box::new(super::schedule::Schedule),
         Box::new(super::topic::Topic),
@@ -101,7 +103,8 @@ pub enum StepName {
     ResourceClass,
     /// The scaler's secret (CircleCI personal token and resource class).
     Secrets,
-    /// The runner role, its instance profile and the scaler's role.
+    /// The runner role, its instance profile, the scaler's role; the job
+    /// role and its OIDC provider (`[job_role]`).
     Iam,
     /// The runners' security group and launch template.
     LaunchTemplate,

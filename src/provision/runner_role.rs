@@ -89,8 +89,9 @@ async fn converge(ctx: &Ctx<'_>, f: &Found) -> R<Item> {
     let policy = runner_policy(ctx, &f.account, f);
     Ok(super::role::converge(
         ctx,
+        "IAM role",
         &ctx.names.runner_role(),
-        "ec2.amazonaws.com",
+        super::role::trust("ec2.amazonaws.com"),
         Some(policy),
     )
     .await?

@@ -142,8 +142,9 @@ async fn converge(ctx: &Ctx<'_>, f: &mut Found) -> R<Item> {
     }
     let (item, arn) = super::role::converge(
         ctx,
+        "IAM role",
         &ctx.names.scaler_role(),
-        "lambda.amazonaws.com",
+        super::role::trust("lambda.amazonaws.com"),
         Some(policy),
     )
     .await?;

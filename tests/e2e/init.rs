@@ -1662,3 +1662,294 @@ async fn alarms_topic_and_dashboard_are_made_converged_and_removed() {
             .is_err()
     );
 }
+
+const ORG: &str = "8a1c3f0e-2b4d-4e6f-9a8b-7c6d5e4f3a2b";
+const PROJECT_A: &str = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0";
+const PROJECT_B: &str = "11111111-2222-4333-8444-555555555555";
+
+async fn trust_of(iam: &aws_sdk_iam::Client, role: &str) -> Value {
+    let r = iam.get_role().role_name(role).send().await.unwrap();
+    let doc = r.role().unwrap().assume_role_policy_document().unwrap();
+    let doc = percent_encoding::percent_decode_str(doc).decode_utf8_lossy();
+    serde_json::from_str(&doc).unwrap()
+}
+
+async fn attached(iam: &aws_sdk_iam::Client, role: &str) -> Vec<String> {
+    let out = iam
+        .list_attached_role_policies()
+        .role_name(role)
+        .send()
+        .await
+        .unwrap();
+    out.attached_policies()
+        .iter()
+        .filter_map(|p| p.policy_arn().map(String::from))
+        .collect()
+}
+
+async fn managed_policy(iam: &aws_sdk_iam::Client, name: &str) -> String {
+    let doc = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"arn:aws:s3:::artifacts/*"}]}"#;
+    iam.create_policy()
+        .policy_name(name)
+        .policy_document(doc)
+        .send()
+        .await
+        .unwrap()
+        .policy()
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_string()
+}
+
+/// `[job_role]`: the OIDC provider for the CircleCI organisation and a role
+/// only its jobs (of the listed projects) may assume; converged, printed,
+/// handed over when another stack still uses the provider, removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_role_and_oidc_provider_are_made_converged_and_removed() {
+    let s = Stack::new().await;
+    let iam = aws_sdk_iam::Client::new(&s.moto.config);
+    let deploy = managed_policy(&iam, "ci-deploy").await;
+    let read = managed_policy(&iam, "ci-read").await;
+    let file = |projects: &str, policy: &str| {
+        std::fs::write(
+            s.home.path().join("cci-scaler.toml"),
+            format!(
+                "[runner]\njob_sudo = true\n\n[job_role]\norg_id = \"{ORG}\"\npolicy_arns = [\"{policy}\"]\n{projects}"
+            ),
+        )
+        .unwrap();
+    };
+    file(
+        &format!(
+            "projects = [\"{PROJECT_A}\", \"{}\"]\n",
+            PROJECT_B.to_uppercase()
+        ),
+        &deploy,
+    );
+    let r = s.init(&[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    // job_sudo: one warning line.
+    let warnings: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("warning: job_sudo"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", r.stderr);
+    assert!(
+        warnings[0].contains("instance role's credentials"),
+        "{}",
+        r.stderr
+    );
+    let v = json(&r);
+    let acts = actions(&v);
+    assert!(
+        acts.contains(&("OIDC provider".into(), "create".into())),
+        "{acts:?}"
+    );
+    assert!(
+        acts.contains(&("job role".into(), "create".into())),
+        "{acts:?}"
+    );
+    let role_arn = v["job_role_arn"].as_str().unwrap().to_string();
+    assert!(
+        role_arn.ends_with(":role/cci-scaler-demo-job"),
+        "{role_arn}"
+    );
+    // The config snippet assumes it through the aws-cli orb.
+    let snippet = v["circleci_config"].as_str().unwrap();
+    assert!(snippet.contains("aws-cli: circleci/aws-cli@5"), "{snippet}");
+    assert!(
+        snippet.contains(&format!(
+            "- aws-cli/setup:\n          role_arn: {role_arn}\n"
+        )),
+        "{snippet}"
+    );
+
+    // The provider: issuer, audience, tag.
+    let account = "123456789012";
+    let provider_arn = format!("arn:aws:iam::{account}:oidc-provider/oidc.circleci.com/org/{ORG}");
+    let p = iam
+        .get_open_id_connect_provider()
+        .open_id_connect_provider_arn(&provider_arn)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        p.url(),
+        Some(format!("oidc.circleci.com/org/{ORG}").as_str())
+    );
+    assert_eq!(p.client_id_list(), [ORG]);
+    assert!(
+        p.tags()
+            .iter()
+            .any(|t| t.key() == "cci-scaler:stack" && t.value() == "demo"),
+        "{:?}",
+        p.tags()
+    );
+    // The role: only the organisation's tokens, only those projects.
+    let trust = trust_of(&iam, "cci-scaler-demo-job").await;
+    let st = &trust["Statement"][0];
+    assert_eq!(st["Principal"]["Federated"], provider_arn.as_str());
+    assert_eq!(st["Action"], "sts:AssumeRoleWithWebIdentity");
+    let iss = format!("oidc.circleci.com/org/{ORG}");
+    assert_eq!(st["Condition"]["StringEquals"][format!("{iss}:aud")], ORG);
+    assert_eq!(
+        st["Condition"]["StringLike"][format!("{iss}:sub")],
+        serde_json::json!([
+            format!("org/{ORG}/project/{PROJECT_A}/user/*"),
+            format!("org/{ORG}/project/{PROJECT_B}/user/*")
+        ])
+    );
+    assert_eq!(
+        attached(&iam, "cci-scaler-demo-job").await,
+        [deploy.as_str()]
+    );
+    let role = iam
+        .get_role()
+        .role_name("cci-scaler-demo-job")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(role.role().unwrap().max_session_duration(), Some(3600));
+    // The runner role is not touched by it: jobs get AWS only through OIDC.
+    assert!(
+        !trust_of(&iam, "cci-scaler-demo-runner")
+            .await
+            .to_string()
+            .contains("oidc")
+    );
+
+    // Converged: nothing changes.
+    let r = s.init(&[]).await;
+    assert_eq!(json(&r)["changed"], false, "{r:?}");
+
+    // Fewer projects, another policy: the trust and the policies follow.
+    file(&format!("projects = [\"{PROJECT_A}\"]\n"), &read);
+    let r = s.init(&[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        actions(&json(&r)).contains(&("job role".into(), "update".into())),
+        "{r:?}"
+    );
+    let trust = trust_of(&iam, "cci-scaler-demo-job").await;
+    assert_eq!(
+        trust["Statement"][0]["Condition"]["StringLike"][format!("{iss}:sub")],
+        serde_json::json!([format!("org/{ORG}/project/{PROJECT_A}/user/*")])
+    );
+    assert_eq!(attached(&iam, "cci-scaler-demo-job").await, [read.as_str()]);
+    // No projects: every project of the organisation (still only it).
+    file("", &read);
+    let r = s.init(&[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let trust = trust_of(&iam, "cci-scaler-demo-job").await;
+    let cond = &trust["Statement"][0]["Condition"];
+    assert_eq!(
+        cond["StringLike"][format!("{iss}:sub")],
+        serde_json::json!([format!("org/{ORG}/project/*")])
+    );
+    assert_eq!(cond["StringEquals"][format!("{iss}:aud")], ORG);
+
+    // Another stack's job role trusts the same provider: teardown hands the
+    // provider over instead of breaking that role; that stack's teardown
+    // removes it.
+    iam.create_role()
+        .role_name("cci-scaler-other-job")
+        .assume_role_policy_document(trust.to_string())
+        .tags(
+            aws_sdk_iam::types::Tag::builder()
+                .key("cci-scaler:stack")
+                .value("other")
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let r = s.teardown().await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let v = json(&r);
+    let acts = actions(&v);
+    assert!(
+        acts.contains(&("job role".into(), "delete".into())),
+        "{acts:?}"
+    );
+    assert!(
+        acts.contains(&("OIDC provider".into(), "keep".into())),
+        "{acts:?}"
+    );
+    assert!(
+        iam.get_role()
+            .role_name("cci-scaler-demo-job")
+            .send()
+            .await
+            .is_err()
+    );
+    let p = iam
+        .get_open_id_connect_provider()
+        .open_id_connect_provider_arn(&provider_arn)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        p.tags()
+            .iter()
+            .any(|t| t.key() == "cci-scaler:stack" && t.value() == "other"),
+        "handed over: {:?}",
+        p.tags()
+    );
+    let r = run(s.cmd(&["--output", "json", "teardown", "--stack", "other", "--yes"])).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        iam.get_open_id_connect_provider()
+            .open_id_connect_provider_arn(&provider_arn)
+            .send()
+            .await
+            .is_err(),
+        "the last stack's teardown removes the provider"
+    );
+    assert!(
+        iam.get_role()
+            .role_name("cci-scaler-other-job")
+            .send()
+            .await
+            .is_err()
+    );
+
+    // A provider made elsewhere (not tagged): used as it is, never removed.
+    iam.create_open_id_connect_provider()
+        .url(format!("https://oidc.circleci.com/org/{ORG}"))
+        .client_id_list(ORG)
+        .send()
+        .await
+        .unwrap();
+    let r = s.init(&[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let v = json(&r);
+    let item = v["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["kind"] == "OIDC provider")
+        .unwrap()
+        .clone();
+    assert_eq!(item["action"], "foreign", "{item}");
+    assert!(
+        item["detail"].as_str().unwrap().contains("never removed"),
+        "{item}"
+    );
+    let r = s.teardown().await;
+    assert_eq!(r.code, 0, "{r:?}");
+    iam.get_open_id_connect_provider()
+        .open_id_connect_provider_arn(&provider_arn)
+        .send()
+        .await
+        .expect("a provider made elsewhere stays");
+    assert!(
+        iam.get_role()
+            .role_name("cci-scaler-demo-job")
+            .send()
+            .await
+            .is_err()
+    );
+}
