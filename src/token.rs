@@ -30,6 +30,18 @@ pub enum TokenError {
     Secret(#[from] SecretError),
 }
 
+/// The token `init` stores for the scaler when it should not get init's own
+/// (an organisation admin's): a dedicated user's, for reading the queue.
+pub const SCALER_TOKEN_VAR: &str = "CIRCLECI_SCALER_TOKEN";
+
+pub fn scaler_token_from_env() -> Option<SecretString> {
+    std::env::var(SCALER_TOKEN_VAR)
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .map(SecretString::from)
+}
+
 pub fn token_from_env() -> Option<SecretString> {
     TOKEN_VARS.iter().find_map(|v| {
         std::env::var(v)
@@ -82,6 +94,7 @@ pub async fn resolve(
             let ScalerSecret {
                 resource_class,
                 circle_token,
+                ..
             } = read_scaler_secret(client, id).await?;
             let rc = resolve_resource_class(resource_class_flag, resource_class.as_deref())?;
             Ok((circle_token, rc))

@@ -88,6 +88,7 @@ pub async fn connect<'a>(
         region,
         names: Names::new(stack),
         circleci: api.as_ref().expect("set above"),
+        scaler_token: token::scaler_token_from_env(),
         personal_token: personal,
         dry_run,
         progress,

@@ -139,6 +139,9 @@ fn print_text(o: &mut String, stack: &str, region: &str, st: &StackStatus) {
             let _ = writeln!(o, $($a)*);
         }};
     }
+    for w in &st.warnings {
+        println!("warning: {w}");
+    }
     match st.pools.as_slice() {
         [p] if p.pool.is_none() => {
             let rc = p

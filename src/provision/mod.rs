@@ -268,8 +268,13 @@ pub struct Ctx<'a> {
     pub region: String,
     pub names: Names,
     pub circleci: &'a RunnerApi,
-    /// The personal token, stored into the scaler's secret.
+    /// The personal token that runs `init` (an organisation admin's:
+    /// creating resource classes and runner tokens needs one).
     pub personal_token: SecretString,
+    /// The token to store into the scaler's secret, for reading the queue
+    /// (CIRCLECI_SCALER_TOKEN: a dedicated user's). `None`: keep the
+    /// dedicated token the secret has, else store `personal_token`.
+    pub scaler_token: Option<SecretString>,
     pub dry_run: bool,
     pub progress: &'a dyn Progress,
 }

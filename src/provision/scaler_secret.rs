@@ -8,6 +8,9 @@ use super::common::*;
 /// The scaler secret.
 pub(crate) struct ScalerSecret;
 
+/// Set in the secret when it holds CIRCLECI_SCALER_TOKEN, not init's token.
+pub(crate) const DEDICATED_TOKEN: &str = "dedicated_token";
+
 impl Resource for ScalerSecret {
     fn step(&self) -> StepName {
         StepName::Secrets
@@ -35,8 +38,23 @@ impl Resource for ScalerSecret {
 /// The secret's value: the tutorial's shape (the first pool's class), and,
 /// for a stack with `[[pool]]` tables, every pool (those being removed
 /// marked so).
-fn wanted(ctx: &Ctx<'_>, s: &StackSettings, f: &Found) -> Value {
-    let mut want = json!({"resource_class": s.resource_class, "circle_token": ctx.personal_token.expose_secret()});
+/// `current`: the secret's value now, whose dedicated token is kept unless
+/// another is given.
+fn wanted(ctx: &Ctx<'_>, s: &StackSettings, f: &Found, current: Option<&Value>) -> Value {
+    let kept = current
+        .filter(|c| c[DEDICATED_TOKEN] == true)
+        .and_then(|c| c["circle_token"].as_str());
+    let token = match (&ctx.scaler_token, kept) {
+        (Some(t), _) => t.expose_secret(),
+        (None, Some(t)) => t,
+        (None, None) => ctx.personal_token.expose_secret(),
+    };
+    let mut want = json!({"resource_class": s.resource_class, "circle_token": token});
+    // A token other than the one that ran init (an organisation admin's):
+    // recorded, so that `status` need not warn and a later init keeps it.
+    if token != ctx.personal_token.expose_secret() {
+        want[DEDICATED_TOKEN] = json!(true);
+    }
     if f.pools.iter().any(|p| p.name.is_some()) || !f.removing.is_empty() {
         let mut pools: Vec<Value> = f
             .pools
@@ -53,27 +71,41 @@ fn wanted(ctx: &Ctx<'_>, s: &StackSettings, f: &Found) -> Value {
 
 async fn converge(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
     let name = ctx.names.scaler_secret();
-    let want = wanted(ctx, s, f);
     let state = super::secret::find(ctx, &name)
         .await?
         .map(|Owned { it, ours }| (it, ours));
+    let current = match &state {
+        Some((_, true)) => super::secret::secret_value(ctx, &name)
+            .await?
+            .and_then(|c| serde_json::from_str::<Value>(&c).ok()),
+        _ => None,
+    };
+    let want = wanted(ctx, s, f, current.as_ref());
+    let item = |action| {
+        let i = Item::new("scaler secret", &name, action);
+        if want[DEDICATED_TOKEN] == true {
+            i.detail("a dedicated user's token")
+        } else {
+            i.detail(format!(
+                "init's own token, an organisation admin's: set {} to a dedicated user's (README, Security)",
+                crate::token::SCALER_TOKEN_VAR
+            ))
+        }
+    };
     let action = match &state {
         Some((_, false)) => return Err(not_ours("secret", &name, ctx)),
         Some((arn, true)) => {
-            let current = super::secret::secret_value(ctx, &name).await?;
-            let same = current
-                .and_then(|c| serde_json::from_str::<Value>(&c).ok())
-                .is_some_and(|c| c == want);
+            let same = current.as_ref() == Some(&want);
             f.scaler_secret_arn = Some(arn.clone());
             if same {
-                return Ok(Item::new("scaler secret", &name, Action::Keep).id(arn));
+                return Ok(item(Action::Keep).id(arn));
             }
             Action::Update
         }
         None => Action::Create,
     };
     if ctx.dry_run {
-        return Ok(Item::new("scaler secret", &name, action));
+        return Ok(item(action));
     }
     let arn = super::secret::write_secret(
         ctx,
@@ -87,7 +119,7 @@ async fn converge(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
     )
     .await?;
     f.scaler_secret_arn = Some(arn.clone());
-    Ok(Item::new("scaler secret", &name, action).id(arn))
+    Ok(item(action).id(arn))
 }
 
 /// The stack's record of its pools, from the scaler secret's value.

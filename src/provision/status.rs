@@ -9,6 +9,8 @@ use super::common::*;
 /// The stack as `status` reports it.
 #[derive(Debug, Serialize)]
 pub struct StackStatus {
+    /// What an operator should fix (one line each).
+    pub warnings: Vec<String>,
     pub resources: Vec<Item>,
     pub pools: Vec<PoolStatus>,
     pub schedule_enabled: Option<bool>,
@@ -154,7 +156,21 @@ pub async fn status(ctx: &Ctx<'_>, pools: &[PoolRecord]) -> R<StackStatus> {
         .send()
         .await
         .ok();
+    let mut warnings = vec![];
+    // The scaler's CircleCI token: the one that ran init can create resource
+    // classes and runner tokens, which only organisation admins may do.
+    match crate::aws::secrets::read_scaler_secret(&ctx.aws.secrets, &ctx.names.scaler_secret())
+        .await
+    {
+        Ok(s) if !s.dedicated_token => warnings.push(format!(
+            "the scaler's CircleCI token is the one that ran init, an organisation admin's (creating resource classes and runner tokens needs one); \
+             give the scaler a dedicated user's token: run init with {} set to it (see README, Security)",
+            crate::token::SCALER_TOKEN_VAR
+        )),
+        _ => {}
+    }
     Ok(StackStatus {
+        warnings,
         resources,
         pools,
         schedule_enabled: rule

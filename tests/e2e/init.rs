@@ -1953,3 +1953,79 @@ async fn job_role_and_oidc_provider_are_made_converged_and_removed() {
             .is_err()
     );
 }
+
+/// The scaler's CircleCI token: init's own is an organisation admin's
+/// (creating resource classes needs one), so status warns until the scaler
+/// has a dedicated user's token (CIRCLECI_SCALER_TOKEN), which later inits keep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaler_token_is_a_dedicated_users_and_status_warns_otherwise() {
+    const DEDICATED: &str = "CCIPAT_dedicated-reader-0123456789abcdef";
+    let s = Stack::new().await;
+    let secrets = aws_sdk_secretsmanager::Client::new(&s.moto.config);
+    let secret = || async {
+        let v = secrets
+            .get_secret_value()
+            .secret_id("cci-scaler/demo/scaler")
+            .send()
+            .await
+            .unwrap();
+        serde_json::from_str::<Value>(v.secret_string().unwrap()).unwrap()
+    };
+    let status = || async {
+        let r = run(s.cmd(&["--output", "json", "status", "--stack", "demo"])).await;
+        assert_eq!(r.code, 0, "{r:?}");
+        assert!(
+            !r.all().contains(TOKEN) && !r.all().contains(DEDICATED),
+            "{r:?}"
+        );
+        json(&r)["warnings"].clone()
+    };
+    let scaler_item = |v: &Value| {
+        v["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["kind"] == "scaler secret")
+            .unwrap()
+            .clone()
+    };
+
+    let r = s.init(&[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let item = scaler_item(&json(&r));
+    assert!(
+        item["detail"]
+            .as_str()
+            .unwrap()
+            .contains("an organisation admin's"),
+        "{item}"
+    );
+    assert_eq!(secret().await["circle_token"], TOKEN);
+    let w = status().await;
+    assert_eq!(w.as_array().unwrap().len(), 1, "{w}");
+    assert!(
+        w[0].as_str().unwrap().contains("organisation admin")
+            && w[0].as_str().unwrap().contains("CIRCLECI_SCALER_TOKEN"),
+        "{w}"
+    );
+
+    let mut c = s.converge(&["init"], &[]);
+    c.env("CIRCLECI_SCALER_TOKEN", DEDICATED);
+    let r = run(c).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(!r.all().contains(DEDICATED), "{r:?}");
+    let item = scaler_item(&json(&r));
+    assert_eq!(item["action"], "update", "{item}");
+    let v = secret().await;
+    assert_eq!(v["circle_token"], DEDICATED);
+    assert_eq!(v["dedicated_token"], true);
+    assert_eq!(status().await, serde_json::json!([]));
+
+    // A later init without it keeps the dedicated token.
+    let r = s.init(&[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(scaler_item(&json(&r))["action"], "keep", "{r:?}");
+    assert_eq!(secret().await["circle_token"], DEDICATED);
+    let r = s.teardown().await;
+    assert_eq!(r.code, 0, "{r:?}");
+}
