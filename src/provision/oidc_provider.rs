@@ -120,15 +120,24 @@ async fn converge(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
     Ok(item(action).detail(format!("audience {}", j.org_id)))
 }
 
-/// The CircleCI providers tagged as this stack's.
+fn denied<E: ProvideErrorMetadata>(e: &E) -> bool {
+    matches!(code(e), "AccessDenied" | "AccessDeniedException")
+}
+
+/// The CircleCI providers tagged as this stack's. A caller not allowed to
+/// list providers (a stack that never had a job role, made with narrow
+/// permissions) is told so, and nothing is removed.
 async fn ours(ctx: &Ctx<'_>) -> R<Vec<String>> {
-    let list = ctx
-        .aws
-        .iam
-        .list_open_id_connect_providers()
-        .send()
-        .await
-        .map_err(aws_err("iam:ListOpenIDConnectProviders", ISSUER_HOST))?;
+    let list = match ctx.aws.iam.list_open_id_connect_providers().send().await {
+        Ok(l) => l,
+        Err(e) if denied(&e) => {
+            ctx.progress.note(
+                "not allowed to list IAM OIDC providers (iam:ListOpenIDConnectProviders): a job role's provider, if any, is left in place",
+            );
+            return Ok(vec![]);
+        }
+        Err(e) => return Err(aws_err("iam:ListOpenIDConnectProviders", ISSUER_HOST)(e)),
+    };
     let mut out = vec![];
     for p in list.open_id_connect_provider_list() {
         let Some(arn) = p.arn() else { continue };
@@ -142,13 +151,18 @@ async fn ours(ctx: &Ctx<'_>) -> R<Vec<String>> {
     Ok(out)
 }
 
-/// Roles other than this stack's job role whose trust policy names `arn`.
-async fn trusted_by(ctx: &Ctx<'_>, arn: &str) -> R<Vec<String>> {
+/// Roles other than this stack's job role whose trust policy names `arn`;
+/// `None`: the caller may not list roles, so cannot tell.
+async fn trusted_by(ctx: &Ctx<'_>, arn: &str) -> R<Option<Vec<String>>> {
     let own = ctx.names.job_role();
     let mut pages = ctx.aws.iam.list_roles().into_paginator().send();
     let mut out = vec![];
     while let Some(page) = pages.next().await {
-        let page = page.map_err(aws_err("iam:ListRoles", arn))?;
+        let page = match page {
+            Ok(p) => p,
+            Err(e) if denied(&e) => return Ok(None),
+            Err(e) => return Err(aws_err("iam:ListRoles", arn)(e)),
+        };
         for r in page.roles() {
             let names_it = r
                 .assume_role_policy_document()
@@ -159,19 +173,16 @@ async fn trusted_by(ctx: &Ctx<'_>, arn: &str) -> R<Vec<String>> {
             }
         }
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// The cci-scaler stack a role belongs to (its stack tag), if any.
 async fn stack_of_role(ctx: &Ctx<'_>, role: &str) -> R<Option<String>> {
-    let tags = ctx
-        .aws
-        .iam
-        .list_role_tags()
-        .role_name(role)
-        .send()
-        .await
-        .map_err(aws_err("iam:ListRoleTags", role))?;
+    let tags = match ctx.aws.iam.list_role_tags().role_name(role).send().await {
+        Ok(t) => t,
+        Err(e) if is_not_found(&e) || denied(&e) => return Ok(None),
+        Err(e) => return Err(aws_err("iam:ListRoleTags", role)(e)),
+    };
     Ok(tags
         .tags()
         .iter()
@@ -186,7 +197,14 @@ async fn delete(ctx: &Ctx<'_>) -> R<Vec<Item>> {
             "https://{}",
             arn.split_once(":oidc-provider/").map_or("", |(_, u)| u)
         );
-        let others = trusted_by(ctx, &arn).await?;
+        let Some(others) = trusted_by(ctx, &arn).await? else {
+            items.push(
+                Item::new("OIDC provider", &url, Action::Keep)
+                    .id(&arn)
+                    .detail("not allowed to list roles (iam:ListRoles), so cannot tell whether others trust it: kept"),
+            );
+            continue;
+        };
         if !others.is_empty() {
             // Another stack's job role (same organisation and account) uses
             // it: hand it over, so that stack's teardown removes it.
