@@ -1727,6 +1727,20 @@ async fn job_role_and_oidc_provider_are_made_converged_and_removed() {
         ),
         &deploy,
     );
+    // The plan names both; nothing is made.
+    let r = s.init(&["--dry-run"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let acts = actions(&json(&r));
+    assert!(
+        acts.contains(&("OIDC provider".into(), "create".into())),
+        "{acts:?}"
+    );
+    assert!(
+        acts.contains(&("job role".into(), "create".into())),
+        "{acts:?}"
+    );
+    let none = iam.list_open_id_connect_providers().send().await.unwrap();
+    assert!(none.open_id_connect_provider_list().is_empty());
     let r = s.init(&[]).await;
     assert_eq!(r.code, 0, "{r:?}");
     // job_sudo: one warning line.
