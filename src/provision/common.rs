@@ -46,6 +46,15 @@ pub(crate) fn not_ours(kind: &'static str, name: &str, ctx: &Ctx) -> ProvisionEr
     }
 }
 
+/// The removal of an optional resource: nothing to say when there is none.
+pub(crate) fn unless_absent(item: Item) -> Vec<Item> {
+    if item.action == Action::Absent {
+        vec![]
+    } else {
+        vec![item]
+    }
+}
+
 pub(crate) fn step<T>(name: &'static str, r: R<T>) -> R<T> {
     r.map_err(|e| match e {
         e @ ProvisionError::NotOurs { .. } => e,

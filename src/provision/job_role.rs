@@ -29,15 +29,10 @@ impl Resource for JobRole {
         Box::pin(converge(ctx, s, f))
     }
     fn delete<'a>(&'a self, ctx: &'a Ctx<'a>, _t: &'a Teardown) -> BoxFuture<'a, R<Vec<Item>>> {
-        // An optional resource: nothing to say when there is none.
         Box::pin(async move {
             let mut item = super::role::delete(ctx, ctx.names.job_role()).await?;
             item.kind = "job role";
-            Ok(if item.action == Action::Absent {
-                vec![]
-            } else {
-                vec![item]
-            })
+            Ok(unless_absent(item))
         })
     }
 }

@@ -25,15 +25,7 @@ impl Resource for Topic {
         Box::pin(converge(ctx, s, f))
     }
     fn delete<'a>(&'a self, ctx: &'a Ctx<'a>, _t: &'a Teardown) -> BoxFuture<'a, R<Vec<Item>>> {
-        // An optional resource: nothing to say when there is none.
-        Box::pin(async move {
-            let item = delete(ctx).await?;
-            Ok(if item.action == Action::Absent {
-                vec![]
-            } else {
-                vec![item]
-            })
-        })
+        Box::pin(async move { Ok(unless_absent(delete(ctx).await?)) })
     }
 }
 

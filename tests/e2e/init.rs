@@ -140,6 +140,13 @@ fn actions(v: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+fn assert_action(acts: &[(String, String)], kind: &str, action: &str) {
+    assert!(
+        acts.iter().any(|(k, a)| k == kind && a == action),
+        "no {kind} {action} in {acts:?}"
+    );
+}
+
 fn assert_no_secrets(r: &Run, stack: &Stack) {
     let all = r.all();
     assert!(!all.contains(TOKEN), "personal token leaked: {r:?}");
@@ -1731,14 +1738,8 @@ async fn job_role_and_oidc_provider_are_made_converged_and_removed() {
     let r = s.init(&["--dry-run"]).await;
     assert_eq!(r.code, 0, "{r:?}");
     let acts = actions(&json(&r));
-    assert!(
-        acts.contains(&("OIDC provider".into(), "create".into())),
-        "{acts:?}"
-    );
-    assert!(
-        acts.contains(&("job role".into(), "create".into())),
-        "{acts:?}"
-    );
+    assert_action(&acts, "OIDC provider", "create");
+    assert_action(&acts, "job role", "create");
     let none = iam.list_open_id_connect_providers().send().await.unwrap();
     assert!(none.open_id_connect_provider_list().is_empty());
     let r = s.init(&[]).await;
@@ -1757,14 +1758,8 @@ async fn job_role_and_oidc_provider_are_made_converged_and_removed() {
     );
     let v = json(&r);
     let acts = actions(&v);
-    assert!(
-        acts.contains(&("OIDC provider".into(), "create".into())),
-        "{acts:?}"
-    );
-    assert!(
-        acts.contains(&("job role".into(), "create".into())),
-        "{acts:?}"
-    );
+    assert_action(&acts, "OIDC provider", "create");
+    assert_action(&acts, "job role", "create");
     let role_arn = v["job_role_arn"].as_str().unwrap().to_string();
     assert!(
         role_arn.ends_with(":role/cci-scaler-demo-job"),
@@ -1842,10 +1837,7 @@ async fn job_role_and_oidc_provider_are_made_converged_and_removed() {
     file(&format!("projects = [\"{PROJECT_A}\"]\n"), &read);
     let r = s.init(&[]).await;
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(
-        actions(&json(&r)).contains(&("job role".into(), "update".into())),
-        "{r:?}"
-    );
+    assert_action(&actions(&json(&r)), "job role", "update");
     let trust = trust_of(&iam, "cci-scaler-demo-job").await;
     assert_eq!(
         trust["Statement"][0]["Condition"]["StringLike"][format!("{iss}:sub")],
@@ -1884,14 +1876,8 @@ async fn job_role_and_oidc_provider_are_made_converged_and_removed() {
     assert_eq!(r.code, 0, "{r:?}");
     let v = json(&r);
     let acts = actions(&v);
-    assert!(
-        acts.contains(&("job role".into(), "delete".into())),
-        "{acts:?}"
-    );
-    assert!(
-        acts.contains(&("OIDC provider".into(), "keep".into())),
-        "{acts:?}"
-    );
+    assert_action(&acts, "job role", "delete");
+    assert_action(&acts, "OIDC provider", "keep");
     assert!(
         iam.get_role()
             .role_name("cci-scaler-demo-job")
