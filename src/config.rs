@@ -1338,6 +1338,18 @@ mod props {
             ],
         ),
         ("region", 1, &["\"eu-west-1\"", "3"]),
+        (
+            "job_role",
+            1,
+            &[
+                "{ org_id = \"8a1c3f0e-2b4d-4e6f-9a8b-7c6d5e4f3a2b\", policy_arns = [\"arn:aws:iam::aws:policy/ReadOnlyAccess\"] }",
+                "{ org_id = \"acme\", policy_arns = [\"arn:aws:iam::aws:policy/ReadOnlyAccess\"] }",
+                "{ policy_arns = [] }",
+                "{ org_id = \"8a1c3f0e-2b4d-4e6f-9a8b-7c6d5e4f3a2b\", policy_arns = [\"x\"], projects = [\"p\"] }",
+                "{ role = 1 }",
+                "3",
+            ],
+        ),
         ("profile", 1, &["\"ops\"", "[1]"]),
         (
             "resource_class",
@@ -1427,6 +1439,7 @@ mod props {
             ],
         ),
         ("max_run_time", 1, &["\"5h\"", "\"5x\""]),
+        ("job_sudo", 2, &["true", "false", "\"yes\""]),
         (
             "working_directory",
             1,
@@ -1514,8 +1527,10 @@ mod props {
                 Err(ConfigError::Invalid { key, detail }) => {
                     let required_missing =
                         matches!(key.as_str(), "stack" | "resource_class") && !keys.contains(&key);
+                    // A key inside a table that was given (`job_role.org_id`).
+                    let in_table = keys.iter().any(|k| key.starts_with(&format!("{k}.")));
                     prop_assert!(
-                        keys.contains(&key) || required_missing,
+                        keys.contains(&key) || required_missing || in_table,
                         "error names {key:?} ({detail}), not a key of:\n{text}"
                     );
                 }
