@@ -134,6 +134,16 @@ pub async fn run(global: &GlobalArgs, cmd: RenderCommand) -> anyhow::Result<Exit
         embedded_token,
     };
     let script = render::render_user_data(&input)?;
+    if script.len() > render::USER_DATA_LIMIT {
+        let packed = render::pack_user_data(&script)?;
+        eprintln!(
+            "note: the script is {} bytes, over EC2's {}-byte user-data limit: init gives it to EC2 \
+             gzip-compressed ({} bytes), which cloud-init reads; to use it elsewhere, gzip it too",
+            script.len(),
+            render::USER_DATA_LIMIT,
+            packed.len()
+        );
+    }
     match &args.out {
         None => {
             let mut out = std::io::stdout().lock();

@@ -257,7 +257,10 @@ pub async fn build(ctx: &Ctx<'_>, s: &StackSettings, opts: &BuildOptions) -> R<V
         .max_count(1)
         .subnet_id(&f.subnets[0])
         .security_group_ids(&sg)
-        .user_data(base64::engine::general_purpose::STANDARD.encode(&script))
+        .user_data(
+            base64::engine::general_purpose::STANDARD
+                .encode(crate::render::pack_user_data(&script)?),
+        )
         .instance_initiated_shutdown_behavior(ec2t::ShutdownBehavior::Stop)
         .metadata_options(
             ec2t::InstanceMetadataOptionsRequest::builder()

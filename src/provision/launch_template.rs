@@ -62,7 +62,7 @@ pub(crate) async fn find(ctx: &Ctx<'_>) -> R<Option<Owned<ec2t::LaunchTemplate>>
 fn template_data(
     ctx: &Ctx<'_>,
     s: &StackSettings,
-    user_data: &str,
+    user_data: &[u8],
     f: &Found,
 ) -> ec2t::RequestLaunchTemplateData {
     let name = ctx.names.launch_template();
@@ -136,7 +136,9 @@ macro_rules! fingerprint {
 async fn converge(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
     let name = ctx.names.launch_template();
     let ec2 = &ctx.aws.ec2;
-    let data = template_data(ctx, s, &f.pool().user_data, f);
+    // The script, or gzip-compressed when it is over EC2's limit.
+    let user_data = crate::render::pack_user_data(&f.pool().user_data)?;
+    let data = template_data(ctx, s, &user_data, f);
     match find(ctx).await? {
         Some(Owned { ours: false, .. }) => Err(not_ours("launch template", &name, ctx)),
         Some(Owned { it: t, .. }) => {

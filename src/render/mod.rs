@@ -10,7 +10,8 @@ use secrecy::{ExposeSecret, SecretString};
 const TEMPLATE: &str = include_str!("../../templates/user-data.sh.j2");
 const SETUP_DELIMITER: &str = "CCI_SCALER_SETUP_SCRIPT";
 
-/// EC2 refuses user data above 16 KB (before base64).
+/// EC2 refuses user data above 16 KB (before base64). A longer script goes
+/// gzip-compressed, which cloud-init reads ([`pack_user_data`]).
 pub const USER_DATA_LIMIT: usize = 16 * 1024;
 
 pub const DEFAULT_IDLE_TIMEOUT: &str = "1m";
@@ -33,7 +34,7 @@ pub enum RenderError {
     #[error("the setup script cannot be embedded: {0}")]
     SetupScript(String),
     #[error(
-        "the rendered user data is {size} bytes, {over} bytes over EC2's {USER_DATA_LIMIT}-byte limit; shorten the setup script or install from a package or an image instead"
+        "the rendered user data is {size} bytes even gzip-compressed, {over} bytes over EC2's {USER_DATA_LIMIT}-byte limit; shorten the setup script or install from a package or an image instead"
     )]
     TooLarge { size: usize, over: usize },
     #[error("rendering the user-data template failed: {0}")]
@@ -360,11 +361,35 @@ pub fn render_user_data(input: &UserDataInput) -> Result<String, RenderError> {
             })
         })
         .map_err(|e| RenderError::Template(e.to_string()))?;
-    if out.len() > USER_DATA_LIMIT {
-        return Err(RenderError::TooLarge {
-            size: out.len(),
-            over: out.len() - USER_DATA_LIMIT,
-        });
-    }
+    pack_user_data(&out)?;
     Ok(out)
+}
+
+/// The bytes EC2 is given for a script: the script itself when it fits in
+/// [`USER_DATA_LIMIT`] (readable in the console, as before), else the
+/// script gzip-compressed (cloud-init recognises and inflates gzip user
+/// data), or an error when even that does not fit. Deterministic: the same
+/// script gives the same bytes (no time or name in the gzip header).
+pub fn pack_user_data(script: &str) -> Result<Vec<u8>, RenderError> {
+    use std::io::Write;
+    if script.len() <= USER_DATA_LIMIT {
+        return Ok(script.as_bytes().to_vec());
+    }
+    let mut gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .operating_system(3)
+        .write(Vec::new(), flate2::Compression::best());
+    gz.write_all(script.as_bytes())
+        .and_then(|_| gz.finish())
+        .map_err(|e| RenderError::Template(format!("gzip: {e}")))
+        .and_then(|packed| {
+            if packed.len() > USER_DATA_LIMIT {
+                Err(RenderError::TooLarge {
+                    size: packed.len(),
+                    over: packed.len() - USER_DATA_LIMIT,
+                })
+            } else {
+                Ok(packed)
+            }
+        })
 }

@@ -2029,3 +2029,37 @@ async fn scaler_token_is_a_dedicated_users_and_status_warns_otherwise() {
     let r = s.teardown().await;
     assert_eq!(r.code, 0, "{r:?}");
 }
+
+/// A setup script that takes the user data over EC2's 16 KB: the launch
+/// template gets it gzip-compressed (cloud-init inflates it), and a second
+/// init finds it unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_setup_script_reaches_the_launch_template_gzip_compressed() {
+    use std::io::Read;
+    let s = Stack::new().await;
+    let ec2 = aws_sdk_ec2::Client::new(&s.moto.config);
+    let setup = s.home.path().join("setup.sh");
+    let lines: String = (0..300)
+        .map(|i| format!("echo 'setting {i} of the job environment' >> /etc/ci.conf\n"))
+        .collect();
+    std::fs::write(&setup, format!("{lines}echo long-setup-done\n")).unwrap();
+    let r = s.init(&["--setup-script", setup.to_str().unwrap()]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let ver = latest_template(&ec2).await;
+    let packed = base64::engine::general_purpose::STANDARD
+        .decode(ver.launch_template_data().unwrap().user_data().unwrap())
+        .unwrap();
+    assert_eq!(&packed[..2], [0x1f, 0x8b], "gzip");
+    assert!(packed.len() <= 16 * 1024, "{}", packed.len());
+    let mut script = String::new();
+    flate2::read::GzDecoder::new(&packed[..])
+        .read_to_string(&mut script)
+        .unwrap();
+    assert!(script.starts_with("#!/bin/bash\n"));
+    assert!(script.len() > 16 * 1024, "{}", script.len());
+    assert!(script.contains("echo long-setup-done\n"));
+    let r = s.init(&["--setup-script", setup.to_str().unwrap()]).await;
+    assert_eq!(json(&r)["changed"], false, "{r:?}");
+    let r = s.teardown().await;
+    assert_eq!(r.code, 0, "{r:?}");
+}

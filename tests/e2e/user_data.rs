@@ -479,6 +479,61 @@ impl Sandbox {
     }
 }
 
+/// Comment lines of pseudo-random hex, `bytes` long: gzip halves them at best.
+fn incompressible(bytes: usize) -> String {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut out = String::new();
+    while out.len() < bytes {
+        out.push_str("# ");
+        for _ in 0..4 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.push_str(&format!("{x:016x}"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// A script over EC2's 16 KB goes gzip-compressed (cloud-init inflates it):
+/// the same bytes every time, and back to the very script.
+#[test]
+fn long_scripts_are_packed_with_gzip_and_short_ones_stay_plain() {
+    use std::io::Read;
+    let short = render_user_data(&default_input()).unwrap();
+    assert_eq!(
+        cci_scaler::render::pack_user_data(&short).unwrap(),
+        short.as_bytes()
+    );
+    let mut input = default_input();
+    // A long but ordinary setup script: 12 KB of apt and config lines.
+    input.setup_script = Some(
+        (0..300)
+            .map(|i| format!("echo 'setting {i} of the job environment' >> /etc/ci.conf\n"))
+            .collect(),
+    );
+    let long = render_user_data(&input).unwrap();
+    assert!(
+        long.len() > cci_scaler::render::USER_DATA_LIMIT,
+        "{}",
+        long.len()
+    );
+    let packed = cci_scaler::render::pack_user_data(&long).unwrap();
+    assert_eq!(&packed[..2], [0x1f, 0x8b], "gzip magic");
+    assert!(packed.len() <= cci_scaler::render::USER_DATA_LIMIT);
+    assert_eq!(cci_scaler::render::pack_user_data(&long).unwrap(), packed);
+    let mut back = String::new();
+    flate2::read::GzDecoder::new(&packed[..])
+        .read_to_string(&mut back)
+        .unwrap();
+    assert_eq!(back, long);
+    // What does not fit even compressed is refused, saying so.
+    input.setup_script = Some(incompressible(40_000));
+    let e = render_user_data(&input).unwrap_err().to_string();
+    assert!(e.contains("even gzip-compressed"), "{e}");
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -1312,7 +1367,8 @@ async fn cli_refuses_bad_input_and_writes_nothing() {
     let home = tempfile::tempdir().unwrap();
     let out = home.path().join("ud.sh");
     let big = home.path().join("big.sh");
-    std::fs::write(&big, "# padding\n".repeat(1700)).unwrap();
+    // Does not compress below the limit either (pseudo-random hex).
+    std::fs::write(&big, incompressible(40_000)).unwrap();
     let delim = home.path().join("delim.sh");
     std::fs::write(&delim, "echo hi\nCCI_SCALER_SETUP_SCRIPT\nrm -rf /\n").unwrap();
     let o = out.to_str().unwrap();
@@ -1447,5 +1503,5 @@ async fn cli_refuses_bad_input_and_writes_nothing() {
         ],
     ))
     .await;
-    assert!(r.stderr.contains("bytes, "), "{r:?}");
+    assert!(r.stderr.contains("bytes even gzip-compressed, "), "{r:?}");
 }
