@@ -140,6 +140,17 @@ fn actions(v: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The first resource of `kind` in a JSON result.
+fn item(v: &Value, kind: &str) -> Value {
+    v["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in {v}"))
+        .clone()
+}
+
 fn assert_action(acts: &[(String, String)], kind: &str, action: &str) {
     assert!(
         acts.iter().any(|(k, a)| k == kind && a == action),
@@ -1925,18 +1936,14 @@ async fn job_role_and_oidc_provider_are_made_converged_and_removed() {
         .unwrap();
     let r = s.init(&[]).await;
     assert_eq!(r.code, 0, "{r:?}");
-    let v = json(&r);
-    let item = v["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["kind"] == "OIDC provider")
-        .unwrap()
-        .clone();
-    assert_eq!(item["action"], "foreign", "{item}");
+    let provider = item(&json(&r), "OIDC provider");
+    assert_eq!(provider["action"], "foreign", "{provider}");
     assert!(
-        item["detail"].as_str().unwrap().contains("never removed"),
-        "{item}"
+        provider["detail"]
+            .as_str()
+            .unwrap()
+            .contains("never removed"),
+        "{provider}"
     );
     let r = s.teardown().await;
     assert_eq!(r.code, 0, "{r:?}");
@@ -1980,25 +1987,16 @@ async fn scaler_token_is_a_dedicated_users_and_status_warns_otherwise() {
         );
         json(&r)["warnings"].clone()
     };
-    let scaler_item = |v: &Value| {
-        v["resources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["kind"] == "scaler secret")
-            .unwrap()
-            .clone()
-    };
 
     let r = s.init(&[]).await;
     assert_eq!(r.code, 0, "{r:?}");
-    let item = scaler_item(&json(&r));
+    let secret_item = item(&json(&r), "scaler secret");
     assert!(
-        item["detail"]
+        secret_item["detail"]
             .as_str()
             .unwrap()
             .contains("an organisation admin's"),
-        "{item}"
+        "{secret_item}"
     );
     assert_eq!(secret().await["circle_token"], TOKEN);
     let w = status().await;
@@ -2014,8 +2012,8 @@ async fn scaler_token_is_a_dedicated_users_and_status_warns_otherwise() {
     let r = run(c).await;
     assert_eq!(r.code, 0, "{r:?}");
     assert!(!r.all().contains(DEDICATED), "{r:?}");
-    let item = scaler_item(&json(&r));
-    assert_eq!(item["action"], "update", "{item}");
+    let secret_item = item(&json(&r), "scaler secret");
+    assert_eq!(secret_item["action"], "update", "{secret_item}");
     let v = secret().await;
     assert_eq!(v["circle_token"], DEDICATED);
     assert_eq!(v["dedicated_token"], true);
@@ -2024,7 +2022,7 @@ async fn scaler_token_is_a_dedicated_users_and_status_warns_otherwise() {
     // A later init without it keeps the dedicated token.
     let r = s.init(&[]).await;
     assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(scaler_item(&json(&r))["action"], "keep", "{r:?}");
+    assert_eq!(item(&json(&r), "scaler secret")["action"], "keep", "{r:?}");
     assert_eq!(secret().await["circle_token"], DEDICATED);
     let r = s.teardown().await;
     assert_eq!(r.code, 0, "{r:?}");
