@@ -94,7 +94,6 @@ pub async fn resolve(
             let ScalerSecret {
                 resource_class,
                 circle_token,
-                ..
             } = read_scaler_secret(client, id).await?;
             let rc = resolve_resource_class(resource_class_flag, resource_class.as_deref())?;
             Ok((circle_token, rc))

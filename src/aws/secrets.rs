@@ -22,9 +22,6 @@ pub enum SecretError {
 pub struct ScalerSecret {
     pub resource_class: Option<String>,
     pub circle_token: SecretString,
-    /// `init` stored a dedicated user's token (CIRCLECI_SCALER_TOKEN), not
-    /// its own (an organisation admin's).
-    pub dedicated_token: bool,
 }
 
 impl std::fmt::Debug for ScalerSecret {
@@ -95,7 +92,6 @@ pub fn parse_scaler_secret(id: &str, text: &str) -> Result<ScalerSecret, SecretE
     Ok(ScalerSecret {
         resource_class,
         circle_token: SecretString::from(token),
-        dedicated_token: obj.get("dedicated_token") == Some(&Value::Bool(true)),
     })
 }
 

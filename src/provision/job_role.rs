@@ -71,31 +71,25 @@ async fn converge(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
         return Err(ProvisionError::Invalid("no [job_role] settings".into()));
     };
     let name = ctx.names.job_role();
-    let (mut item, arn) =
+    let (mut item, role) =
         super::role::converge(ctx, "job role", &name, trust_policy(&f.account, j), None).await?;
     let iam = &ctx.aws.iam;
-    if !ctx.dry_run {
-        let role = iam
-            .get_role()
-            .role_name(&name)
-            .send()
-            .await
-            .map_err(aws_err("iam:GetRole", &name))?;
-        if role.role().map(|r| r.max_session_duration()) != Some(Some(j.max_session_seconds as i32))
-        {
+    let want_session = j.max_session_seconds as i32;
+    if let Some(r) = &role
+        && r.max_session_duration() != Some(want_session)
+    {
+        if !ctx.dry_run {
             iam.update_role()
                 .role_name(&name)
-                .max_session_duration(j.max_session_seconds as i32)
+                .max_session_duration(want_session)
                 .send()
                 .await
                 .map_err(aws_err("iam:UpdateRole", &name))?;
-            if item.action == Action::Keep {
-                item.action = Action::Update;
-            }
         }
+        item.changed();
     }
     // The managed policies: exactly the listed ones.
-    let attached: Vec<String> = if arn.is_some() {
+    let attached: Vec<String> = if role.is_some() {
         let mut pages = iam
             .list_attached_role_policies()
             .role_name(&name)
@@ -131,9 +125,7 @@ async fn converge(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
                     }
                 })?;
         }
-        if item.action == Action::Keep {
-            item.action = Action::Update;
-        }
+        item.changed();
     }
     for p in attached.iter().filter(|p| !j.policy_arns.contains(p)) {
         if !ctx.dry_run {
@@ -144,9 +136,7 @@ async fn converge(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
                 .await
                 .map_err(aws_err("iam:DetachRolePolicy", &name))?;
         }
-        if item.action == Action::Keep {
-            item.action = Action::Update;
-        }
+        item.changed();
     }
     let who = if j.projects.is_empty() {
         "every project of the organisation".to_string()

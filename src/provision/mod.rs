@@ -183,6 +183,13 @@ impl Item {
         self.detail = Some(d.into());
         self
     }
+    /// A change found after the item was made: an unchanged item becomes an
+    /// update (a created one stays created).
+    pub fn changed(&mut self) {
+        if self.action == Action::Keep {
+            self.action = Action::Update;
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -45,17 +45,18 @@ pub(crate) fn group_arn_pattern(ctx: &Ctx<'_>, account: &str, group: &str) -> St
 }
 
 /// Ensure a role (ours) with a trust policy and one inline policy; the item
-/// is of `kind`.
+/// is of `kind`. Returns the role as found or created (`None` in a dry run
+/// that would create it).
 pub(crate) async fn converge(
     ctx: &Ctx<'_>,
     kind: &'static str,
     name: &str,
     trust: Value,
     policy: Option<Value>,
-) -> R<(Item, Option<String>)> {
+) -> R<(Item, Option<aws_sdk_iam::types::Role>)> {
     let iam = &ctx.aws.iam;
     let mut action = Action::Keep;
-    let arn = match find(ctx, name).await? {
+    let role = match find(ctx, name).await? {
         Some(Owned { ours: false, .. }) => return Err(not_ours("IAM role", name, ctx)),
         Some(Owned { it: r, .. }) => {
             // Who may assume it: converged too (the job role's projects).
@@ -71,7 +72,7 @@ pub(crate) async fn converge(
                         .map_err(aws_err("iam:UpdateAssumeRolePolicy", name))?;
                 }
             }
-            Some(r.arn().to_string())
+            Some(r)
         }
         None => {
             action = Action::Create;
@@ -87,7 +88,7 @@ pub(crate) async fn converge(
                     .send()
                     .await
                     .map_err(aws_err("iam:CreateRole", name))?;
-                out.role().map(|r| r.arn().to_string())
+                out.role().cloned()
             }
         }
     };
@@ -119,10 +120,10 @@ pub(crate) async fn converge(
         }
     }
     let mut item = Item::new(kind, name, action);
-    if let Some(a) = &arn {
-        item = item.id(a);
+    if let Some(r) = &role {
+        item = item.id(r.arn());
     }
-    Ok((item, arn))
+    Ok((item, role))
 }
 
 pub(crate) async fn delete(ctx: &Ctx<'_>, name: String) -> R<Item> {

@@ -140,7 +140,7 @@ async fn converge(ctx: &Ctx<'_>, f: &mut Found) -> R<Item> {
                    "Resource": super::runner_role::one_or_list(tagged)}),
         );
     }
-    let (item, arn) = super::role::converge(
+    let (item, role) = super::role::converge(
         ctx,
         "IAM role",
         &ctx.names.scaler_role(),
@@ -148,6 +148,6 @@ async fn converge(ctx: &Ctx<'_>, f: &mut Found) -> R<Item> {
         Some(policy),
     )
     .await?;
-    f.scaler_role_arn = arn;
+    f.scaler_role_arn = role.map(|r| r.arn().to_string());
     Ok(item)
 }

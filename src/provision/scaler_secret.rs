@@ -122,6 +122,15 @@ async fn converge(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
     Ok(item(action).id(arn))
 }
 
+/// Whether the scaler secret holds init's own token (an organisation
+/// admin's) rather than a dedicated user's; `None`: no readable secret.
+pub(crate) async fn holds_init_token(ctx: &Ctx<'_>) -> R<Option<bool>> {
+    let value = super::secret::secret_value(ctx, &ctx.names.scaler_secret()).await?;
+    Ok(value
+        .and_then(|v| serde_json::from_str::<Value>(&v).ok())
+        .map(|v| v[DEDICATED_TOKEN] != true))
+}
+
 /// The stack's record of its pools, from the scaler secret's value.
 fn pools_of(value: &Value) -> Option<Vec<PoolRecord>> {
     if let Some(list) = value.get("pools").and_then(Value::as_array) {

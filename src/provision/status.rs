@@ -159,15 +159,12 @@ pub async fn status(ctx: &Ctx<'_>, pools: &[PoolRecord]) -> R<StackStatus> {
     let mut warnings = vec![];
     // The scaler's CircleCI token: the one that ran init can create resource
     // classes and runner tokens, which only organisation admins may do.
-    match crate::aws::secrets::read_scaler_secret(&ctx.aws.secrets, &ctx.names.scaler_secret())
-        .await
-    {
-        Ok(s) if !s.dedicated_token => warnings.push(format!(
+    if super::scaler_secret::holds_init_token(ctx).await? == Some(true) {
+        warnings.push(format!(
             "the scaler's CircleCI token is the one that ran init, an organisation admin's (creating resource classes and runner tokens needs one); \
              give the scaler a dedicated user's token: run init with {} set to it (see README, Security)",
             crate::token::SCALER_TOKEN_VAR
-        )),
-        _ => {}
+        ));
     }
     Ok(StackStatus {
         warnings,

@@ -269,24 +269,9 @@ async fn init_creates_everything_converges_and_teardown_removes_it() {
         ("cci-scaler-demo-runner", "ec2.amazonaws.com"),
         ("cci-scaler-demo-scaler", "lambda.amazonaws.com"),
     ] {
-        let r = iam.get_role().role_name(role).send().await.unwrap();
-        let trust = percent_encoding::percent_decode_str(
-            r.role().unwrap().assume_role_policy_document().unwrap(),
-        )
-        .decode_utf8_lossy()
-        .to_string();
+        let trust = crate::support::role_trust(&iam, role).await.to_string();
         assert!(trust.contains(service), "{trust}");
-        let p = iam
-            .get_role_policy()
-            .role_name(role)
-            .policy_name("cci-scaler")
-            .send()
-            .await
-            .unwrap();
-        let doc: Value = serde_json::from_str(
-            &percent_encoding::percent_decode_str(p.policy_document()).decode_utf8_lossy(),
-        )
-        .unwrap();
+        let doc = crate::support::role_policy(&iam, role).await;
         assert_least_privilege(&doc);
         // An independent check: parliament finds nothing above "low".
         let findings = crate::support::parliament(&doc);
@@ -1171,15 +1156,7 @@ async fn a_stack_without_pools_upgrades_with_no_change() {
         g.tags()
     );
     let iam = aws_sdk_iam::Client::new(cfg);
-    let p = iam
-        .get_role_policy()
-        .role_name("cci-scaler-demo-runner")
-        .policy_name("cci-scaler")
-        .send()
-        .await
-        .unwrap();
-    let doc = percent_encoding::percent_decode_str(p.policy_document()).decode_utf8_lossy();
-    let policy: Value = serde_json::from_str(&doc).unwrap();
+    let policy = crate::support::role_policy(&iam, "cci-scaler-demo-runner").await;
     for st in policy["Statement"].as_array().unwrap() {
         assert!(st["Resource"].is_string(), "{policy}");
     }
@@ -1216,15 +1193,7 @@ async fn init_with_headroom_and_status_of_spares() {
     assert_eq!(hr[0]["count"], 2);
     assert_eq!(hr[0]["time_zone"], "Europe/Berlin");
     let iam = aws_sdk_iam::Client::new(cfg);
-    let p = iam
-        .get_role_policy()
-        .role_name("cci-scaler-demo-scaler")
-        .policy_name("cci-scaler")
-        .send()
-        .await
-        .unwrap();
-    let doc = percent_encoding::percent_decode_str(p.policy_document()).decode_utf8_lossy();
-    let policy: Value = serde_json::from_str(&doc).unwrap();
+    let policy = crate::support::role_policy(&iam, "cci-scaler-demo-scaler").await;
     let tag = policy["Statement"]
         .as_array()
         .unwrap()
@@ -1688,13 +1657,6 @@ const ORG: &str = "8a1c3f0e-2b4d-4e6f-9a8b-7c6d5e4f3a2b";
 const PROJECT_A: &str = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0";
 const PROJECT_B: &str = "11111111-2222-4333-8444-555555555555";
 
-async fn trust_of(iam: &aws_sdk_iam::Client, role: &str) -> Value {
-    let r = iam.get_role().role_name(role).send().await.unwrap();
-    let doc = r.role().unwrap().assume_role_policy_document().unwrap();
-    let doc = percent_encoding::percent_decode_str(doc).decode_utf8_lossy();
-    serde_json::from_str(&doc).unwrap()
-}
-
 async fn attached(iam: &aws_sdk_iam::Client, role: &str) -> Vec<String> {
     let out = iam
         .list_attached_role_policies()
@@ -1811,7 +1773,7 @@ async fn job_role_and_oidc_provider_are_made_converged_and_removed() {
         p.tags()
     );
     // The role: only the organisation's tokens, only those projects.
-    let trust = trust_of(&iam, "cci-scaler-demo-job").await;
+    let trust = crate::support::role_trust(&iam, "cci-scaler-demo-job").await;
     let st = &trust["Statement"][0];
     assert_eq!(st["Principal"]["Federated"], provider_arn.as_str());
     assert_eq!(st["Action"], "sts:AssumeRoleWithWebIdentity");
@@ -1837,7 +1799,7 @@ async fn job_role_and_oidc_provider_are_made_converged_and_removed() {
     assert_eq!(role.role().unwrap().max_session_duration(), Some(3600));
     // The runner role is not touched by it: jobs get AWS only through OIDC.
     assert!(
-        !trust_of(&iam, "cci-scaler-demo-runner")
+        !crate::support::role_trust(&iam, "cci-scaler-demo-runner")
             .await
             .to_string()
             .contains("oidc")
@@ -1852,7 +1814,7 @@ async fn job_role_and_oidc_provider_are_made_converged_and_removed() {
     let r = s.init(&[]).await;
     assert_eq!(r.code, 0, "{r:?}");
     assert_action(&actions(&json(&r)), "job role", "update");
-    let trust = trust_of(&iam, "cci-scaler-demo-job").await;
+    let trust = crate::support::role_trust(&iam, "cci-scaler-demo-job").await;
     assert_eq!(
         trust["Statement"][0]["Condition"]["StringLike"][format!("{iss}:sub")],
         serde_json::json!([format!("org/{ORG}/project/{PROJECT_A}/user/*")])
@@ -1862,7 +1824,7 @@ async fn job_role_and_oidc_provider_are_made_converged_and_removed() {
     file("", &read);
     let r = s.init(&[]).await;
     assert_eq!(r.code, 0, "{r:?}");
-    let trust = trust_of(&iam, "cci-scaler-demo-job").await;
+    let trust = crate::support::role_trust(&iam, "cci-scaler-demo-job").await;
     let cond = &trust["Statement"][0]["Condition"];
     assert_eq!(
         cond["StringLike"][format!("{iss}:sub")],

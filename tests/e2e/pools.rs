@@ -110,15 +110,7 @@ impl Duo {
     }
 
     async fn role_policy(&self, role: &str) -> Value {
-        let p = aws_sdk_iam::Client::new(&self.moto.config)
-            .get_role_policy()
-            .role_name(role)
-            .policy_name("cci-scaler")
-            .send()
-            .await
-            .unwrap();
-        let doc = percent_encoding::percent_decode_str(p.policy_document()).decode_utf8_lossy();
-        serde_json::from_str(&doc).unwrap()
+        crate::support::role_policy(&aws_sdk_iam::Client::new(&self.moto.config), role).await
     }
 
     /// The architecture of the image in a pool's launch template.

@@ -97,15 +97,8 @@ async fn spot_pool_is_created_read_back_and_converged_in_place() {
     assert_eq!(types, ["c7i.large", "c6i.large", "m7i.large"]);
     // The scaler may switch that group's policy, and launch with its template
     // only; parliament finds nothing.
-    let p = aws_sdk_iam::Client::new(&moto.config)
-        .get_role_policy()
-        .role_name("cci-scaler-sp-scaler")
-        .policy_name("cci-scaler")
-        .send()
-        .await
-        .unwrap();
-    let doc = percent_encoding::percent_decode_str(p.policy_document()).decode_utf8_lossy();
-    let policy: Value = serde_json::from_str(&doc).unwrap();
+    let iam = aws_sdk_iam::Client::new(&moto.config);
+    let policy = crate::support::role_policy(&iam, "cci-scaler-sp-scaler").await;
     let sids: Vec<&str> = policy["Statement"]
         .as_array()
         .unwrap()

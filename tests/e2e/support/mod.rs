@@ -141,3 +141,27 @@ pub fn parliament(policy: &serde_json::Value) -> Vec<Finding> {
         })
         .collect()
 }
+
+/// An IAM policy document as IAM returns it (URL-encoded JSON).
+pub fn iam_doc(doc: &str) -> serde_json::Value {
+    let doc = percent_encoding::percent_decode_str(doc).decode_utf8_lossy();
+    serde_json::from_str(&doc).unwrap_or_else(|e| panic!("{e}: {doc}"))
+}
+
+/// The inline policy `cci-scaler` of a role.
+pub async fn role_policy(iam: &aws_sdk_iam::Client, role: &str) -> serde_json::Value {
+    let p = iam
+        .get_role_policy()
+        .role_name(role)
+        .policy_name("cci-scaler")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{role}: {e:?}"));
+    iam_doc(p.policy_document())
+}
+
+/// Who may assume a role (its trust policy).
+pub async fn role_trust(iam: &aws_sdk_iam::Client, role: &str) -> serde_json::Value {
+    let r = iam.get_role().role_name(role).send().await.unwrap();
+    iam_doc(r.role().unwrap().assume_role_policy_document().unwrap())
+}
