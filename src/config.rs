@@ -153,12 +153,11 @@ impl JobRoleFile {
             ));
         }
         for a in &policy_arns {
-            let ok = a.starts_with("arn:aws")
-                && a.split(':').count() == 6
-                && a.split(':').nth(2) == Some("iam")
-                && a.split(':')
-                    .nth(5)
-                    .is_some_and(|r| r.starts_with("policy/") && r.len() > 7);
+            let parts: Vec<&str> = a.split(':').collect();
+            let ok = matches!(parts.as_slice(),
+                [arn, partition, "iam", "", _, resource]
+                    if *arn == "arn" && partition.starts_with("aws")
+                        && resource.len() > 7 && resource.starts_with("policy/"));
             if !ok {
                 return Err(bad(
                     "job_role.policy_arns",
