@@ -21,6 +21,11 @@ pub const DEFAULT_IMAGE_ARM64: &str =
 pub const MAX_INSTANCE_TYPES: usize = 20;
 pub const DEFAULT_INSTANCE_TYPE: &str = "t3.medium";
 pub const DEFAULT_STACK_FILE: &str = "cci-scaler.toml";
+/// The retentions (days) CloudWatch Logs accepts (PutRetentionPolicy).
+pub const LOG_RETENTION_DAYS: &[u32] = &[
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
+    3288, 3653,
+];
 
 /// The stack file. Every key is optional; flags override it.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -42,6 +47,8 @@ pub struct StackFile {
     pub poll_interval: Option<String>,
     pub poll_window: Option<String>,
     pub boot_timeout: Option<String>,
+    /// How long the Lambda's log group keeps its logs, in days [30].
+    pub log_retention_days: Option<u32>,
     #[serde(default)]
     pub runner: RunnerFile,
     /// Spare runners by schedule (`[[headroom]]`), for a stack without pools.
@@ -372,6 +379,8 @@ pub struct StackSettings {
     pub poll_interval: Duration,
     pub poll_window: Duration,
     pub boot_timeout: Duration,
+    /// The Lambda's log group's retention (one of CloudWatch Logs' values).
+    pub log_retention_days: u32,
     pub runner: RunnerSettings,
 }
 
@@ -448,7 +457,8 @@ impl StackFile {
             imds_hop_limit,
             poll_interval,
             poll_window,
-            boot_timeout
+            boot_timeout,
+            log_retention_days
         )
     }
 
@@ -721,6 +731,20 @@ impl StackFile {
                 ),
             ));
         }
+        let log_retention_days = self.log_retention_days.unwrap_or(30);
+        if !LOG_RETENTION_DAYS.contains(&log_retention_days) {
+            return Err(bad(
+                "log_retention_days",
+                format!(
+                    "{log_retention_days} is not a retention CloudWatch Logs offers: one of {}",
+                    LOG_RETENTION_DAYS
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
         if boot_timeout < Duration::from_secs(60) || boot_timeout > Duration::from_secs(86_400) {
             return Err(bad(
                 "boot_timeout",
@@ -816,6 +840,7 @@ impl StackFile {
             poll_interval,
             poll_window,
             boot_timeout,
+            log_retention_days,
             runner: RunnerSettings {
                 idle_timeout,
                 max_run_time,
@@ -1421,6 +1446,7 @@ mod props {
             1,
             &["\"10m\"", "\"30s\"", "\"2d\"", "\"never\""],
         ),
+        ("log_retention_days", 2, &["30", "7", "31", "0", "\"30\""]),
         ("stak", 0, &["\"typo\""]),
     ];
     const RUNNER: &[Candidates] = &[

@@ -51,6 +51,9 @@ pub struct InitArgs {
     /// Reap instances not registered after this [default: 10m].
     #[arg(long, value_name = "DURATION")]
     pub boot_timeout: Option<String>,
+    /// Days the Lambda's log group keeps its logs [default: 30].
+    #[arg(long, value_name = "DAYS")]
+    pub log_retention_days: Option<u32>,
     /// Runner idle timeout [default: 1m].
     #[arg(long, value_name = "DURATION")]
     pub idle_timeout: Option<String>,
@@ -119,6 +122,7 @@ async fn converge(
         poll_interval: args.poll_interval.clone(),
         poll_window: args.poll_window.clone(),
         boot_timeout: args.boot_timeout.clone(),
+        log_retention_days: args.log_retention_days,
         runner: RunnerFile {
             idle_timeout: args.idle_timeout.clone(),
             max_run_time: args.max_run_time.clone(),

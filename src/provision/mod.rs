@@ -17,6 +17,7 @@ pub mod image;
 mod instance_profile;
 mod job_role;
 mod launch_template;
+mod log_group;
 mod oidc_provider;
 mod resource_class;
 mod role;

@@ -87,6 +87,7 @@ fn resources(artifact: Option<&Artifact>) -> Vec<Box<dyn Resource + '_>> {
         Box::new(super::scaler_role::ScalerRole),
         Box::new(super::oidc_provider::OidcProvider),
         Box::new(super::job_role::JobRole),
+        Box::new(super::log_group::LogGroup),
         Box::new(super::function::Function { artifact }),
         Box::new(super::schedule::Schedule),
         Box::new(super::topic::Topic),

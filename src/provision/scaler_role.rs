@@ -53,8 +53,12 @@ pub(crate) fn scaler_policy(
              "Resource": group_arns},
             {"Sid": "ReadScalerSecret", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
              "Resource": secret_arn},
-            {"Sid": "OwnLogs", "Effect": "Allow", "Action": "logs:CreateLogGroup", "Resource": log_group},
-            {"Sid": "OwnLogStreams", "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+            // CreateLogGroup is authorised on `log-group:NAME:log-stream:`
+            // (the Service Authorization Reference), which the bare
+            // log-group ARN does not cover. init makes the group; this
+            // lets the Lambda make it again should someone delete it.
+            {"Sid": "OwnLogs", "Effect": "Allow",
+             "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
              "Resource": format!("{log_group}:*")}
         ]
     })

@@ -91,24 +91,50 @@ async fn converge(ctx: &Ctx<'_>, f: &mut Found) -> R<Item> {
 
 async fn delete(ctx: &Ctx<'_>) -> R<Item> {
     let name = ctx.names.security_group();
-    let Some(Owned { it: sg, ours }) = find(ctx, None).await? else {
-        return Ok(Item::new("security group", &name, Action::Absent));
-    };
-    let id = sg.group_id().unwrap_or_default().to_string();
-    if !ours {
-        return Ok(Item::new("security group", &name, Action::Foreign).id(id));
-    }
-    if !ctx.dry_run {
-        // Network interfaces of terminated instances can hold it a little while.
-        with_patience(
-            ctx.progress,
-            "the security group to be free of network interfaces",
-            Duration::from_secs(300),
-            |e: &aws_sdk_ec2::error::SdkError<_, _>| code(e) == "DependencyViolation",
-            || ctx.aws.ec2.delete_security_group().group_id(&id).send(),
+    // By name in every VPC: init made ours in the subnets' VPC, and a group of
+    // the same name elsewhere (untagged, or another stack's) is not ours and
+    // must neither be touched nor hide ours.
+    let out = ctx
+        .aws
+        .ec2
+        .describe_security_groups()
+        .filters(
+            ec2t::Filter::builder()
+                .name("group-name")
+                .values(&name)
+                .build(),
         )
+        .send()
         .await
-        .map_err(aws_err("ec2:DeleteSecurityGroup", &name))?;
+        .map_err(aws_err("ec2:DescribeSecurityGroups", &name))?;
+    let (ours, foreign): (Vec<_>, Vec<_>) = out
+        .security_groups()
+        .iter()
+        .partition(|sg| ec2_tagged(sg.tags(), &ctx.names.stack));
+    if ours.is_empty() {
+        return Ok(match foreign.first() {
+            Some(sg) => Item::new("security group", &name, Action::Foreign)
+                .id(sg.group_id().unwrap_or_default()),
+            None => Item::new("security group", &name, Action::Absent),
+        });
     }
-    Ok(Item::new("security group", &name, Action::Delete).id(id))
+    let ids: Vec<String> = ours
+        .iter()
+        .map(|sg| sg.group_id().unwrap_or_default().to_string())
+        .collect();
+    if !ctx.dry_run {
+        for id in &ids {
+            // Network interfaces of terminated instances can hold it a little while.
+            with_patience(
+                ctx.progress,
+                "the security group to be free of network interfaces",
+                Duration::from_secs(300),
+                |e: &aws_sdk_ec2::error::SdkError<_, _>| code(e) == "DependencyViolation",
+                || ctx.aws.ec2.delete_security_group().group_id(id).send(),
+            )
+            .await
+            .map_err(aws_err("ec2:DeleteSecurityGroup", &name))?;
+        }
+    }
+    Ok(Item::new("security group", &name, Action::Delete).id(ids.join(", ")))
 }

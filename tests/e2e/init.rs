@@ -758,6 +758,69 @@ async fn foreign_resource_is_refused_and_teardown_cleans_a_partial_init() {
     assert!(s.cci.tokens().is_empty());
 }
 
+/// A group of our name in another VPC, not ours, neither hides ours from
+/// teardown nor is touched by it (teardown used to find the group by name
+/// alone, stop at the foreign one and leave ours behind on every run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teardown_removes_our_security_group_beside_a_foreign_one_of_the_same_name() {
+    let s = Stack::new().await;
+    let ec2 = aws_sdk_ec2::Client::new(&s.moto.config);
+    let vpc = ec2
+        .create_vpc()
+        .cidr_block("10.9.0.0/16")
+        .send()
+        .await
+        .unwrap()
+        .vpc()
+        .unwrap()
+        .vpc_id()
+        .unwrap()
+        .to_string();
+    let foreign = ec2
+        .create_security_group()
+        .group_name("cci-scaler-demo-runner")
+        .description("someone else's")
+        .vpc_id(&vpc)
+        .send()
+        .await
+        .unwrap()
+        .group_id()
+        .unwrap()
+        .to_string();
+    let r = s.init(&[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let named = |ec2: aws_sdk_ec2::Client| async move {
+        let mut ids: Vec<String> = ec2
+            .describe_security_groups()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("group-name")
+                    .values("cci-scaler-demo-runner")
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap()
+            .security_groups()
+            .iter()
+            .map(|g| g.group_id().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(named(ec2.clone()).await.len(), 2, "ours and the foreign one");
+    let r = s.teardown().await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(item(&json(&r), "security group")["action"], "delete", "{r:?}");
+    assert_no_stack_left(&s).await;
+    assert_eq!(named(ec2.clone()).await, vec![foreign.clone()], "the foreign one is untouched");
+    // A second teardown: ours is absent, the foreign one reported, not touched.
+    let r = s.teardown().await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(item(&json(&r), "security group")["action"], "foreign", "{r:?}");
+    assert_eq!(named(ec2).await, vec![foreign]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_errors_are_clear_and_write_nothing() {
     let s = Stack::new().await;

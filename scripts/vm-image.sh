@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Builds (once) the Debian image the real-boot tests boot under QEMU, and prints
+# the folder that holds it: rootfs.ext4, vmlinuz and initrd.img.
+#
+# A Debian bookworm root file system (mmdebstrap) with real systemd, the Debian
+# cloud kernel and cloud-init set to the EC2 datasource, plus what the runner
+# user data calls (curl with --aws-sigv4, iptables, sudo). It gets a stub
+# `circleci-runner` (no runner package can be had offline) with a unit shaped
+# like the package's: it checks its config, logs, and exits when told to, so
+# the exit hook really runs under systemd. Cached outside the clone under a key
+# of this script's text: a change here builds a new image.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+die() {
+  echo "vm-image: error: $*" >&2
+  exit 1
+}
+key=$(sha256sum scripts/vm-image.sh | cut -c1-12)
+cache="${CCI_SCALER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cci-scaler}"
+out="$cache/vm-image-$key"
+if [ -f "$out/.complete" ]; then
+  echo "$out"
+  exit 0
+fi
+command -v mmdebstrap >/dev/null || die "mmdebstrap not found (scripts/test-env.sh installs it)"
+PATH="$PATH:/usr/sbin:/sbin"
+command -v mkfs.ext4 >/dev/null || die "mkfs.ext4 not found (Debian: e2fsprogs)"
+[ "$(id -u)" -eq 0 ] || die "building the VM image needs root (mmdebstrap's root mode)"
+
+echo "vm-image: building the real-boot VM image into $out (a few minutes, once)" >&2
+rm -rf "$out"
+work=$(mktemp -d "$cache/vm-build.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+root="$work/root"
+
+log="$work/mmdebstrap.log"
+if ! mmdebstrap --variant=minbase --mode=root \
+  --include=systemd-sysv,linux-image-cloud-amd64,initramfs-tools,cloud-init,iptables,curl,ca-certificates,sudo,netbase,iproute2,procps,apt-utils,openssl \
+  --customize-hook='chroot "$1" useradd -m -s /bin/bash circleci' \
+  bookworm "$root" http://deb.debian.org/debian >"$log" 2>&1; then
+  tail -30 "$log" >&2
+  die "mmdebstrap failed (output above; it needs Debian's package archive)"
+fi
+
+# cloud-init: EC2 only, nothing that reaches outside.
+cat >"$root/etc/cloud/cloud.cfg.d/90-cci-scaler-test.cfg" <<'CFG'
+datasource_list: [Ec2, None]
+datasource:
+  Ec2:
+    strict_id: false
+    metadata_urls: ["http://169.254.169.254"]
+    max_wait: 30
+    timeout: 5
+cloud_init_modules: [bootcmd, write_files, set_hostname, update_hostname, update_etc_hosts, users_groups]
+cloud_config_modules: [runcmd]
+cloud_final_modules: [scripts_per_once, scripts_per_boot, scripts_per_instance, scripts_user, final_message]
+manage_etc_hosts: false
+preserve_hostname: true
+CFG
+# The NIC by DHCP (QEMU's user network) with systemd-networkd, outside cloud-init.
+mkdir -p "$root/etc/systemd/network"
+cat >"$root/etc/systemd/network/20-wired.network" <<'NET'
+[Match]
+Name=en*
+
+[Network]
+DHCP=ipv4
+NET
+chroot "$root" systemctl enable systemd-networkd.service systemd-networkd-wait-online.service >/dev/null 2>&1
+echo 'network: {config: disabled}' >"$root/etc/cloud/cloud.cfg.d/91-no-network-config.cfg"
+# The AWS endpoints the guest calls go to the host's TLS proxy (a guestfwd
+# address); the test CA is written per boot.
+cat >>"$root/etc/hosts" <<'HOSTS'
+169.254.169.10 secretsmanager.us-east-1.amazonaws.com autoscaling.us-east-1.amazonaws.com ec2.us-east-1.amazonaws.com
+HOSTS
+echo cci-vm >"$root/etc/hostname"
+
+# A throwaway CA, trusted by the guest: the host's TLS proxy for the AWS
+# endpoints presents certificates it signs. Its key stays beside the image.
+mkdir -p "$work/out"
+openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=cci-scaler test CA" \
+  -keyout "$work/out/ca.key" -out "$work/out/ca.pem" >/dev/null 2>&1 || die "openssl could not make the test CA"
+cp "$work/out/ca.pem" "$root/usr/local/share/ca-certificates/cci-scaler-test-ca.crt"
+chroot "$root" update-ca-certificates >/dev/null 2>&1 || die "update-ca-certificates failed in the image"
+
+# apt reaches no archive: a local repository listing what is installed, so the
+# user data's `apt-get update` and `apt-get install curl ca-certificates`
+# (already the newest) work offline, as on an image that has them.
+repo="$root/var/local/cci-scaler-repo"
+mkdir -p "$repo"
+chroot "$root" dpkg-query -W -f='Package: ${Package}\nVersion: ${Version}\nArchitecture: ${Architecture}\nFilename: ./${Package}.deb\nSize: 1\nDescription: installed in the test image\n\n' >"$repo/Packages"
+(cd "$repo" && chroot "$root" sh -c 'cd /var/local/cci-scaler-repo && apt-ftparchive release . > Release') ||
+  die "apt-ftparchive could not index the local repository"
+rm -f "$root/etc/apt/sources.list"
+rm -rf "$root/etc/apt/sources.list.d"/*
+echo 'deb [trusted=yes] file:/var/local/cci-scaler-repo ./' >"$root/etc/apt/sources.list"
+
+# No root password prompt on the console; no getty holding the serial port up.
+chroot "$root" systemctl mask serial-getty@ttyS0.service getty@tty1.service >/dev/null 2>&1 || true
+chroot "$root" systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer >/dev/null 2>&1 || true
+
+# The stub runner: the package's binary path and unit shape.
+cat >"$root/usr/bin/circleci-runner" <<'STUB'
+#!/bin/bash
+# Test stand-in for CircleCI machine runner 3: checks its config, records what
+# it saw, then idles until /run/circleci-runner-exit appears (the test's way
+# of ending the "job"), or until stopped.
+set -u
+config=${4:-/etc/circleci-runner/circleci-runner-config.yaml}
+log() { echo "circleci-runner(stub): $*" | tee -a /var/log/circleci-runner-stub.log; }
+if [ ! -r "$config" ]; then log "no config at $config"; exit 1; fi
+mode=$(stat -c '%a %U' "$config")
+token=$(sed -n 's/^  auth_token: //p' "$config")
+name=$(sed -n 's/^  name: //p' "$config")
+idle=$(sed -n 's/^  idle_timeout: //p' "$config")
+log "started: name=$name config=$mode token_len=${#token} idle_timeout=$idle"
+trap 'log "stopping (SIGTERM)"; exit 0' TERM
+while [ ! -e /run/circleci-runner-exit ]; do sleep 1 & wait $!; done
+log "job done: exiting"
+STUB
+chmod 0755 "$root/usr/bin/circleci-runner"
+cat >"$root/lib/systemd/system/circleci-runner.service" <<'UNIT'
+[Unit]
+Description=CircleCI Runner (test stub)
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+ExecStart=/usr/bin/circleci-runner machine --config /etc/circleci-runner/circleci-runner-config.yaml
+Restart=always
+User=circleci
+KillMode=mixed
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+
+kernel=$(ls "$root"/boot/vmlinuz-* | head -1)
+initrd=$(ls "$root"/boot/initrd.img-* | head -1)
+cp "$kernel" "$work/out/vmlinuz"
+cp "$initrd" "$work/out/initrd.img"
+rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+if ! mkfs.ext4 -q -F -L root -d "$root" "$work/out/rootfs.ext4" 1536M >"$log" 2>&1; then
+  cat "$log" >&2
+  die "mkfs.ext4 could not pack the root file system"
+fi
+touch "$work/out/.complete"
+mv "$work/out" "$out"
+echo "$out"
