@@ -31,7 +31,13 @@ command -v mkfs.ext4 >/dev/null || die "mkfs.ext4 not found (Debian: e2fsprogs)"
 echo "vm-image: building the real-boot VM image into $out (a few minutes, once)" >&2
 rm -rf "$out"
 work=$(mktemp -d "$cache/vm-build.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+# Cleanup never follows a mount left inside the tree (an interrupted
+# mmdebstrap can leave /proc, /sys or /dev/pts mounted there).
+cleanup() {
+  grep -F " $work/" /proc/mounts | cut -d' ' -f2 | sort -r | while read -r m; do umount -l "$m" || true; done
+  rm -rf --one-file-system "$work"
+}
+trap cleanup EXIT
 root="$work/root"
 
 log="$work/mmdebstrap.log"
@@ -103,20 +109,39 @@ chroot "$root" systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_al
 # The stub runner: the package's binary path and unit shape.
 cat >"$root/usr/bin/circleci-runner" <<'STUB'
 #!/bin/bash
-# Test stand-in for CircleCI machine runner 3: checks its config, records what
-# it saw, then idles until /run/circleci-runner-exit appears (the test's way
-# of ending the "job"), or until stopped.
+# Test stand-in for CircleCI machine runner 3: checks its config, reports on
+# the console what a test must see (the config's mode, the token's length,
+# never the token; the metadata rule; whether the job user reaches instance
+# metadata; how many times the user data ran), then idles until the test says
+# the job is done (a test-only path of the metadata stand-in), or is stopped.
 set -u
-config=${4:-/etc/circleci-runner/circleci-runner-config.yaml}
-log() { echo "circleci-runner(stub): $*" | tee -a /var/log/circleci-runner-stub.log; }
+config=${3:-/etc/circleci-runner/circleci-runner-config.yaml}
+log() { echo "circleci-runner(stub): $*" | tee -a /var/log/circleci-runner-stub.log /dev/console >/dev/null; }
 if [ ! -r "$config" ]; then log "no config at $config"; exit 1; fi
 mode=$(stat -c '%a %U' "$config")
 token=$(sed -n 's/^  auth_token: //p' "$config")
 name=$(sed -n 's/^  name: //p' "$config")
 idle=$(sed -n 's/^  idle_timeout: //p' "$config")
-log "started: name=$name config=$mode token_len=${#token} idle_timeout=$idle"
+jumps=$(iptables -w -S OUTPUT 2>/dev/null | grep -c CCI_SCALER_IMDS)
+rules=$(iptables -w -S CCI_SCALER_IMDS 2>/dev/null | grep -c '^-A')
+job=$(runuser -u circleci -- curl -s -m 3 -o /dev/null -w '%{http_code}' -X PUT \
+  -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token)
+boots=$(grep -c 'boot started' /var/log/cci-scaler-boot.log 2>/dev/null)
+log "started: name=$name config=$mode token_len=${#token} idle_timeout=$idle imds_jumps=$jumps imds_rules=$rules job_user_imds=$job user_data_runs=$boots"
 trap 'log "stopping (SIGTERM)"; exit 0' TERM
-while [ ! -e /run/circleci-runner-exit ]; do sleep 1 & wait $!; done
+# flag NAME: whether the test set it (200) on the metadata stand-in.
+flag() { [ "$(curl -s -m 3 -o /dev/null -w '%{http_code}' "http://169.254.169.254/cci-test/$1")" = 200 ]; }
+until flag runner-exit; do
+  # A clean reboot, once per boot, when the test asks for one.
+  if flag reboot && [ ! -e /run/cci-test-rebooting ] && [ "$(cat /var/lib/cci-test-reboots 2>/dev/null || echo 0)" = 0 ]; then
+    echo 1 >/var/lib/cci-test-reboots
+    touch /run/cci-test-rebooting
+    log "rebooting (asked by the test)"
+    systemctl reboot
+  fi
+  sleep 2 &
+  wait $!
+done
 log "job done: exiting"
 STUB
 chmod 0755 "$root/usr/bin/circleci-runner"

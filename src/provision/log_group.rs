@@ -36,13 +36,13 @@ pub(crate) fn name(ctx: &Ctx<'_>) -> String {
     format!("/aws/lambda/{}", ctx.names.function())
 }
 
-struct Found {
+struct LogGroupFound {
     arn: String,
     retention: Option<i32>,
     ours: bool,
 }
 
-async fn find(ctx: &Ctx<'_>) -> R<Option<Found>> {
+async fn find(ctx: &Ctx<'_>) -> R<Option<LogGroupFound>> {
     let name = name(ctx);
     let logs = &ctx.aws.logs;
     let out = logs
@@ -59,16 +59,17 @@ async fn find(ctx: &Ctx<'_>) -> R<Option<Found>> {
         return Ok(None);
     };
     let arn = g.arn().unwrap_or_default().to_string();
+    // The tagging API takes the ARN without DescribeLogGroups' `:*`.
     let tags = logs
-        .list_tags_log_group()
-        .log_group_name(&name)
+        .list_tags_for_resource()
+        .resource_arn(arn.trim_end_matches(":*"))
         .send()
         .await
-        .map_err(aws_err("logs:ListTagsLogGroup", &name))?;
+        .map_err(aws_err("logs:ListTagsForResource", &name))?;
     let ours = tags
         .tags()
         .is_some_and(|t| t.get(STACK_TAG) == Some(&ctx.names.stack));
-    Ok(Some(Found {
+    Ok(Some(LogGroupFound {
         arn,
         retention: g.retention_in_days(),
         ours,
@@ -103,12 +104,12 @@ async fn converge(ctx: &Ctx<'_>, s: &StackSettings) -> R<Item> {
                 return Err(not_ours("log group", &name, ctx));
             }
             if !ctx.dry_run {
-                logs.tag_log_group()
-                    .log_group_name(&name)
+                logs.tag_resource()
+                    .resource_arn(g.arn.trim_end_matches(":*"))
                     .set_tags(Some(log_tags(ctx)))
                     .send()
                     .await
-                    .map_err(aws_err("logs:TagLogGroup", &name))?;
+                    .map_err(aws_err("logs:TagResource", &name))?;
             }
             (
                 Item::new("log group", &name, Action::Update)

@@ -14,10 +14,10 @@ use crate::support::{REGION, Run, TOKEN, run};
 const RC: &str = "acme/fleet";
 const IMAGE: &str = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64";
 
-struct Stack {
-    moto: Moto,
-    cci: CircleCi,
-    home: tempfile::TempDir,
+pub(crate) struct Stack {
+    pub(crate) moto: Moto,
+    pub(crate) cci: CircleCi,
+    pub(crate) home: tempfile::TempDir,
     zip: std::path::PathBuf,
 }
 
@@ -42,7 +42,7 @@ pub(crate) fn fake_zip(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 impl Stack {
-    async fn new() -> Stack {
+    pub(crate) async fn new() -> Stack {
         let home = tempfile::tempdir().unwrap();
         let zip = fake_zip(home.path());
         Stack {
@@ -53,7 +53,7 @@ impl Stack {
         }
     }
 
-    fn cmd(&self, args: &[&str]) -> tokio::process::Command {
+    pub(crate) fn cmd(&self, args: &[&str]) -> tokio::process::Command {
         self.cmd_of(&crate::support::bin("cci-scaler"), args)
     }
 
@@ -98,7 +98,7 @@ impl Stack {
         self.cmd_of(program, &args)
     }
 
-    async fn init(&self, extra: &[&str]) -> Run {
+    pub(crate) async fn init(&self, extra: &[&str]) -> Run {
         run(self.converge(&["init"], extra)).await
     }
 
@@ -117,7 +117,7 @@ impl Stack {
     }
 
     /// Teardown by the stack name alone: the stack knows its resource class.
-    async fn teardown(&self) -> Run {
+    pub(crate) async fn teardown(&self) -> Run {
         run(self.cmd(&["--output", "json", "teardown", "--stack", "demo", "--yes"])).await
     }
 }
@@ -494,11 +494,26 @@ async fn init_creates_everything_converges_and_teardown_removes_it() {
     // Status, with two polls and a failed invocation in the Lambda's logs.
     let logs = aws_sdk_cloudwatchlogs::Client::new(cfg);
     let group = "/aws/lambda/cci-scaler-demo-scaler";
-    logs.create_log_group()
-        .log_group_name(group)
+    // init made the Lambda's log group: tagged, with the default retention.
+    let lg = logs
+        .describe_log_groups()
+        .log_group_name_prefix(group)
         .send()
         .await
         .unwrap();
+    let lg = &lg.log_groups()[0];
+    assert_eq!(lg.log_group_name(), Some(group));
+    assert_eq!(lg.retention_in_days(), Some(30));
+    let tags = logs
+        .list_tags_for_resource()
+        .resource_arn(lg.arn().unwrap().trim_end_matches(":*"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        tags.tags().unwrap().get("cci-scaler:stack").map(String::as_str),
+        Some("demo")
+    );
     logs.create_log_stream()
         .log_group_name(group)
         .log_stream_name("s")
@@ -950,7 +965,7 @@ async fn steps_run_one_at_a_time_and_add_up_to_init() {
         ("launch-template", vec!["security group", "launch template"]),
         ("group", vec!["Auto Scaling group"]),
         ("iam", vec!["IAM role", "instance profile", "IAM role"]),
-        ("lambda", vec!["Lambda function"]),
+        ("lambda", vec!["log group", "Lambda function"]),
         ("schedule", vec!["EventBridge rule"]),
         ("alarms", vec!["alarms", "dashboard"]),
     ];

@@ -7,6 +7,7 @@ mod build;
 mod init;
 mod lambda;
 mod pools;
+mod real_boot;
 mod scale;
 mod simulate;
 mod spot;

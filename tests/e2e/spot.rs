@@ -123,19 +123,13 @@ async fn spot_pool_is_created_read_back_and_converged_in_place() {
         .send()
         .await
         .unwrap();
-    use base64::Engine;
-    let ud = String::from_utf8(
-        base64::engine::general_purpose::STANDARD
-            .decode(
-                v.launch_template_versions()[0]
-                    .launch_template_data()
-                    .unwrap()
-                    .user_data()
-                    .unwrap(),
-            )
+    let ud = crate::support::user_data_text(
+        v.launch_template_versions()[0]
+            .launch_template_data()
+            .unwrap()
+            .user_data()
             .unwrap(),
-    )
-    .unwrap();
+    );
     assert!(ud.contains("enable_unsafe_retries: true"), "unsafe retries");
     assert!(
         ud.contains("spot/instance-action"),

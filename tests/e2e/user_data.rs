@@ -211,31 +211,41 @@ fi
 # signed calls go to the real curl (an emulator on 127.0.0.1).
 out="" sigv4="" target="" body="" url=""
 args=("$@")
+# answer STATUS BODY: as curl -sS [-o FILE -w '%{http_code}'] would.
+answer() {
+  if [ -n "$out" ]; then
+    printf '%s' "$2" > "$out"
+    printf '%s' "$1"
+    exit 0
+  fi
+  if [ "$1" = 200 ]; then printf '%s' "$2"; exit 0; fi
+  exit 22
+}
 while [ $# -gt 0 ]; do
   case "$1" in
     -o) out=$2; shift ;;
     --aws-sigv4) sigv4=$2; shift ;;
     -H) case "$2" in X-Amz-Target:*) target=${2#X-Amz-Target: } ;; esac; shift ;;
     --data-binary) body=$2; shift ;;
-    */latest/api/token) printf 'imds-session-token'; exit 0 ;;
-    */meta-data/instance-id) printf '%s' "${STUB_INSTANCE_ID:-i-0123456789abcdef0}"; exit 0 ;;
-    */meta-data/iam/security-credentials/) printf 'cci-scaler-demo-runner'; exit 0 ;;
+    */latest/api/token) answer 200 'imds-session-token' ;;
+    */meta-data/instance-id) answer 200 "${STUB_INSTANCE_ID:-i-0123456789abcdef0}" ;;
+    */meta-data/iam/security-credentials/) answer 200 'cci-scaler-demo-runner' ;;
     */meta-data/iam/security-credentials/*)
-      printf '{
+      answer 200 '{
   "Code" : "Success",
   "AccessKeyId" : "ASIASTUB",
   "SecretAccessKey" : "stub-secret-key",
   "Token" : "stub-session-token"
-}'; exit 0 ;;
+}' ;;
     */meta-data/spot/instance-action)
       n=$(cat /tmp/.spot-polls 2>/dev/null || echo 0); echo $((n + 1)) > /tmp/.spot-polls
       if [ -n "${STUB_SPOT_AFTER:-}" ] && [ "$n" -ge "$STUB_SPOT_AFTER" ]; then
-        printf '{"action": "terminate", "time": "2026-11-29T03:00:00Z"}'; exit 0
+        answer 200 '{"action": "terminate", "time": "2026-11-29T03:00:00Z"}'
       fi
-      exit 22 ;;
-    */meta-data/events/recommendations/rebalance) exit 22 ;;
+      answer 404 '' ;;
+    */meta-data/events/recommendations/rebalance) answer 404 '' ;;
     */meta-data/tags/instance/cci-scaler:spare-until)
-      if [ -n "${STUB_SPARE_UNTIL:-}" ]; then printf '%s' "$STUB_SPARE_UNTIL"; exit 0; else exit 22; fi ;;
+      if [ -n "${STUB_SPARE_UNTIL:-}" ]; then answer 200 "$STUB_SPARE_UNTIL"; else answer 404 ''; fi ;;
     http*) url=$1 ;;
   esac
   shift
@@ -261,6 +271,11 @@ if [ -n "$sigv4" ]; then
   if [ "$service" = autoscaling ] && [ "$n" -lt "${STUB_THROTTLE:-0}" ]; then
     echo $((n + 1)) > /tmp/.throttled
     respond 400 '<ErrorResponse><Error><Code>Throttling</Code><Message>Rate exceeded</Message></Error></ErrorResponse>'
+  fi
+  # A transient failure of the first secret read (HTTP 500), then the token.
+  if [ "$what" = secret ] && [ -n "${STUB_SECRET_5XX_ONCE:-}" ] && [ ! -e /tmp/.secret-failed ]; then
+    touch /tmp/.secret-failed
+    respond 500 '{"__type":"InternalFailure","message":"stub internal error"}'
   fi
   case ",${STUB_FAIL:-}," in *",$what,"*)
     respond 400 '<ErrorResponse><Error><Code>ValidationError</Code><Message>stub failure</Message></Error></ErrorResponse>' ;;
@@ -942,10 +957,59 @@ fn sandboxed_boot_fails_loudly_without_the_secret() {
     assert_ne!(r.code, 0, "{r:?}");
     let log = sb.read("/var/log/cci-scaler-boot.log");
     assert!(log.contains("boot FAILED at line"), "{log}");
-    assert!(!sb.calls().iter().any(|c| c.starts_with("systemctl")));
+    // AWS's answer is named, and an answer that will not change is asked once.
+    assert!(
+        log.contains("GetSecretValue cci-scaler/demo/runner-token failed: <ErrorResponse><Error><Code>ValidationError</Code>"),
+        "{log}"
+    );
+    assert!(log.contains("not retried"), "{log}");
+    let calls = sb.calls();
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.starts_with("sigv4 secretsmanager"))
+            .count(),
+        1,
+        "{calls:#?}"
+    );
+    assert!(!calls.iter().any(|c| c.starts_with("systemctl")));
+    // The failed boot gives its capacity back at once (the exit hook).
+    assert!(
+        calls.contains(&"sigv4 autoscaling TerminateInstanceInAutoScalingGroup decrement".to_string()),
+        "{calls:#?}"
+    );
     assert!(
         !sb.path("/etc/circleci-runner/circleci-runner-config.yaml")
             .exists()
+    );
+}
+
+/// One transient failure (HTTP 500) of the token read, then the token: the
+/// boot goes on with the token, not with the retry's log lines mixed into it
+/// (which used to fail it as "missing or malformed").
+#[test]
+fn sandboxed_boot_survives_one_transient_secret_failure() {
+    let sb = Sandbox::new();
+    let r = sb.boot(
+        &render_user_data(&default_input()).unwrap(),
+        &[("STUB_SECRET_5XX_ONCE", "1")],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let log = sb.read("/var/log/cci-scaler-boot.log");
+    assert!(log.contains("\"InternalFailure\""), "{log}");
+    assert!(log.contains("attempt 1 of 5 failed: read_token"), "{log}");
+    assert!(!log.contains("boot FAILED"), "{log}");
+    let config = sb.read("/etc/circleci-runner/circleci-runner-config.yaml");
+    assert!(
+        config.contains(&format!("auth_token: {RUNNER_TOKEN}\n")),
+        "{config}"
+    );
+    assert_eq!(
+        sb.calls()
+            .iter()
+            .filter(|c| c.starts_with("sigv4 secretsmanager"))
+            .count(),
+        2
     );
 }
 
@@ -1281,7 +1345,10 @@ fn exit_hook_walks_the_fallback_ladder() {
     );
     assert!(!calls.contains(&nodec), "{calls:#?}");
     let log = sb.read("/var/log/cci-scaler-exit.log");
-    assert!(log.contains("throttled"), "{log}");
+    assert!(
+        log.contains("TerminateInstanceInAutoScalingGroup: attempt 1 failed") && log.contains("Throttling"),
+        "{log}"
+    );
 }
 
 // ---- the CLI ----

@@ -7,6 +7,8 @@ pub mod circleci;
 pub mod emf;
 pub mod lambda_api;
 pub mod moto;
+pub mod rig;
+pub mod vm;
 
 use std::path::PathBuf;
 use std::process::Output;
@@ -164,4 +166,23 @@ pub async fn role_policy(iam: &aws_sdk_iam::Client, role: &str) -> serde_json::V
 pub async fn role_trust(iam: &aws_sdk_iam::Client, role: &str) -> serde_json::Value {
     let r = iam.get_role().role_name(role).send().await.unwrap();
     iam_doc(r.role().unwrap().assume_role_policy_document().unwrap())
+}
+
+/// A launch template's user data as text: base64, and gzip when EC2's 16 KB
+/// made cci-scaler compress it.
+pub fn user_data_text(b64: &str) -> String {
+    use base64::Engine;
+    use std::io::Read;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("base64 user data");
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut s = String::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_string(&mut s)
+            .expect("gzip user data");
+        s
+    } else {
+        String::from_utf8(raw).expect("UTF-8 user data")
+    }
 }

@@ -1,0 +1,163 @@
+//! A real boot: QEMU (software emulation) on the image `scripts/vm-image.sh`
+//! builds (Debian with real systemd and cloud-init's EC2 datasource), a
+//! copy-on-write overlay per boot, its network restricted to two forwarded
+//! addresses: instance metadata (169.254.169.254:80) and the rig's TLS
+//! gateway to AWS (169.254.169.10:443, where the image's /etc/hosts sends the
+//! AWS endpoint names). The guest reaches nothing else. Killed on drop.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+/// At most this many guests at once (each takes a core under emulation).
+static VMS: Semaphore = Semaphore::const_new(2);
+
+pub struct Vm {
+    child: Child,
+    pub console: PathBuf,
+    monitor: PathBuf,
+    _dir: tempfile::TempDir,
+    _permit: SemaphorePermit<'static>,
+    pub started: Instant,
+}
+
+/// The cached image folder (`scripts/test-env.sh` builds it and exports
+/// CCI_SCALER_VM_IMAGE).
+pub fn image() -> PathBuf {
+    PathBuf::from(std::env::var("CCI_SCALER_VM_IMAGE").expect(
+        "CCI_SCALER_VM_IMAGE is not set: run the tests with scripts/test.sh (it builds the real-boot VM image)",
+    ))
+}
+
+impl Vm {
+    pub async fn boot(imds_port: u16, aws_https_port: u16) -> Vm {
+        let permit = VMS.acquire().await.unwrap();
+        let img = image();
+        let dir = tempfile::tempdir().unwrap();
+        let overlay = dir.path().join("overlay.qcow2");
+        let st = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(img.join("rootfs.ext4"))
+            .arg(&overlay)
+            .status()
+            .expect("qemu-img");
+        assert!(st.success(), "qemu-img create failed");
+        let console = dir.path().join("console.log");
+        let monitor = dir.path().join("monitor.sock");
+        let net = format!(
+            "user,id=n0,net=169.254.169.0/24,host=169.254.169.2,dhcpstart=169.254.169.15,restrict=on,\
+             guestfwd=tcp:169.254.169.254:80-cmd:socat - TCP:127.0.0.1:{imds_port},\
+             guestfwd=tcp:169.254.169.10:443-cmd:socat - TCP:127.0.0.1:{aws_https_port}"
+        );
+        let child = Command::new("qemu-system-x86_64")
+            .args(["-machine", "q35,accel=tcg", "-m", "1024", "-smp", "1"])
+            .args(["-display", "none", "-no-reboot", "-no-user-config", "-nodefaults"])
+            .arg("-kernel")
+            .arg(img.join("vmlinuz"))
+            .arg("-initrd")
+            .arg(img.join("initrd.img"))
+            .args([
+                "-append",
+                "root=/dev/vda rw console=ttyS0 panic=-1 net.ifnames=1",
+            ])
+            .arg("-drive")
+            .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
+            .args(["-smbios", "type=1,manufacturer=Amazon EC2,product=t3.medium"])
+            .args(["-netdev", &net, "-device", "virtio-net-pci,netdev=n0"])
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .arg("-monitor")
+            .arg(format!("unix:{},server=on,wait=off", monitor.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start qemu-system-x86_64 (scripts/test-env.sh installs it)");
+        Vm {
+            child,
+            console,
+            monitor,
+            _dir: dir,
+            _permit: permit,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn console_text(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits until the console has a line containing `what` (after `from`
+    /// bytes), returning the text and the time it was seen.
+    pub async fn wait_for(&mut self, what: &str, within: Duration) -> String {
+        let end = Instant::now() + within;
+        loop {
+            let text = self.console_text();
+            if text.contains(what) {
+                return text;
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!(
+                    "the VM stopped ({st}) before {what:?} appeared on its console:\n{}",
+                    tail(&text, 80)
+                );
+            }
+            if Instant::now() > end {
+                panic!(
+                    "no {what:?} on the console within {within:?}:\n{}",
+                    tail(&text, 80)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Waits for the guest to power itself off (QEMU exits with -no-reboot).
+    pub async fn wait_exit(&mut self, within: Duration) {
+        let end = Instant::now() + within;
+        while self.child.try_wait().unwrap().is_none() {
+            if Instant::now() > end {
+                panic!(
+                    "the VM did not power off within {within:?}:\n{}",
+                    tail(&self.console_text(), 60)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// A hard reset (the reset button: no shutdown runs in the guest).
+    pub fn reset(&self) {
+        self.monitor_command("system_reset");
+    }
+
+    fn monitor_command(&self, cmd: &str) {
+        let mut s = std::os::unix::net::UnixStream::connect(&self.monitor).expect("QEMU monitor");
+        s.write_all(format!("{cmd}\n").as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Lines of the console that contain `what`.
+pub fn lines_with<'a>(text: &'a str, what: &str) -> Vec<&'a str> {
+    text.lines().filter(|l| l.contains(what)).collect()
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
