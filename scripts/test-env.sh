@@ -7,6 +7,11 @@
 #   sudo, in a network namespace of its own): with
 #   apt-get, as root or through password-less sudo; otherwise it says what to
 #   install and stops.
+# - qemu-system-x86, mmdebstrap and socat (Debian packages), for the real-boot
+#   tests; then the VM image they boot (scripts/vm-image.sh: built once, cached
+#   outside the clone). QEMU comes from bookworm-backports when the machine's
+#   qemu-utils does (the two releases' packages conflict); the backports
+#   archive is added to apt's sources for that.
 # - a virtualenv outside the clone with the Python tools pinned in
 #   scripts/test-requirements.txt: the moto AWS emulator and the parliament IAM
 #   linter. The tests start and stop their own servers.
@@ -27,6 +32,10 @@ debian_packages() {
   command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
   command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
   PATH="$PATH:/usr/sbin:/sbin" command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+  command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
+  command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
+  command -v socat >/dev/null 2>&1 || missing+=(socat)
+  command -v qemu-img >/dev/null 2>&1 || missing+=(qemu-utils)
   if [ ${#missing[@]} -gt 0 ]; then
     what="${missing[*]}"
     what="${what// / and }"
@@ -40,11 +49,21 @@ debian_packages() {
     else
       die "$what not found, and installing needs root (no password-less sudo): run 'sudo apt-get install -y ${missing[*]}', then re-run"
     fi
-    say "installing $what (Debian packages, for the user-data tests)"
+    say "installing $what (Debian packages, for the user-data and real-boot tests)"
     log=$(mktemp)
+    release=()
+    if dpkg-query -W -f '${Version}' qemu-utils 2>/dev/null | grep -q 'bpo12'; then
+      # QEMU must come from where qemu-utils came from.
+      sources=/etc/apt/sources.list.d/cci-scaler-test-backports.sources
+      if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' |
+          "${as_root[@]}" tee "$sources" >/dev/null
+      fi
+      release=(-t bookworm-backports)
+    fi
     if ! { "${as_root[@]}" apt-get update -qq &&
       "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
+        apt-get install -y -qq --no-install-recommends "${release[@]}" "${missing[@]}"; } >"$log" 2>&1; then
       tail -20 "$log" >&2
       rm -f "$log"
       die "apt-get could not install ${missing[*]} (output above): install them by hand, then re-run"
@@ -62,6 +81,16 @@ debian_packages() {
 # --- Debian packages -------------------------------------------------------
 if [ "${1:-}" != "--python-only" ]; then
   debian_packages
+fi
+
+# --- the real-boot VM image ---------------------------------------------------
+vm_image=""
+if [ "${1:-}" != "--python-only" ]; then
+  # Built as root (mmdebstrap's root mode), cached where this user's cache is.
+  as_root=()
+  [ "$(id -u)" -eq 0 ] || as_root=(sudo -n)
+  vm_image=$("${as_root[@]}" env CCI_SCALER_CACHE="${CCI_SCALER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cci-scaler}" \
+    scripts/vm-image.sh) || die "the real-boot VM image could not be built (output above)"
 fi
 
 # --- Python tools in a virtualenv --------------------------------------------
@@ -91,3 +120,4 @@ fi
 
 echo "export CCI_SCALER_MOTO_SERVER='$venv/bin/moto_server'"
 echo "export CCI_SCALER_PARLIAMENT='$venv/bin/parliament'"
+if [ -n "$vm_image" ]; then echo "export CCI_SCALER_VM_IMAGE='$vm_image'"; fi

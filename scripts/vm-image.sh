@@ -23,6 +23,14 @@ if [ -f "$out/.complete" ]; then
   echo "$out"
   exit 0
 fi
+# One build at a time (parallel test runs wait for the first one's image).
+mkdir -p "$cache"
+exec 9>"$cache/vm-image.lock"
+flock 9
+if [ -f "$out/.complete" ]; then
+  echo "$out"
+  exit 0
+fi
 command -v mmdebstrap >/dev/null || die "mmdebstrap not found (scripts/test-env.sh installs it)"
 PATH="$PATH:/usr/sbin:/sbin"
 command -v mkfs.ext4 >/dev/null || die "mkfs.ext4 not found (Debian: e2fsprogs)"
@@ -95,7 +103,21 @@ chroot "$root" update-ca-certificates >/dev/null 2>&1 || die "update-ca-certific
 # (already the newest) work offline, as on an image that has them.
 repo="$root/var/local/cci-scaler-repo"
 mkdir -p "$repo"
-chroot "$root" dpkg-query -W -f='Package: ${Package}\nVersion: ${Version}\nArchitecture: ${Architecture}\nFilename: ./${Package}.deb\nSize: 1\nDescription: installed in the test image\n\n' >"$repo/Packages"
+# Each stanza as dpkg recorded it (apt tells versions apart by their control
+# fields, so a bare name and version would look like a different version).
+awk 'BEGIN { RS = ""; ORS = "\n\n" }
+  {
+    out = ""; skip = 0; pkg = ""
+    n = split($0, lines, "\n")
+    for (i = 1; i <= n; i++) {
+      l = lines[i]
+      if (l ~ /^[ \t]/) { if (!skip) out = out l "\n"; continue }
+      skip = (l ~ /^(Status|Conffiles|Config-Version):/)
+      if (l ~ /^Package: /) pkg = substr(l, 10)
+      if (!skip) out = out l "\n"
+    }
+    printf "%sFilename: ./%s.deb\nSize: 1\n\n", out, pkg
+  }' "$root/var/lib/dpkg/status" >"$repo/Packages"
 (cd "$repo" && chroot "$root" sh -c 'cd /var/local/cci-scaler-repo && apt-ftparchive release . > Release') ||
   die "apt-ftparchive could not index the local repository"
 rm -f "$root/etc/apt/sources.list"

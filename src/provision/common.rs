@@ -162,6 +162,8 @@ pub(crate) struct PoolFound {
     pub headroom: Vec<crate::scale::headroom::HeadroomSpec>,
     /// A spot pool.
     pub spot: bool,
+    /// The key pair its launch template names, if any.
+    pub key_pair: Option<String>,
     pub architecture: String,
     pub image: String,
     pub root_device: String,

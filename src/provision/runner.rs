@@ -242,6 +242,7 @@ pub async fn init(
             group: pctx.names.group(),
             headroom: s.headroom.clone(),
             spot: s.spot.is_some(),
+            key_pair: s.key_pair.clone(),
             ..PoolFound::default()
         };
         step(

@@ -115,6 +115,16 @@ async fn converge(ctx: &Ctx<'_>, f: &mut Found) -> R<Item> {
             launch.push(format!("arn:aws:ec2:{}:{}:{r}", ctx.region, f.account));
         }
         launch.push(format!("arn:aws:ec2:{}::image/*", ctx.region));
+        // RunInstances is also authorised on the key pair a template names
+        // (the Service Authorization Reference's key-pair resource type).
+        let mut keys: Vec<String> = spot
+            .iter()
+            .filter_map(|p| p.key_pair.as_deref())
+            .map(|k| format!("arn:aws:ec2:{}:{}:key-pair/{k}", ctx.region, f.account))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        launch.extend(keys);
         st.push(json!({"Sid": "ReadLaunchFailures", "Effect": "Allow",
             "Action": "autoscaling:DescribeScalingActivities", "Resource": "*"}));
         st.push(json!({"Sid": "SpotFallbackOfOwnGroups", "Effect": "Allow",

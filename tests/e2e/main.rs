@@ -4,6 +4,7 @@
 //! is stopped when the test ends.
 
 mod build;
+mod iam;
 mod init;
 mod lambda;
 mod pools;

@@ -196,15 +196,9 @@ async fn boots_to_runner_start_survives_a_reset_and_leaves_with_decrement() {
     // The reset button: no shutdown runs; the next boot starts the runner
     // again behind the rule, with nothing doubled and no second user-data run.
     vm.reset();
-    let console = loop {
-        let c = vm
-            .wait_for("circleci-runner(stub): started:", BOOT)
-            .await;
-        if lines_with(&c, "circleci-runner(stub): started:").len() >= 2 {
-            break c;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
+    let console = vm
+        .wait_for_nth("circleci-runner(stub): started:", 2, BOOT)
+        .await;
     let second = stub_line(&console, 1);
     assert!(second.contains("imds_jumps=1 imds_rules=2"), "{second}");
     assert!(second.contains("job_user_imds=000"), "{second}");
@@ -238,15 +232,9 @@ async fn a_clean_reboot_keeps_the_rule_first_and_runs_nothing_twice() {
     let mut vm = b.boot().await;
     vm.wait_for("circleci-runner(stub): started:", BOOT).await;
     b.rig.imds(json!({"flags": {"reboot": true}})).await;
-    let console = loop {
-        let c = vm
-            .wait_for("circleci-runner(stub): started:", BOOT)
-            .await;
-        if lines_with(&c, "circleci-runner(stub): started:").len() >= 2 {
-            break c;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
+    let console = vm
+        .wait_for_nth("circleci-runner(stub): started:", 2, BOOT)
+        .await;
     assert!(console.contains("rebooting (asked by the test)"), "{console}");
     assert!(
         console.contains(&format!("terminating {} with decrement", b.instance)),

@@ -348,6 +348,13 @@ MODELLED = re.compile(
 
 
 def policies_of(role):
+    try:
+        return role_policies(role)
+    except Exception:  # no such role: no policies
+        return []
+
+
+def role_policies(role):
     iam = admin("iam")
     docs = []
     for name in iam.list_role_policies(RoleName=role)["PolicyNames"]:
@@ -580,29 +587,28 @@ def imds_tree_get(path):
     im = STATE["imds"]
     if path == "user-data":
         return (200, im["user_data"]) if im["user_data"] else (404, b"")
-    if path in ("dynamic/instance-identity/document", "dynamic/instance-identity/document/"):
+    if path in ("", "/"):
+        return 200, b"dynamic\nmeta-data\nuser-data"
+    if path.startswith("dynamic"):
         m = im["meta"]
         doc = {"instanceId": m.get("instance-id"), "region": REGION, "accountId": ACCOUNT,
                "availabilityZone": m.get("placement", {}).get("availability-zone", REGION + "a"),
-               "instanceType": m.get("instance-type", "t3.medium"), "imageId": m.get("ami-id")}
-        return 200, json.dumps(doc).encode()
-    if path in ("", "/"):
-        return 200, b"dynamic\nmeta-data\nuser-data"
-    if not path.startswith("meta-data"):
+               "instanceType": m.get("instance-type", "t3.medium"), "imageId": m.get("ami-id"),
+               "architecture": "x86_64", "privateIp": m.get("local-ipv4", "169.254.169.15")}
+        tree = {"instance-identity": {"document": json.dumps(doc), "pkcs7": "stub", "signature": "stub"}}
+        root, rest = tree, path[len("dynamic"):]
+    elif path.startswith("meta-data"):
+        root, rest = im["meta"], path[len("meta-data"):]
+    else:
         return 404, b""
-    node = im["meta"]
-    parts = [x for x in path[len("meta-data"):].split("/") if x]
-    for x in parts:
+    node = root
+    for x in [x for x in rest.split("/") if x]:
         if not isinstance(node, dict) or x not in node:
             return 404, b""
         node = node[x]
     if isinstance(node, dict):
         names = [k + "/" if isinstance(v, dict) else k for k, v in node.items()]
         return 200, "\n".join(names).encode()
-    if callable(node):
-        node = node()
-    if isinstance(node, (dict, list)):
-        return 200, json.dumps(node).encode()
     return 200, str(node).encode()
 
 

@@ -54,18 +54,24 @@ impl Vm {
         );
         let child = Command::new("qemu-system-x86_64")
             .args(["-machine", "q35,accel=tcg", "-m", "1024", "-smp", "1"])
-            .args(["-display", "none", "-no-reboot", "-no-user-config", "-nodefaults"])
+            // A guest reboot reboots (the reset and reboot scenarios); a
+            // power-off ends QEMU (bake mode).
+            .args(["-display", "none", "-no-user-config", "-nodefaults"])
             .arg("-kernel")
             .arg(img.join("vmlinuz"))
             .arg("-initrd")
             .arg(img.join("initrd.img"))
             .args([
                 "-append",
-                "root=/dev/vda rw console=ttyS0 panic=-1 net.ifnames=1",
+                "root=/dev/vda rw console=ttyS0 net.ifnames=1",
             ])
             .arg("-drive")
             .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
-            .args(["-smbios", "type=1,manufacturer=Amazon EC2,product=t3.medium"])
+            // cloud-init identifies AWS by an "ec2" system UUID and serial.
+            .args([
+                "-smbios",
+                "type=1,manufacturer=Amazon EC2,product=t3.medium,serial=ec2f0000-0000-4000-8000-000000000001,uuid=ec2f0000-0000-4000-8000-000000000001",
+            ])
             .args(["-netdev", &net, "-device", "virtio-net-pci,netdev=n0"])
             .arg("-serial")
             .arg(format!("file:{}", console.display()))
@@ -90,24 +96,29 @@ impl Vm {
         String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).into_owned()
     }
 
-    /// Waits until the console has a line containing `what` (after `from`
-    /// bytes), returning the text and the time it was seen.
+    /// Waits until the console has a line containing `what`, returning the
+    /// console's text.
     pub async fn wait_for(&mut self, what: &str, within: Duration) -> String {
+        self.wait_for_nth(what, 1, within).await
+    }
+
+    /// Waits until the console has `n` lines containing `what`.
+    pub async fn wait_for_nth(&mut self, what: &str, n: usize, within: Duration) -> String {
         let end = Instant::now() + within;
         loop {
             let text = self.console_text();
-            if text.contains(what) {
+            if lines_with(&text, what).len() >= n {
                 return text;
             }
             if let Ok(Some(st)) = self.child.try_wait() {
                 panic!(
-                    "the VM stopped ({st}) before {what:?} appeared on its console:\n{}",
+                    "the VM stopped ({st}) before {what:?} (#{n}) appeared on its console:\n{}",
                     tail(&text, 80)
                 );
             }
             if Instant::now() > end {
                 panic!(
-                    "no {what:?} on the console within {within:?}:\n{}",
+                    "no {what:?} (#{n}) on the console within {within:?}:\n{}",
                     tail(&text, 80)
                 );
             }
@@ -115,7 +126,7 @@ impl Vm {
         }
     }
 
-    /// Waits for the guest to power itself off (QEMU exits with -no-reboot).
+    /// Waits for the guest to power itself off (QEMU then exits).
     pub async fn wait_exit(&mut self, within: Duration) {
         let end = Instant::now() + within;
         while self.child.try_wait().unwrap().is_none() {
