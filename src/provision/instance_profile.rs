@@ -12,6 +12,9 @@ impl Resource for InstanceProfile {
     fn label(&self) -> &'static str {
         "instance profile"
     }
+    fn per_pool(&self) -> bool {
+        true
+    }
     fn converge<'a>(
         &'a self,
         ctx: &'a Ctx<'a>,
@@ -26,7 +29,14 @@ impl Resource for InstanceProfile {
 }
 
 pub(crate) async fn find(ctx: &Ctx<'_>) -> R<Option<Owned<aws_sdk_iam::types::InstanceProfile>>> {
-    let name = ctx.names.runner_role();
+    find_named(ctx, &ctx.names.runner_role()).await
+}
+
+pub(crate) async fn find_named(
+    ctx: &Ctx<'_>,
+    name: &str,
+) -> R<Option<Owned<aws_sdk_iam::types::InstanceProfile>>> {
+    let name = name.to_string();
     let p = match ctx
         .aws
         .iam
@@ -97,9 +107,14 @@ async fn converge(ctx: &Ctx<'_>) -> R<Item> {
 }
 
 async fn delete(ctx: &Ctx<'_>) -> R<Item> {
+    delete_named(ctx, &ctx.names.runner_role()).await
+}
+
+/// Remove the instance profile `name` if it is ours.
+pub(crate) async fn delete_named(ctx: &Ctx<'_>, name: &str) -> R<Item> {
     let iam = &ctx.aws.iam;
-    let name = ctx.names.runner_role();
-    let Some(Owned { it: p, ours }) = find(ctx).await? else {
+    let name = name.to_string();
+    let Some(Owned { it: p, ours }) = find_named(ctx, &name).await? else {
         return Ok(Item::new("instance profile", &name, Action::Absent));
     };
     if !ours {

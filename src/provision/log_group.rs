@@ -114,7 +114,9 @@ async fn converge(ctx: &Ctx<'_>, s: &StackSettings) -> R<Item> {
             (
                 Item::new("log group", &name, Action::Update)
                     .id(&g.arn)
-                    .detail(format!("{detail}; adopted (made by the Lambda's first run)")),
+                    .detail(format!(
+                        "{detail}; adopted (made by the Lambda's first run)"
+                    )),
                 g.retention,
             )
         }

@@ -102,7 +102,14 @@ impl Names {
     pub fn security_group(&self) -> String {
         self.prefixed("-runner")
     }
+    /// The runners' role and instance profile: one per pool, so a pool's
+    /// instances reach only their own group and token. A stack without
+    /// `[[pool]]` tables keeps the name it always had.
     pub fn runner_role(&self) -> String {
+        self.prefixed(&format!("{}-runner", self.pool_part()))
+    }
+    /// The one runner role all pools shared before each pool had its own.
+    pub fn shared_runner_role(&self) -> String {
         self.prefixed("-runner")
     }
     pub fn scaler_role(&self) -> String {

@@ -51,6 +51,11 @@ pub(crate) struct Teardown {
     /// reported, not touched.
     pub resource_class: Option<String>,
     pub keep_resource_class: bool,
+    /// The stack has `[[pool]]` tables (its pools have names).
+    pub stack_has_pools: bool,
+    /// Leave what instances still use (init's clean-up of replaced
+    /// resources), rather than remove it all (teardown).
+    pub in_use_check: bool,
 }
 
 /// A pool as the stack recorded it (in its scaler secret, else its Lambda).
@@ -79,6 +84,7 @@ fn resources(artifact: Option<&Artifact>) -> Vec<Box<dyn Resource + '_>> {
         Box::new(super::resource_class::ResourceClass),
         Box::new(super::runner_token::RunnerToken),
         Box::new(super::security_group::SecurityGroup),
+        Box::new(super::runner_role::SharedRunnerRole),
         Box::new(super::runner_role::RunnerRole),
         Box::new(super::instance_profile::InstanceProfile),
         Box::new(super::image::BakedImages),
@@ -311,6 +317,8 @@ pub async fn init(
                 let t = Teardown {
                     resource_class: None,
                     keep_resource_class: true,
+                    stack_has_pools: s0.pool.is_some(),
+                    in_use_check: true,
                 };
                 for item in step(r.label(), r.delete(c, &t).await)? {
                     if selected && item.action != Action::Absent {
@@ -376,6 +384,8 @@ pub async fn teardown(
     let shared = Teardown {
         resource_class: None,
         keep_resource_class,
+        stack_has_pools: pools.iter().any(|p| p.name.is_some()),
+        in_use_check: false,
     };
     let mut items = Vec::new();
     for r in resources(None).iter().rev() {
@@ -405,6 +415,8 @@ async fn delete_for_pool(
     let t = Teardown {
         resource_class: pool.resource_class.clone(),
         keep_resource_class,
+        stack_has_pools: pool.name.is_some(),
+        in_use_check: false,
     };
     ctx.progress.start(r.label());
     let items = r.delete(&pctx, &t).await?;

@@ -138,9 +138,19 @@ async fn converge(ctx: &Ctx<'_>, f: &mut Found) -> R<Item> {
             "Action": "ec2:CreateTags",
             "Resource": launch,
             "Condition": {"StringEquals": {"ec2:CreateAction": "RunInstances"}}}));
+        let roles: Vec<String> = spot
+            .iter()
+            .map(|p| {
+                format!(
+                    "arn:aws:iam::{}:role/{}",
+                    f.account,
+                    ctx.names.for_pool(p.name.as_deref()).runner_role()
+                )
+            })
+            .collect();
         st.push(
             json!({"Sid": "PassRunnerRole", "Effect": "Allow", "Action": "iam:PassRole",
-            "Resource": format!("arn:aws:iam::{}:role/{}", f.account, ctx.names.runner_role()),
+            "Resource": super::runner_role::one_or_list(roles),
             "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}}),
         );
     }

@@ -23,7 +23,7 @@ use cci_scaler::scale::{GroupApi, ScaleSettings, run_once};
 use crate::support::circleci::CircleCi;
 use crate::support::lambda_api::LambdaApi;
 use crate::support::moto::Moto;
-use crate::support::rig::{RoleCreds, Rig};
+use crate::support::rig::{Rig, RoleCreds};
 use crate::support::{Run, TOKEN, command, eventually, run};
 
 const OD: &str = "acme/linux-od";
@@ -341,7 +341,12 @@ async fn the_scalers_calls_pass_its_policy_and_nothing_else_does() {
         "cci-scaler/demo/linux-od/runner-token",
         "cci-scaler/other/runner-token",
     ] {
-        let e = sm.get_secret_value().secret_id(secret).send().await.unwrap_err();
+        let e = sm
+            .get_secret_value()
+            .secret_id(secret)
+            .send()
+            .await
+            .unwrap_err();
         assert!(format!("{e:?}").contains("AccessDenied"), "{secret}: {e:?}");
     }
     assert_eq!(fx.moto.desired("other-runners").await, 1, "untouched");
@@ -432,7 +437,8 @@ async fn fallback_round_trip(fx: &Fx, cfg: &aws_config::SdkConfig) {
         .await
         .unwrap();
     fx.cci.set_class_queue(SP, 3, 0);
-    let queue = RunnerApi::new(&fx.cci.url, TOKEN.to_string().into(), HttpLimits::default()).unwrap();
+    let queue =
+        RunnerApi::new(&fx.cci.url, TOKEN.to_string().into(), HttpLimits::default()).unwrap();
     let settings = ScaleSettings {
         asg: group.into(),
         resource_class: SP.into(),
@@ -522,7 +528,10 @@ async fn a_runners_calls_pass_its_pools_policy_and_reach_nothing_else() {
     let od = fx.instances("demo-linux-od-runners").await;
     let sp = fx.instances("demo-linux-sp-runners").await;
     let other = fx.instances("other-runners").await;
-    let runner = fx.rig.assume(&fx.moto, "cci-scaler-demo-linux-sp-runner").await;
+    let runner = fx
+        .rig
+        .assume(&fx.moto, "cci-scaler-demo-linux-sp-runner")
+        .await;
     let cfg = fx.rig.config(&runner).await;
     let sm = aws_sdk_secretsmanager::Client::new(&cfg);
     let asg = aws_sdk_autoscaling::Client::new(&cfg);
@@ -586,7 +595,12 @@ async fn a_runners_calls_pass_its_pools_policy_and_reach_nothing_else() {
         "cci-scaler/demo/scaler",
         "cci-scaler/other/runner-token",
     ] {
-        let e = sm.get_secret_value().secret_id(secret).send().await.unwrap_err();
+        let e = sm
+            .get_secret_value()
+            .secret_id(secret)
+            .send()
+            .await
+            .unwrap_err();
         denied(secret, format!("{e:?}"));
     }
     for (what, id) in [("another pool's", &od[0]), ("another stack's", &other[0])] {
@@ -648,7 +662,10 @@ async fn a_runners_calls_pass_its_pools_policy_and_reach_nothing_else() {
     assert_eq!(fx.moto.desired("other-runners").await, 1);
 
     // The on-demand pool's runners: their own token, not the spot pool's.
-    let od_runner = fx.rig.assume(&fx.moto, "cci-scaler-demo-linux-od-runner").await;
+    let od_runner = fx
+        .rig
+        .assume(&fx.moto, "cci-scaler-demo-linux-od-runner")
+        .await;
     let sm = aws_sdk_secretsmanager::Client::new(&fx.rig.config(&od_runner).await);
     sm.get_secret_value()
         .secret_id("cci-scaler/demo/linux-od/runner-token")
@@ -705,4 +722,158 @@ async fn the_gateway_refuses_bad_signatures_and_missing_session_tokens() {
         .await;
     assert!(format!("{e:?}").contains("AccessDenied"), "{e:?}");
     let _: Option<Run> = None;
+}
+
+/// A stack of pools made before each pool had its own runner role has one
+/// shared role and instance profile: init keeps them while an instance still
+/// uses the profile (its exit hook needs the role to leave its group), then
+/// removes them; the pools' launch templates use their own profiles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_runner_role_of_older_stacks_is_retired_once_unused() {
+    let fx = Fx::new().await;
+    let iam = aws_sdk_iam::Client::new(&fx.moto.config);
+    let tag = aws_sdk_iam::types::Tag::builder()
+        .key("cci-scaler:stack")
+        .value("demo")
+        .build()
+        .unwrap();
+    iam.create_role()
+        .role_name("cci-scaler-demo-runner")
+        .assume_role_policy_document(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#,
+        )
+        .tags(tag.clone())
+        .send()
+        .await
+        .unwrap();
+    let profile = iam
+        .create_instance_profile()
+        .instance_profile_name("cci-scaler-demo-runner")
+        .tags(tag)
+        .send()
+        .await
+        .unwrap()
+        .instance_profile()
+        .unwrap()
+        .arn()
+        .to_string();
+    iam.add_role_to_instance_profile()
+        .instance_profile_name("cci-scaler-demo-runner")
+        .role_name("cci-scaler-demo-runner")
+        .send()
+        .await
+        .unwrap();
+    // An instance launched by the older release, still running.
+    let ec2 = aws_sdk_ec2::Client::new(&fx.moto.config);
+    let old = ec2
+        .run_instances()
+        .image_id("ami-12c6146b")
+        .min_count(1)
+        .max_count(1)
+        .iam_instance_profile(
+            aws_sdk_ec2::types::IamInstanceProfileSpecification::builder()
+                .arn(&profile)
+                .build(),
+        )
+        .tag_specifications(
+            aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
+                .tags(
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key("cci-scaler:stack")
+                        .value("demo")
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .instances()[0]
+        .instance_id()
+        .unwrap()
+        .to_string();
+    let zip = crate::init::fake_zip(fx.home.path());
+    let init = || {
+        fx.admin(&[
+            "--output",
+            "json",
+            "init",
+            "--lambda-zip",
+            zip.to_str().unwrap(),
+        ])
+    };
+    let r = run(init()).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("1 instance(s) still use it"),
+        "kept while in use: {r:?}"
+    );
+    assert!(
+        iam.get_role()
+            .role_name("cci-scaler-demo-runner")
+            .send()
+            .await
+            .is_ok()
+    );
+    ec2.terminate_instances()
+        .instance_ids(&old)
+        .send()
+        .await
+        .unwrap();
+    let r = run(init()).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        iam.get_role()
+            .role_name("cci-scaler-demo-runner")
+            .send()
+            .await
+            .is_err(),
+        "removed once unused: {r:?}"
+    );
+    assert!(
+        iam.get_instance_profile()
+            .instance_profile_name("cci-scaler-demo-runner")
+            .send()
+            .await
+            .is_err()
+    );
+    // Each pool's template names its own profile.
+    for (lt, profile) in [
+        (
+            "cci-scaler-demo-linux-od-runner",
+            "cci-scaler-demo-linux-od-runner",
+        ),
+        (
+            "cci-scaler-demo-linux-sp-runner",
+            "cci-scaler-demo-linux-sp-runner",
+        ),
+    ] {
+        let v = ec2
+            .describe_launch_template_versions()
+            .launch_template_name(lt)
+            .versions("$Latest")
+            .send()
+            .await
+            .unwrap();
+        let data = v.launch_template_versions()[0]
+            .launch_template_data()
+            .unwrap();
+        assert_eq!(
+            data.iam_instance_profile().and_then(|p| p.name()),
+            Some(profile),
+            "{lt}"
+        );
+    }
+    // Teardown removes every pool's role and profile.
+    let r = run(fx.admin(&["--output", "json", "teardown", "--stack", "demo", "--yes"])).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let roles = iam.list_roles().send().await.unwrap();
+    assert!(
+        roles
+            .roles()
+            .iter()
+            .all(|r| !r.role_name().starts_with("cci-scaler-demo")),
+        "{roles:?}"
+    );
 }

@@ -511,7 +511,10 @@ async fn init_creates_everything_converges_and_teardown_removes_it() {
         .await
         .unwrap();
     assert_eq!(
-        tags.tags().unwrap().get("cci-scaler:stack").map(String::as_str),
+        tags.tags()
+            .unwrap()
+            .get("cci-scaler:stack")
+            .map(String::as_str),
         Some("demo")
     );
     logs.create_log_stream()
@@ -823,16 +826,32 @@ async fn teardown_removes_our_security_group_beside_a_foreign_one_of_the_same_na
         ids.sort();
         ids
     };
-    assert_eq!(named(ec2.clone()).await.len(), 2, "ours and the foreign one");
+    assert_eq!(
+        named(ec2.clone()).await.len(),
+        2,
+        "ours and the foreign one"
+    );
     let r = s.teardown().await;
     assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(item(&json(&r), "security group")["action"], "delete", "{r:?}");
+    assert_eq!(
+        item(&json(&r), "security group")["action"],
+        "delete",
+        "{r:?}"
+    );
     assert_no_stack_left(&s).await;
-    assert_eq!(named(ec2.clone()).await, vec![foreign.clone()], "the foreign one is untouched");
+    assert_eq!(
+        named(ec2.clone()).await,
+        vec![foreign.clone()],
+        "the foreign one is untouched"
+    );
     // A second teardown: ours is absent, the foreign one reported, not touched.
     let r = s.teardown().await;
     assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(item(&json(&r), "security group")["action"], "foreign", "{r:?}");
+    assert_eq!(
+        item(&json(&r), "security group")["action"],
+        "foreign",
+        "{r:?}"
+    );
     assert_eq!(named(ec2).await, vec![foreign]);
 }
 

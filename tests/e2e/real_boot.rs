@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::init::Stack;
 use crate::support::REGION;
-use crate::support::rig::{RoleCreds, Rig};
+use crate::support::rig::{Rig, RoleCreds};
 use crate::support::vm::{Vm, image, lines_with};
 
 const GROUP: &str = "demo-runners";
@@ -173,9 +173,7 @@ async fn boots_to_runner_start_survives_a_reset_and_leaves_with_decrement() {
     let console = vm.wait_for("running 'init-local'", BOOT).await;
     let cloud_init = Instant::now();
     drop(console);
-    let console = vm
-        .wait_for("circleci-runner(stub): started:", BOOT)
-        .await;
+    let console = vm.wait_for("circleci-runner(stub): started:", BOOT).await;
     let to_runner = cloud_init.elapsed();
     eprintln!(
         "real boot: cloud-init start to runner start {:.1} s (boot to runner {:.1} s, software emulation)",
@@ -186,12 +184,21 @@ async fn boots_to_runner_start_survives_a_reset_and_leaves_with_decrement() {
     assert!(first.contains(&format!("name={}", b.instance)), "{first}");
     assert!(first.contains("config=600 root"), "{first}");
     assert!(first.contains("imds_jumps=1 imds_rules=2"), "{first}");
-    assert!(first.contains("job_user_imds=000"), "jobs must not reach metadata: {first}");
+    assert!(
+        first.contains("job_user_imds=000"),
+        "jobs must not reach metadata: {first}"
+    );
     assert!(first.contains("user_data_runs=1"), "{first}");
-    assert!(console.contains("instance metadata closed to jobs"), "{console}");
+    assert!(
+        console.contains("instance metadata closed to jobs"),
+        "{console}"
+    );
     let tok_len = format!("token_len={}", crate::support::TOKEN.len());
     assert!(!first.contains(&tok_len) || !console.contains(crate::support::TOKEN));
-    assert!(!console.contains(crate::support::TOKEN), "a token on the console");
+    assert!(
+        !console.contains(crate::support::TOKEN),
+        "a token on the console"
+    );
 
     // The reset button: no shutdown runs; the next boot starts the runner
     // again behind the rule, with nothing doubled and no second user-data run.
@@ -203,20 +210,30 @@ async fn boots_to_runner_start_survives_a_reset_and_leaves_with_decrement() {
     assert!(second.contains("imds_jumps=1 imds_rules=2"), "{second}");
     assert!(second.contains("job_user_imds=000"), "{second}");
     assert!(second.contains("user_data_runs=1"), "{second}");
-    assert_eq!(b.group().await.0, 1, "a reset leaves the instance in its group");
+    assert_eq!(
+        b.group().await.0,
+        1,
+        "a reset leaves the instance in its group"
+    );
 
     // The job ends: the runner exits, the exit hook leaves with decrement.
     b.rig.imds(json!({"flags": {"runner-exit": true}})).await;
     let console = vm
         .wait_for(&format!("terminating {} with decrement", b.instance), BOOT)
         .await;
-    assert!(console.contains("circleci-runner(stub): job done"), "{console}");
+    assert!(
+        console.contains("circleci-runner(stub): job done"),
+        "{console}"
+    );
     let (desired, instances) = b.group().await;
     assert_eq!(desired, 0, "decremented");
     assert!(!instances.contains(&b.instance), "{instances:?}");
     let calls = b.assert_calls_signed_and_allowed().await;
     let actions: Vec<&str> = calls.iter().filter_map(|c| c["action"].as_str()).collect();
-    assert!(actions.contains(&"secretsmanager:GetSecretValue"), "{actions:?}");
+    assert!(
+        actions.contains(&"secretsmanager:GetSecretValue"),
+        "{actions:?}"
+    );
     assert!(
         actions.contains(&"autoscaling:TerminateInstanceInAutoScalingGroup"),
         "{actions:?}"
@@ -235,7 +252,10 @@ async fn a_clean_reboot_keeps_the_rule_first_and_runs_nothing_twice() {
     let console = vm
         .wait_for_nth("circleci-runner(stub): started:", 2, BOOT)
         .await;
-    assert!(console.contains("rebooting (asked by the test)"), "{console}");
+    assert!(
+        console.contains("rebooting (asked by the test)"),
+        "{console}"
+    );
     assert!(
         console.contains(&format!("terminating {} with decrement", b.instance)),
         "a runner stopped by a reboot leaves its group: {console}"
@@ -256,7 +276,9 @@ async fn gzip_user_data_of_a_spare_is_inflated_and_reads_its_spare_until_tag() {
     let setup = dir.path().join("setup.sh");
     let mut text = String::from("#!/bin/bash\necho setup-script-ran >/var/log/cci-test-setup\n");
     for i in 0..900 {
-        text.push_str(&format!("# padding line {i} so the user data is over 16 KB\n"));
+        text.push_str(&format!(
+            "# padding line {i} so the user data is over 16 KB\n"
+        ));
     }
     std::fs::write(&setup, &text).unwrap();
     let b = prepare(
@@ -289,11 +311,15 @@ async fn gzip_user_data_of_a_spare_is_inflated_and_reads_its_spare_until_tag() {
         .imds(json!({"set": {"tags/instance/cci-scaler:spare-until": until.to_string()}}))
         .await;
     let mut vm = b.boot().await;
-    let console = vm
-        .wait_for("circleci-runner(stub): started:", BOOT)
-        .await;
-    assert!(console.contains("running the environment setup script"), "{console}");
-    assert!(console.contains(&format!("spare runner until {until}")), "{console}");
+    let console = vm.wait_for("circleci-runner(stub): started:", BOOT).await;
+    assert!(
+        console.contains("running the environment setup script"),
+        "{console}"
+    );
+    assert!(
+        console.contains(&format!("spare runner until {until}")),
+        "{console}"
+    );
     let line = stub_line(&console, 0);
     let idle: u64 = line
         .split("idle_timeout=")
@@ -330,9 +356,7 @@ async fn transient_faults_on_every_call_are_retried_and_a_spot_notice_ends_the_i
     }
     b.rig.faults(Value::Array(faults)).await;
     let mut vm = b.boot().await;
-    let console = vm
-        .wait_for("circleci-runner(stub): started:", BOOT)
-        .await;
+    let console = vm.wait_for("circleci-runner(stub): started:", BOOT).await;
     for what in [
         "instance metadata token: HTTP 500",
         "instance metadata token: HTTP 429",
@@ -342,7 +366,10 @@ async fn transient_faults_on_every_call_are_retried_and_a_spot_notice_ends_the_i
         "GetSecretValue cci-scaler/demo/runner-token failed: {\"__type\": \"ThrottlingException\"",
         "retrying in",
     ] {
-        assert!(console.contains(what), "no {what:?} on the console:\n{console}");
+        assert!(
+            console.contains(what),
+            "no {what:?} on the console:\n{console}"
+        );
     }
     assert!(!console.contains("boot FAILED"), "{console}");
     assert_eq!(b.group().await.0, 1);
@@ -363,7 +390,10 @@ async fn transient_faults_on_every_call_are_retried_and_a_spot_notice_ends_the_i
         "TerminateInstanceInAutoScalingGroup: attempt 1 failed",
         "TerminateInstanceInAutoScalingGroup: attempt 2 failed",
     ] {
-        assert!(console.contains(what), "no {what:?} on the console:\n{console}");
+        assert!(
+            console.contains(what),
+            "no {what:?} on the console:\n{console}"
+        );
     }
     let tags = aws_sdk_ec2::Client::new(&b.s.moto.config)
         .describe_tags()
@@ -392,10 +422,7 @@ async fn transient_faults_on_every_call_are_retried_and_a_spot_notice_ends_the_i
         .iter()
         .find(|c| c["action"] == "ec2:CreateTags" && c["decision"] == "allow")
         .expect("an allowed CreateTags");
-    assert!(
-        tag["checks"][0]["why"] == "MarkOwnInterruption",
-        "{tag}"
-    );
+    assert!(tag["checks"][0]["why"] == "MarkOwnInterruption", "{tag}");
 }
 
 /// The token's secret is gone: AWS's answer (ResourceNotFoundException) is on
@@ -415,12 +442,19 @@ async fn a_missing_secret_fails_at_once_naming_aws_answer_and_leaves_the_group()
     );
     assert!(console.contains("not retried"), "{console}");
     assert_eq!(
-        lines_with(&console, "GetSecretValue cci-scaler/demo/runner-token failed").len(),
+        lines_with(
+            &console,
+            "GetSecretValue cci-scaler/demo/runner-token failed"
+        )
+        .len(),
         1,
         "a non-retryable answer is asked once: {console}"
     );
     assert!(console.contains("boot FAILED"), "{console}");
-    assert!(!console.contains("circleci-runner(stub): started"), "{console}");
+    assert!(
+        !console.contains("circleci-runner(stub): started"),
+        "{console}"
+    );
     assert_eq!(b.group().await.0, 0, "capacity given back at once");
     let _ = &b.creds;
 }
@@ -456,7 +490,10 @@ async fn bake_mode_installs_writes_its_hash_and_powers_off() {
     vm.wait_exit(BOOT).await;
     let console = vm.console_text();
     assert!(console.contains("baked-setup-ran"), "{console}");
-    assert!(console.contains("bake done: stopping the builder"), "{console}");
+    assert!(
+        console.contains("bake done: stopping the builder"),
+        "{console}"
+    );
     assert!(!console.contains("boot FAILED"), "{console}");
     assert!(
         b.rig.calls().await.is_empty(),

@@ -975,7 +975,9 @@ fn sandboxed_boot_fails_loudly_without_the_secret() {
     assert!(!calls.iter().any(|c| c.starts_with("systemctl")));
     // The failed boot gives its capacity back at once (the exit hook).
     assert!(
-        calls.contains(&"sigv4 autoscaling TerminateInstanceInAutoScalingGroup decrement".to_string()),
+        calls.contains(
+            &"sigv4 autoscaling TerminateInstanceInAutoScalingGroup decrement".to_string()
+        ),
         "{calls:#?}"
     );
     assert!(
@@ -1346,7 +1348,8 @@ fn exit_hook_walks_the_fallback_ladder() {
     assert!(!calls.contains(&nodec), "{calls:#?}");
     let log = sb.read("/var/log/cci-scaler-exit.log");
     assert!(
-        log.contains("TerminateInstanceInAutoScalingGroup: attempt 1 failed") && log.contains("Throttling"),
+        log.contains("TerminateInstanceInAutoScalingGroup: attempt 1 failed")
+            && log.contains("Throttling"),
         "{log}"
     );
 }

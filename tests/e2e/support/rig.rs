@@ -49,7 +49,8 @@ impl Rig {
         }
         let cfg_path = dir.path().join("rig.json");
         std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/rig/gateway.py");
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/rig/gateway.py");
         let mut child = Command::new(python())
             .arg(&script)
             .arg(&cfg_path)
@@ -141,7 +142,11 @@ impl Rig {
 
     /// Every call the gateway saw: principal, action, checks, decision, status.
     pub async fn calls(&self) -> Vec<Value> {
-        self.get("/calls").await.as_array().cloned().unwrap_or_default()
+        self.get("/calls")
+            .await
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub async fn imds_requests(&self) -> Vec<Value> {
