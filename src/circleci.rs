@@ -3,7 +3,11 @@
 //! which never appears in an error, a log line or a `Debug` print.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
@@ -27,7 +31,13 @@ pub struct HttpLimits {
     pub backoff: Duration,
     /// Cap on any single wait, `Retry-After` included.
     pub max_backoff: Duration,
+    /// Requests in flight at once, over all pools (connections are reused,
+    /// over HTTP/2 where the server offers it).
+    pub max_in_flight: usize,
 }
+
+/// The default bound on requests in flight to CircleCI.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
 
 impl Default for HttpLimits {
     fn default() -> Self {
@@ -37,6 +47,7 @@ impl Default for HttpLimits {
             attempts: 3,
             backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(5),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         }
     }
 }
@@ -143,6 +154,11 @@ pub struct RunnerApi {
     base: reqwest::Url,
     token: SecretString,
     limits: HttpLimits,
+    /// At most `limits.max_in_flight` requests at once (every pool's).
+    gate: Arc<Semaphore>,
+    /// When CircleCI throttles one request (429), every request waits until
+    /// then: one backoff for all pools, not a retry storm per pool.
+    throttled_until: Arc<Mutex<Option<Instant>>>,
 }
 
 impl std::fmt::Debug for RunnerApi {
@@ -200,9 +216,14 @@ impl RunnerApi {
             let p = format!("{}/", base.path());
             base.set_path(&p);
         }
+        let in_flight = limits.max_in_flight.max(1);
         let http = reqwest::Client::builder()
             .timeout(limits.timeout)
             .connect_timeout(limits.connect_timeout)
+            // Connections are kept for the next poll (the Lambda polls every
+            // few seconds); as many idle as may be busy.
+            .pool_max_idle_per_host(in_flight)
+            .pool_idle_timeout(Duration::from_secs(90))
             .user_agent(concat!("cci-scaler/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| CircleCiError::Client(e.to_string()))?;
@@ -211,6 +232,8 @@ impl RunnerApi {
             base,
             token,
             limits,
+            gate: Arc::new(Semaphore::new(in_flight)),
+            throttled_until: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -347,6 +370,7 @@ impl RunnerApi {
         loop {
             attempt += 1;
             let last = attempt >= self.limits.attempts;
+            let permit = self.admitted().await?;
             let mut req = self
                 .http
                 .request(method.clone(), url.clone())
@@ -371,6 +395,7 @@ impl RunnerApi {
                             detail: error_chain(&e),
                         });
                     }
+                    drop(permit);
                     tokio::time::sleep(self.backoff(attempt, None)).await;
                     continue;
                 }
@@ -412,7 +437,21 @@ impl RunnerApi {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.trim().parse::<u64>().ok())
                     .map(Duration::from_secs);
-                tokio::time::sleep(self.backoff(attempt, retry_after)).await;
+                let wait = self.backoff(attempt, retry_after);
+                if status == StatusCode::TOO_MANY_REQUESTS {
+                    // Shared: the other pools' requests wait as well.
+                    let until = Instant::now() + wait;
+                    let mut t = self
+                        .throttled_until
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    if t.is_none_or(|t| t < until) {
+                        *t = Some(until);
+                    }
+                    continue;
+                }
+                drop(permit);
+                tokio::time::sleep(wait).await;
                 continue;
             }
             let message = message_of(resp).await;
@@ -440,6 +479,30 @@ impl RunnerApi {
                     message,
                 },
             });
+        }
+    }
+
+    /// A place among the requests in flight, once no throttle is in force:
+    /// a 429 seen by any request holds every request back, those already
+    /// waiting for a place included.
+    async fn admitted(&self) -> Result<tokio::sync::SemaphorePermit<'_>, CircleCiError> {
+        loop {
+            let permit = self
+                .gate
+                .acquire()
+                .await
+                .map_err(|e| CircleCiError::Client(e.to_string()))?;
+            let until = *self
+                .throttled_until
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match until {
+                Some(until) if until > Instant::now() => {
+                    drop(permit);
+                    tokio::time::sleep_until(until).await;
+                }
+                _ => return Ok(permit),
+            }
         }
     }
 

@@ -49,6 +49,8 @@ pub struct StackFile {
     pub boot_timeout: Option<String>,
     /// How long the Lambda's log group keeps its logs, in days [30].
     pub log_retention_days: Option<u32>,
+    /// CircleCI requests the scaler has in flight at once, over all pools [16].
+    pub circleci_concurrency: Option<u32>,
     #[serde(default)]
     pub runner: RunnerFile,
     /// Spare runners by schedule (`[[headroom]]`), for a stack without pools.
@@ -381,6 +383,8 @@ pub struct StackSettings {
     pub boot_timeout: Duration,
     /// The Lambda's log group's retention (one of CloudWatch Logs' values).
     pub log_retention_days: u32,
+    /// CircleCI requests in flight at once (`None`: the default).
+    pub circleci_concurrency: Option<u32>,
     pub runner: RunnerSettings,
 }
 
@@ -458,7 +462,8 @@ impl StackFile {
             poll_interval,
             poll_window,
             boot_timeout,
-            log_retention_days
+            log_retention_days,
+            circleci_concurrency
         )
     }
 
@@ -731,6 +736,14 @@ impl StackFile {
                 ),
             ));
         }
+        if let Some(n) = self.circleci_concurrency
+            && !(1..=256).contains(&n)
+        {
+            return Err(bad(
+                "circleci_concurrency",
+                format!("{n} is out of range: must be 1 to 256"),
+            ));
+        }
         let log_retention_days = self.log_retention_days.unwrap_or(30);
         if !LOG_RETENTION_DAYS.contains(&log_retention_days) {
             return Err(bad(
@@ -841,6 +854,7 @@ impl StackFile {
             poll_window,
             boot_timeout,
             log_retention_days,
+            circleci_concurrency: self.circleci_concurrency,
             runner: RunnerSettings {
                 idle_timeout,
                 max_run_time,
@@ -1447,6 +1461,7 @@ mod props {
             &["\"10m\"", "\"30s\"", "\"2d\"", "\"never\""],
         ),
         ("log_retention_days", 2, &["30", "7", "31", "0", "\"30\""]),
+        ("circleci_concurrency", 2, &["16", "1", "0", "257", "\"8\""]),
         ("stak", 0, &["\"typo\""]),
     ];
     const RUNNER: &[Candidates] = &[

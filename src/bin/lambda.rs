@@ -54,6 +54,8 @@ struct Env {
     spot_grace: Duration,
     spot_cooldown: Duration,
     circleci_timeout: Duration,
+    /// CircleCI requests in flight at once, over all pools.
+    circleci_concurrency: usize,
     circleci_url: String,
 }
 
@@ -107,6 +109,16 @@ impl Env {
             spot_grace: duration_var("CCI_SCALER_SPOT_GRACE", Duration::from_secs(180))?,
             spot_cooldown: duration_var("CCI_SCALER_SPOT_COOLDOWN", Duration::from_secs(1800))?,
             circleci_timeout: duration_var("CCI_SCALER_CIRCLECI_TIMEOUT", Duration::from_secs(10))?,
+            circleci_concurrency: match var("CCI_SCALER_CIRCLECI_CONCURRENCY") {
+                None => circleci::DEFAULT_MAX_IN_FLIGHT,
+                Some(v) => v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=256).contains(n))
+                    .ok_or_else(|| {
+                        format!("CCI_SCALER_CIRCLECI_CONCURRENCY must be 1 to 256, not {v:?}")
+                    })?,
+            },
             circleci_url: var("CIRCLECI_RUNNER_API_URL")
                 .unwrap_or_else(|| circleci::DEFAULT_URL.to_string()),
         };
@@ -208,6 +220,7 @@ impl Scaler {
                 };
                 let limits = HttpLimits {
                     timeout: self.env.circleci_timeout,
+                    max_in_flight: self.env.circleci_concurrency,
                     ..HttpLimits::default()
                 };
                 let api = RunnerApi::new(&self.env.circleci_url, token, limits)

@@ -71,6 +71,10 @@ pub struct ScaleArgs {
     /// Timeout of each CircleCI request.
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub circleci_timeout: Duration,
+    /// CircleCI requests in flight at once, over all pools (a throttle from
+    /// CircleCI holds them all back together).
+    #[arg(long, default_value_t = circleci::DEFAULT_MAX_IN_FLIGHT as u16, value_parser = clap::value_parser!(u16).range(1..=256), value_name = "N")]
+    pub circleci_concurrency: u16,
 }
 
 pub async fn run(global: &GlobalArgs, args: ScaleArgs) -> anyhow::Result<ExitCode> {
@@ -134,6 +138,7 @@ pub async fn run(global: &GlobalArgs, args: ScaleArgs) -> anyhow::Result<ExitCod
     .await?;
     let limits = HttpLimits {
         timeout: args.circleci_timeout,
+        max_in_flight: usize::from(args.circleci_concurrency),
         ..HttpLimits::default()
     };
     let queue = RunnerApi::new(&args.circleci_url, token, limits)?;
@@ -219,6 +224,7 @@ async fn run_pools(
     let token = token::resolve_token(secrets.as_ref().zip(secret_id.as_deref())).await?;
     let limits = HttpLimits {
         timeout: args.circleci_timeout,
+        max_in_flight: usize::from(args.circleci_concurrency),
         ..HttpLimits::default()
     };
     let queue = RunnerApi::new(&args.circleci_url, token, limits)?;

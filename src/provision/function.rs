@@ -98,6 +98,9 @@ fn lambda_env(ctx: &Ctx<'_>, s: &StackSettings, f: &Found) -> HashMap<String, St
     env.insert("CCI_SCALER_POLL_INTERVAL".into(), secs(s.poll_interval));
     env.insert("CCI_SCALER_POLL_WINDOW".into(), secs(s.poll_window));
     env.insert("CCI_SCALER_BOOT_TIMEOUT".into(), secs(s.boot_timeout));
+    if let Some(n) = s.circleci_concurrency {
+        env.insert("CCI_SCALER_CIRCLECI_CONCURRENCY".into(), n.to_string());
+    }
     env.insert(
         "CIRCLECI_RUNNER_API_URL".into(),
         ctx.circleci.base_url().trim_end_matches('/').to_string(),

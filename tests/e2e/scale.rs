@@ -722,3 +722,90 @@ async fn scale_puts_its_metrics_with_metrics() {
         "{dims:?}"
     );
 }
+
+/// `--asg`/`--resource-class` pairs for `n` pools, each with its group.
+async fn many_pools(fx: &Fx, n: usize) -> Vec<String> {
+    let mut args = vec![];
+    for i in 0..n {
+        fx.moto.create_group(&format!("pool-{i}"), 3, 0).await;
+        args.extend([
+            "--asg".to_string(),
+            format!("pool-{i}"),
+            "--resource-class".to_string(),
+            format!("acme/pool-{i}"),
+        ]);
+    }
+    args
+}
+
+/// One poll of 50 pools: at most --circleci-concurrency requests in flight
+/// (it used to send all 101 at once over 101 connections), on connections
+/// that are reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_of_many_pools_bounds_its_requests_to_circleci() {
+    let fx = Fx::new().await;
+    let args = many_pools(&fx, 50).await;
+    fx.cci.set_delay(Duration::from_millis(50));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = run(fx.scale_bare(&refs)).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let s = fx.cci.state.lock().unwrap();
+    assert_eq!(s.requests.len(), 101, "two per pool, one per namespace");
+    assert!(
+        s.max_in_flight <= 16,
+        "{} in flight at once",
+        s.max_in_flight
+    );
+    assert!(
+        s.max_in_flight >= 8,
+        "still concurrent: {}",
+        s.max_in_flight
+    );
+    assert!(s.connections <= 16, "{} connections", s.connections);
+    drop(s);
+    // A smaller bound is honoured.
+    let fx = Fx::new().await;
+    let args = many_pools(&fx, 10).await;
+    fx.cci.set_delay(Duration::from_millis(20));
+    let mut refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    refs.extend(["--circleci-concurrency", "3"]);
+    let r = run(fx.scale_bare(&refs)).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let s = fx.cci.state.lock().unwrap();
+    assert!(s.max_in_flight <= 3, "{}", s.max_in_flight);
+    assert!(s.connections <= 3, "{}", s.connections);
+    drop(s);
+    let r = run(fx.scale_bare(&[
+        "--asg",
+        "pool-0",
+        "--resource-class",
+        "acme/pool-0",
+        "--circleci-concurrency",
+        "0",
+    ]))
+    .await;
+    assert_eq!(r.code, 2, "{r:?}");
+}
+
+/// CircleCI answers a burst with 429: one backoff holds every pool's
+/// requests, instead of each request being throttled and retried alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttle_holds_back_every_pool_together() {
+    let fx = Fx::new().await;
+    let args = many_pools(&fx, 50).await;
+    fx.cci.set_delay(Duration::from_millis(20));
+    fx.cci
+        .set_fault(Some(Fault::ThrottleFor(Duration::from_millis(300))));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = run(fx.scale_bare(&refs)).await;
+    assert_eq!(
+        r.code, 0,
+        "the poll succeeds after the shared backoff: {r:?}"
+    );
+    let s = fx.cci.state.lock().unwrap();
+    assert!(
+        s.throttled <= 16,
+        "{} requests were throttled: only those in flight when the first 429 came back may be",
+        s.throttled
+    );
+}

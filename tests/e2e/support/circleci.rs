@@ -24,6 +24,9 @@ pub enum Fault {
     Hang,
     /// Fail the first `n` requests with this status, then answer normally.
     Flaky(u16, u32),
+    /// Answer 429 (`Retry-After: 1`) to every request that arrives within
+    /// this long of the first throttled one (CircleCI answering a burst).
+    ThrottleFor(Duration),
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +56,14 @@ pub struct Queue {
     pub class_queues: std::collections::HashMap<String, (u32, u32)>,
     /// Per resource class: registered runner names, over the global list.
     pub class_runners: std::collections::BTreeMap<String, Vec<String>>,
+    /// TCP connections accepted.
+    pub connections: u32,
+    /// Requests being answered now, and the most at once.
+    pub in_flight: u32,
+    pub max_in_flight: u32,
+    /// 429s answered, and when the throttle began.
+    pub throttled: u32,
+    pub throttle_start: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -89,9 +100,17 @@ impl CircleCi {
             .route("/api/v3/runner/resource/{id}/force", delete(delete_class))
             .route("/api/v3/runner/token", get(list_tokens).post(create_token))
             .route("/api/v3/runner/token/{id}", delete(delete_token))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                count_in_flight,
+            ))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let conns = state.clone();
+        let listener = axum::serve::ListenerExt::tap_io(listener, move |_| {
+            conns.lock().unwrap().connections += 1;
+        });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -249,6 +268,15 @@ async fn gate_with(
             at: Instant::now(),
         });
         let fault = match s.fault.clone() {
+            Some(Fault::ThrottleFor(d)) => {
+                let start = *s.throttle_start.get_or_insert_with(Instant::now);
+                if start.elapsed() < d {
+                    s.throttled += 1;
+                    Some(Fault::ThrottleFor(d))
+                } else {
+                    None
+                }
+            }
             Some(Fault::Flaky(code, n)) if n > 0 => {
                 s.fault = Some(Fault::Flaky(code, n - 1));
                 Some(Fault::Status(code))
@@ -274,6 +302,16 @@ async fn gate_with(
                 resp.headers_mut()
                     .insert("Retry-After", "0".parse().unwrap());
             }
+            return Some(resp);
+        }
+        Some(Fault::ThrottleFor(_)) => {
+            let mut resp = (
+                StatusCode::TOO_MANY_REQUESTS,
+                axum::Json(json!({"message": "Too Many Requests"})),
+            )
+                .into_response();
+            resp.headers_mut()
+                .insert("Retry-After", "1".parse().unwrap());
             return Some(resp);
         }
         Some(Fault::Malformed) => {
@@ -557,4 +595,20 @@ async fn delete_token(State(s): State<Shared>, h: HeaderMap, Path(id): Path<Stri
         return error(StatusCode::NOT_FOUND, "token not found");
     }
     axum::Json(json!({})).into_response()
+}
+
+/// Counts the requests being answered at once.
+async fn count_in_flight(
+    State(state): State<Shared>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    {
+        let mut s = state.lock().unwrap();
+        s.in_flight += 1;
+        s.max_in_flight = s.max_in_flight.max(s.in_flight);
+    }
+    let resp = next.run(req).await;
+    state.lock().unwrap().in_flight -= 1;
+    resp
 }
