@@ -151,8 +151,23 @@ async fn main() {
         cci.set_delay(Duration::from_millis(latency));
         let mut line = format!("  CircleCI latency {latency:>2} ms:");
         for pools in [1, 10, 50] {
+            {
+                let mut s = cci.state.lock().unwrap();
+                s.connections = 0;
+                s.max_in_flight = 0;
+            }
             let t = cold_scale(&moto, &cci, home.path(), &pool_args(pools), 7).await;
-            line.push_str(&format!(" {pools} pool(s) {},", ms(t)));
+            let (conns, in_flight) = {
+                let s = cci.state.lock().unwrap();
+                (s.connections, s.max_in_flight)
+            };
+            // Connections per poll (each run is a new process), and the most
+            // requests CircleCI had in flight at once.
+            line.push_str(&format!(
+                " {pools} pool(s) {} ({} conn, {in_flight} in flight),",
+                ms(t),
+                conns / 7
+            ));
         }
         println!("{}", line.trim_end_matches(','));
     }

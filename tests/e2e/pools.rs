@@ -288,17 +288,24 @@ async fn two_pools_are_created_scaled_converged_removed_and_torn_down() {
         Some(2),
         "{scaler_policy}"
     );
-    let runner_policy = d.role_policy("cci-scaler-duo-runner").await;
-    let read = &runner_policy["Statement"][0]["Resource"];
-    assert!(
-        read.as_array()
-            .unwrap()
-            .iter()
-            .all(|r| r.as_str().unwrap().contains("cci-scaler/duo/linux-")),
-        "{runner_policy}"
-    );
-    for policy in [&scaler_policy, &runner_policy] {
-        let findings = crate::support::parliament(policy);
+    // Each pool's runners have their own role: their own token and group.
+    let findings = crate::support::parliament(&scaler_policy);
+    assert!(findings.is_empty(), "{findings:?}");
+    for pool in ["linux-x64", "linux-arm64"] {
+        let runner_policy = d
+            .role_policy(&format!("cci-scaler-duo-{pool}-runner"))
+            .await;
+        let read = runner_policy["Statement"][0]["Resource"].as_str().unwrap();
+        assert!(
+            read.contains(&format!("cci-scaler/duo/{pool}/runner-token")),
+            "{runner_policy}"
+        );
+        let leave = runner_policy["Statement"][1]["Resource"].as_str().unwrap();
+        assert!(
+            leave.ends_with(&format!("autoScalingGroupName/duo-{pool}-runners")),
+            "{runner_policy}"
+        );
+        let findings = crate::support::parliament(&runner_policy);
         assert!(findings.is_empty(), "{findings:?}");
     }
 

@@ -354,8 +354,12 @@ async fn transient_faults_on_every_call_are_retried_and_a_spot_notice_ends_the_i
         faults.push(json!({"match": m, "kind": "5xx", "count": 1}));
         faults.push(json!({"match": m, "kind": "throttle", "count": 1}));
     }
-    b.rig.faults(Value::Array(faults)).await;
     let mut vm = b.boot().await;
+    // Armed once the script runs: cloud-init's own metadata reads come first
+    // (a fault there fails cloud-init's datasource, not our script).
+    vm.wait_for("cci-scaler[demo]: boot started for", BOOT)
+        .await;
+    b.rig.faults(Value::Array(faults)).await;
     let console = vm.wait_for("circleci-runner(stub): started:", BOOT).await;
     for what in [
         "instance metadata token: HTTP 500",
