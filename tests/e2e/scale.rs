@@ -749,20 +749,14 @@ async fn a_poll_of_many_pools_bounds_its_requests_to_circleci() {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let r = run(fx.scale_bare(&refs)).await;
     assert_eq!(r.code, 0, "{r:?}");
-    let s = fx.cci.state.lock().unwrap();
-    assert_eq!(s.requests.len(), 101, "two per pool, one per namespace");
-    assert!(
-        s.max_in_flight <= 16,
-        "{} in flight at once",
-        s.max_in_flight
-    );
-    assert!(
-        s.max_in_flight >= 8,
-        "still concurrent: {}",
-        s.max_in_flight
-    );
-    assert!(s.connections <= 16, "{} connections", s.connections);
-    drop(s);
+    let (requests, in_flight, connections) = {
+        let s = fx.cci.state.lock().unwrap();
+        (s.requests.len(), s.max_in_flight, s.connections)
+    };
+    assert_eq!(requests, 101, "two per pool, one per namespace");
+    assert!(in_flight <= 16, "{in_flight} in flight at once");
+    assert!(in_flight >= 8, "still concurrent: {in_flight}");
+    assert!(connections <= 16, "{connections} connections");
     // A smaller bound is honoured.
     let fx = Fx::new().await;
     let args = many_pools(&fx, 10).await;
@@ -771,10 +765,12 @@ async fn a_poll_of_many_pools_bounds_its_requests_to_circleci() {
     refs.extend(["--circleci-concurrency", "3"]);
     let r = run(fx.scale_bare(&refs)).await;
     assert_eq!(r.code, 0, "{r:?}");
-    let s = fx.cci.state.lock().unwrap();
-    assert!(s.max_in_flight <= 3, "{}", s.max_in_flight);
-    assert!(s.connections <= 3, "{}", s.connections);
-    drop(s);
+    let (in_flight, connections) = {
+        let s = fx.cci.state.lock().unwrap();
+        (s.max_in_flight, s.connections)
+    };
+    assert!(in_flight <= 3, "{in_flight}");
+    assert!(connections <= 3, "{connections}");
     let r = run(fx.scale_bare(&[
         "--asg",
         "pool-0",
