@@ -14,11 +14,10 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
-use cci_scaler::aws::AwsError;
 use cci_scaler::aws::autoscaling::AsgClient;
 use cci_scaler::circleci::{HttpLimits, RunnerApi};
-use cci_scaler::scale::decide::{GroupState, LaunchFailure, Policy};
-use cci_scaler::scale::{GroupApi, ScaleSettings, run_once};
+use cci_scaler::scale::decide::{LaunchFailure, Policy};
+use cci_scaler::scale::{ScaleSettings, run_once};
 
 use crate::support::circleci::CircleCi;
 use crate::support::lambda_api::LambdaApi;
@@ -359,73 +358,6 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// A [`GroupApi`] that reports spot launch failures (moto keeps no scaling
-/// activities) and otherwise is the real client.
-struct Failing {
-    inner: AsgClient,
-    failures: Vec<LaunchFailure>,
-}
-
-/// One instance up of those desired (moto launches them all at once).
-fn short(mut g: GroupState) -> GroupState {
-    g.instances.truncate(1);
-    g
-}
-
-impl GroupApi for Failing {
-    fn region(&self) -> String {
-        self.inner.region()
-    }
-    async fn describe(&self, name: &str) -> Result<GroupState, AwsError> {
-        Ok(short(self.inner.describe(name).await?))
-    }
-    async fn describe_many(
-        &self,
-        names: &[String],
-    ) -> Result<std::collections::HashMap<String, GroupState>, AwsError> {
-        Ok(self
-            .inner
-            .describe_many(names)
-            .await?
-            .into_iter()
-            .map(|(k, g)| (k, short(g)))
-            .collect())
-    }
-    async fn launch_times(
-        &self,
-        ids: &[String],
-    ) -> Result<std::collections::HashMap<String, SystemTime>, AwsError> {
-        self.inner.launch_times(ids).await
-    }
-    async fn set_desired(&self, name: &str, desired: u32) -> Result<(), AwsError> {
-        self.inner.set_desired(name, desired).await
-    }
-    async fn terminate(&self, id: &str, decrement: bool) -> Result<(), AwsError> {
-        self.inner.terminate(id, decrement).await
-    }
-    async fn launch_failures(&self, _name: &str) -> Result<Vec<LaunchFailure>, AwsError> {
-        Ok(self.failures.clone())
-    }
-    async fn set_on_demand(
-        &self,
-        name: &str,
-        pct: u32,
-        until: Option<u64>,
-    ) -> Result<(), AwsError> {
-        self.inner.set_on_demand(name, pct, until).await
-    }
-    async fn tag(&self, name: &str, key: &str, value: &str) -> Result<(), AwsError> {
-        self.inner.tag(name, key, value).await
-    }
-    async fn interrupted(
-        &self,
-        name: &str,
-        since: SystemTime,
-    ) -> Result<Vec<(String, SystemTime)>, AwsError> {
-        self.inner.interrupted(name, since).await
-    }
-}
-
 async fn fallback_round_trip(fx: &Fx, cfg: &aws_config::SdkConfig) {
     let group = "demo-linux-sp-runners";
     fx.moto
@@ -450,8 +382,9 @@ async fn fallback_round_trip(fx: &Fx, cfg: &aws_config::SdkConfig) {
         headroom: Default::default(),
         dry_run: false,
     };
-    let mut api = Failing {
+    let mut api = crate::spot::Short {
         inner: AsgClient::new(cfg),
+        keep: 1,
         failures: [240, 30]
             .into_iter()
             .map(|ago| LaunchFailure {
@@ -472,16 +405,7 @@ async fn fallback_round_trip(fx: &Fx, cfg: &aws_config::SdkConfig) {
 /// One invocation of the Lambda binary as the scaler role, via the gateway.
 async fn lambda_once(fx: &Fx, scaler: &RoleCreds) {
     let api = LambdaApi::start().await;
-    let env = aws_sdk_lambda::Client::new(&fx.moto.config)
-        .get_function_configuration()
-        .function_name("cci-scaler-demo-scaler")
-        .send()
-        .await
-        .unwrap()
-        .environment()
-        .and_then(|e| e.variables())
-        .cloned()
-        .unwrap();
+    let env = crate::support::function_env(&fx.moto.config, "cci-scaler-demo-scaler").await;
     let mut cmd = command("cci-scaler-lambda", fx.home.path());
     role_env(&mut cmd, &fx.rig, scaler);
     api.env(&mut cmd);

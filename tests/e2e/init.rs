@@ -1223,16 +1223,7 @@ async fn a_stack_without_pools_upgrades_with_no_change() {
     let mut keys: Vec<&String> = scaler.as_object().unwrap().keys().collect();
     keys.sort();
     assert_eq!(keys, ["circle_token", "resource_class"]);
-    let env = aws_sdk_lambda::Client::new(cfg)
-        .get_function_configuration()
-        .function_name("cci-scaler-demo-scaler")
-        .send()
-        .await
-        .unwrap()
-        .environment()
-        .and_then(|e| e.variables())
-        .cloned()
-        .unwrap();
+    let env = crate::support::function_env(cfg, "cci-scaler-demo-scaler").await;
     assert_eq!(env["CCI_SCALER_ASG"], "demo-runners");
     assert_eq!(env["CCI_SCALER_RESOURCE_CLASS"], RC);
     assert!(!env.contains_key("CCI_SCALER_POOLS"));
@@ -1276,16 +1267,7 @@ async fn init_with_headroom_and_status_of_spares() {
     .unwrap();
     let r = s.init(&[]).await;
     assert_eq!(r.code, 0, "{r:?}");
-    let env = aws_sdk_lambda::Client::new(cfg)
-        .get_function_configuration()
-        .function_name("cci-scaler-demo-scaler")
-        .send()
-        .await
-        .unwrap()
-        .environment()
-        .and_then(|e| e.variables())
-        .cloned()
-        .unwrap();
+    let env = crate::support::function_env(cfg, "cci-scaler-demo-scaler").await;
     let hr: Value = serde_json::from_str(&env["CCI_SCALER_HEADROOM"]).unwrap();
     assert_eq!(hr[0]["count"], 2);
     assert_eq!(hr[0]["time_zone"], "Europe/Berlin");

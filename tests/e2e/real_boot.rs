@@ -48,19 +48,7 @@ async fn prepare(stack_file: &str, extra: &[&str]) -> Boot {
     let img = image();
     let rig = Rig::start(&s.moto, Some((&img.join("ca.pem"), &img.join("ca.key"))));
     let creds = rig.assume(&s.moto, RUNNER_ROLE).await;
-    let ud = aws_sdk_ec2::Client::new(&s.moto.config)
-        .describe_launch_template_versions()
-        .launch_template_name("cci-scaler-demo-runner")
-        .versions("$Latest")
-        .send()
-        .await
-        .unwrap()
-        .launch_template_versions()[0]
-        .launch_template_data()
-        .unwrap()
-        .user_data()
-        .unwrap()
-        .to_string();
+    let ud = template_user_data(&s).await;
     let expiry = (chrono_like_now() + 6 * 3600).to_string();
     let cred_doc = json!({
         "Code": "Success", "Type": "AWS-HMAC", "LastUpdated": "2026-01-01T00:00:00Z",
@@ -93,6 +81,23 @@ async fn prepare(stack_file: &str, extra: &[&str]) -> Boot {
         instance,
         creds,
     }
+}
+
+/// The user data of the stack's launch template, as EC2 holds it (base64).
+async fn template_user_data(s: &Stack) -> String {
+    aws_sdk_ec2::Client::new(&s.moto.config)
+        .describe_launch_template_versions()
+        .launch_template_name("cci-scaler-demo-runner")
+        .versions("$Latest")
+        .send()
+        .await
+        .unwrap()
+        .launch_template_versions()[0]
+        .launch_template_data()
+        .unwrap()
+        .user_data()
+        .unwrap()
+        .to_string()
 }
 
 fn chrono_like_now() -> u64 {
@@ -290,20 +295,7 @@ async fn gzip_user_data_of_a_spare_is_inflated_and_reads_its_spare_until_tag() {
     )
     .await;
     let raw = base64::engine::general_purpose::STANDARD
-        .decode(
-            aws_sdk_ec2::Client::new(&b.s.moto.config)
-                .describe_launch_template_versions()
-                .launch_template_name("cci-scaler-demo-runner")
-                .versions("$Latest")
-                .send()
-                .await
-                .unwrap()
-                .launch_template_versions()[0]
-                .launch_template_data()
-                .unwrap()
-                .user_data()
-                .unwrap(),
-        )
+        .decode(template_user_data(&b.s).await)
         .unwrap();
     assert_eq!(&raw[..2], &[0x1f, 0x8b], "gzip-compressed user data");
     let until = chrono_like_now() + 3600;

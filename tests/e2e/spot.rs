@@ -197,10 +197,13 @@ fn json(r: &crate::support::Run) -> Value {
 
 /// The emulator's group, short of capacity: only `keep` instances of the
 /// desired ones came up, and the activities say spot capacity is short.
-struct Short {
-    inner: AsgClient,
-    keep: usize,
-    failures: Vec<LaunchFailure>,
+/// The real client, with the group short of its desired capacity (only
+/// `keep` instances up: moto launches all at once) and spot launch failures
+/// reported (moto keeps no scaling activities).
+pub(crate) struct Short {
+    pub inner: AsgClient,
+    pub keep: usize,
+    pub failures: Vec<LaunchFailure>,
 }
 
 impl GroupApi for Short {

@@ -186,3 +186,20 @@ pub fn user_data_text(b64: &str) -> String {
         String::from_utf8(raw).expect("UTF-8 user data")
     }
 }
+
+/// The environment of a Lambda function (moto keeps it; it never runs it).
+pub async fn function_env(
+    cfg: &aws_config::SdkConfig,
+    name: &str,
+) -> std::collections::HashMap<String, String> {
+    aws_sdk_lambda::Client::new(cfg)
+        .get_function_configuration()
+        .function_name(name)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e:?}"))
+        .environment()
+        .and_then(|e| e.variables())
+        .cloned()
+        .unwrap_or_default()
+}
