@@ -17,7 +17,7 @@ use serde_json::Value;
 use cci_scaler::aws::autoscaling::AsgClient;
 use cci_scaler::circleci::{HttpLimits, RunnerApi};
 use cci_scaler::scale::decide::{LaunchFailure, Policy};
-use cci_scaler::scale::{ScaleSettings, run_once};
+use cci_scaler::scale::{GroupApi, ScaleSettings, run_once};
 
 use crate::support::circleci::CircleCi;
 use crate::support::lambda_api::LambdaApi;
@@ -225,6 +225,12 @@ async fn the_scalers_calls_pass_its_policy_and_nothing_else_does() {
     fallback_round_trip(&fx, &cfg).await;
     let calls = fx.rig.calls().await;
     assert_all_allowed(&calls, "the scaler");
+    assert!(
+        calls
+            .iter()
+            .any(|c| c["action"] == "autoscaling:DescribeScalingActivities"),
+        "{calls:#?}"
+    );
     let updates: Vec<&Value> = calls
         .iter()
         .filter(|c| c["action"] == "autoscaling:UpdateAutoScalingGroup")
@@ -382,6 +388,12 @@ async fn fallback_round_trip(fx: &Fx, cfg: &aws_config::SdkConfig) {
         headroom: Default::default(),
         dry_run: false,
     };
+    // The real read of launch failures (moto keeps no activities, so the
+    // rounds below are given them), as the scaler role.
+    AsgClient::new(cfg)
+        .launch_failures(group)
+        .await
+        .expect("DescribeScalingActivities as the scaler role");
     let mut api = crate::spot::Short {
         inner: AsgClient::new(cfg),
         keep: 1,
