@@ -85,7 +85,9 @@ async fn lambda_runs(ctx: &Ctx<'_>, window: Duration) -> LambdaRuns {
             Ok(p) => p,
             Err(e) => {
                 runs.unreadable = Some(if is_not_found(&e) {
-                    format!("no log group {group} yet: the Lambda has not run")
+                    format!(
+                        "no log group {group}: the Lambda's logs have nowhere to go (init makes it: run init again)"
+                    )
                 } else {
                     crate::aws::AwsError::call("logs:FilterLogEvents", &group, &e).to_string()
                 });
