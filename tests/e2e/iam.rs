@@ -357,6 +357,27 @@ async fn the_scalers_calls_pass_its_policy_and_nothing_else_does() {
     assert_eq!(fx.moto.desired("other-runners").await, 1, "untouched");
 }
 
+/// CreateTags of one tag on one instance.
+async fn tag_instance(
+    ec2: &aws_sdk_ec2::Client,
+    id: &str,
+    key: &str,
+    value: &str,
+) -> Result<(), String> {
+    ec2.create_tags()
+        .resources(id)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key(key)
+                .value(value)
+                .build(),
+        )
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("{e:?}"))
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -487,15 +508,7 @@ async fn a_runners_calls_pass_its_pools_policy_and_reach_nothing_else() {
         .send()
         .await
         .expect("own health");
-    ec2.create_tags()
-        .resources(&sp[0])
-        .tags(
-            aws_sdk_ec2::types::Tag::builder()
-                .key("cci-scaler:interrupted")
-                .value("1")
-                .build(),
-        )
-        .send()
+    tag_instance(&ec2, &sp[0], "cci-scaler:interrupted", "1")
         .await
         .expect("own interruption tag");
     asg.terminate_instance_in_auto_scaling_group()
@@ -566,32 +579,14 @@ async fn a_runners_calls_pass_its_pools_policy_and_reach_nothing_else() {
         .unwrap_err();
     denied("SetDesiredCapacity", format!("{e:?}"));
     // A tag other than the interruption one, or on another stack's instance.
-    let e = ec2
-        .create_tags()
-        .resources(&od[1])
-        .tags(
-            aws_sdk_ec2::types::Tag::builder()
-                .key("cci-scaler:stack")
-                .value("other")
-                .build(),
-        )
-        .send()
+    let e = tag_instance(&ec2, &od[1], "cci-scaler:stack", "other")
         .await
         .unwrap_err();
-    denied("another tag key", format!("{e:?}"));
-    let e = ec2
-        .create_tags()
-        .resources(&other[0])
-        .tags(
-            aws_sdk_ec2::types::Tag::builder()
-                .key("cci-scaler:interrupted")
-                .value("1")
-                .build(),
-        )
-        .send()
+    denied("another tag key", e);
+    let e = tag_instance(&ec2, &other[0], "cci-scaler:interrupted", "1")
         .await
         .unwrap_err();
-    denied("tagging another stack's instance", format!("{e:?}"));
+    denied("tagging another stack's instance", e);
     let (_, undecided) = summary(&fx.rig.calls().await);
     assert!(undecided.is_empty(), "{undecided:#?}");
     assert_eq!(fx.instances("demo-linux-od-runners").await.len(), 2);
