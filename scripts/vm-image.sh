@@ -42,8 +42,11 @@ work=$(mktemp -d "$cache/vm-build.XXXXXX")
 # Cleanup never follows a mount left inside the tree (an interrupted
 # mmdebstrap can leave /proc, /sys or /dev/pts mounted there).
 cleanup() {
-  grep -F " $work/" /proc/mounts | cut -d' ' -f2 | sort -r | while read -r m; do umount -l "$m" || true; done
+  local rc=$? m
+  set +e
+  for m in $(grep -F " $work/" /proc/mounts | cut -d' ' -f2 | sort -r); do umount -l "$m"; done
   rm -rf --one-file-system "$work"
+  exit "$rc"
 }
 trap cleanup EXIT
 root="$work/root"
