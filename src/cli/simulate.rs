@@ -86,6 +86,11 @@ pub struct SimulateArgs {
     /// Share of launches whose boot fails (0 to 1).
     #[arg(long, default_value_t = 0.0, value_name = "RATE")]
     pub launch_failure_rate: f64,
+    /// Boot failures are silent (a hung boot): only the boot timeout reaps
+    /// them. Default: the boot script sees its failure and leaves the group
+    /// with decrement at once.
+    #[arg(long)]
+    pub silent_boot_failures: bool,
     /// Runner idle timeout.
     #[arg(long, default_value = "1m", value_parser = parse_duration, value_name = "DURATION")]
     pub idle_timeout: Duration,
@@ -187,6 +192,7 @@ fn fleet(args: &SimulateArgs) -> anyhow::Result<Fleet> {
         boot_min_s,
         boot_max_s,
         launch_failure_rate: args.launch_failure_rate,
+        silent_boot_failures: args.silent_boot_failures,
         idle_timeout_s: secs(args.idle_timeout)?,
         interval_s: secs(args.interval)?,
         boot_timeout_s: secs(args.boot_timeout)?,

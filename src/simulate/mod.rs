@@ -66,6 +66,11 @@ pub struct Fleet {
     pub boot_max_s: u64,
     /// Share of launches whose boot fails (the runner never registers).
     pub launch_failure_rate: f64,
+    /// Ours: a failed boot is one its script sees (a secret it cannot read,
+    /// a setup script that fails...): the instance leaves its group with
+    /// decrement when the boot ends, as the user data does. `true`: the
+    /// failure is silent (a hung boot), and only the boot timeout reaps it.
+    pub silent_boot_failures: bool,
     pub idle_timeout_s: u64,
     /// Our poll interval (the tutorial's is fixed at 60 s).
     pub interval_s: u64,
@@ -125,6 +130,7 @@ impl Default for Fleet {
             boot_min_s: 45,
             boot_max_s: 90,
             launch_failure_rate: 0.0,
+            silent_boot_failures: false,
             idle_timeout_s: 60,
             interval_s: 10,
             boot_timeout_s: 600,
@@ -565,6 +571,17 @@ impl Sim<'_> {
                     } else {
                         self.fleet.idle_timeout_s
                     };
+                }
+                // Ours: the boot script sees its failure and gives the
+                // capacity back (the exit hook, with decrement).
+                State::Booting {
+                    ready_at,
+                    fails: true,
+                } if ready_at <= t
+                    && self.policy == Policy::Ours
+                    && !self.fleet.silent_boot_failures =>
+                {
+                    leaving.push(i);
                 }
                 State::Busy { until, .. } if until <= t => {
                     // The job is done: single-task, the runner exits.

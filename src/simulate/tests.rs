@@ -114,6 +114,7 @@ fn burst_above_max() {
 fn launch_failure() {
     let f = Fleet {
         fail_first_launches: 1,
+        silent_boot_failures: true,
         ..fleet()
     };
     let (ours, tut) = both(&jobs(&[(5, 100)]), &f);
@@ -126,6 +127,25 @@ fn launch_failure() {
     assert_eq!((ours.jobs_not_run, ours.left_running), (0, 0));
     // Tutorial: the failed instance counts as capacity forever: the job never
     // runs and the instance bills until the end.
+    assert_eq!((tut.jobs_not_run, tut.left_running, tut.boots), (1, 1, 1));
+}
+
+#[test]
+fn a_failed_boot_the_script_sees_gives_its_capacity_back_at_once() {
+    let f = Fleet {
+        fail_first_launches: 1,
+        ..fleet()
+    };
+    let (ours, tut) = both(&jobs(&[(5, 100)]), &f);
+    // Ours: A (launched at 10) fails its boot at 70 and leaves with
+    // decrement; the poll at 70 raises desired again: B launches at 70,
+    // claims at 130 (wait 125), leaves at 230. Instead of 675 s and 610
+    // instance-seconds of a reaped instance.
+    assert_eq!(waits(&ours), (125, 125));
+    assert_eq!(inst_s(&ours), 60 + 160);
+    assert_eq!((ours.boots, ours.failed_boots, ours.replaced), (2, 1, 0));
+    assert_eq!((ours.jobs_not_run, ours.left_running), (0, 0));
+    // The tutorial has no such script: as before.
     assert_eq!((tut.jobs_not_run, tut.left_running, tut.boots), (1, 1, 1));
 }
 
