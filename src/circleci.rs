@@ -38,6 +38,8 @@ pub struct HttpLimits {
 
 /// The default bound on requests in flight to CircleCI.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+/// The most that may be asked for (stack file, flag, Lambda environment).
+pub const MAX_IN_FLIGHT_LIMIT: usize = 256;
 
 impl Default for HttpLimits {
     fn default() -> Self {

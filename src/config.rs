@@ -736,12 +736,13 @@ impl StackFile {
                 ),
             ));
         }
+        let most = crate::circleci::MAX_IN_FLIGHT_LIMIT as u32;
         if let Some(n) = self.circleci_concurrency
-            && !(1..=256).contains(&n)
+            && !(1..=most).contains(&n)
         {
             return Err(bad(
                 "circleci_concurrency",
-                format!("{n} is out of range: must be 1 to 256"),
+                format!("{n} is out of range: must be 1 to {most}"),
             ));
         }
         let log_retention_days = self.log_retention_days.unwrap_or(30);

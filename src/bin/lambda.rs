@@ -114,9 +114,12 @@ impl Env {
                 Some(v) => v
                     .parse::<usize>()
                     .ok()
-                    .filter(|n| (1..=256).contains(n))
+                    .filter(|n| (1..=circleci::MAX_IN_FLIGHT_LIMIT).contains(n))
                     .ok_or_else(|| {
-                        format!("CCI_SCALER_CIRCLECI_CONCURRENCY must be 1 to 256, not {v:?}")
+                        format!(
+                            "CCI_SCALER_CIRCLECI_CONCURRENCY must be 1 to {}, not {v:?}",
+                            circleci::MAX_IN_FLIGHT_LIMIT
+                        )
                     })?,
             },
             circleci_url: var("CIRCLECI_RUNNER_API_URL")

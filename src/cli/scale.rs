@@ -73,7 +73,7 @@ pub struct ScaleArgs {
     pub circleci_timeout: Duration,
     /// CircleCI requests in flight at once, over all pools (a throttle from
     /// CircleCI holds them all back together).
-    #[arg(long, default_value_t = circleci::DEFAULT_MAX_IN_FLIGHT as u16, value_parser = clap::value_parser!(u16).range(1..=256), value_name = "N")]
+    #[arg(long, default_value_t = circleci::DEFAULT_MAX_IN_FLIGHT as u16, value_parser = clap::value_parser!(u16).range(1..=circleci::MAX_IN_FLIGHT_LIMIT as i64), value_name = "N")]
     pub circleci_concurrency: u16,
 }
 

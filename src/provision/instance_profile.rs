@@ -36,18 +36,17 @@ pub(crate) async fn find_named(
     ctx: &Ctx<'_>,
     name: &str,
 ) -> R<Option<Owned<aws_sdk_iam::types::InstanceProfile>>> {
-    let name = name.to_string();
     let p = match ctx
         .aws
         .iam
         .get_instance_profile()
-        .instance_profile_name(&name)
+        .instance_profile_name(name)
         .send()
         .await
     {
         Ok(p) => p.instance_profile().cloned(),
         Err(e) if is_not_found(&e) => None,
-        Err(e) => return Err(aws_err("iam:GetInstanceProfile", &name)(e)),
+        Err(e) => return Err(aws_err("iam:GetInstanceProfile", name)(e)),
     };
     Ok(p.map(|p| {
         let ours = tagged(
@@ -113,27 +112,26 @@ async fn delete(ctx: &Ctx<'_>) -> R<Item> {
 /// Remove the instance profile `name` if it is ours.
 pub(crate) async fn delete_named(ctx: &Ctx<'_>, name: &str) -> R<Item> {
     let iam = &ctx.aws.iam;
-    let name = name.to_string();
-    let Some(Owned { it: p, ours }) = find_named(ctx, &name).await? else {
-        return Ok(Item::new("instance profile", &name, Action::Absent));
+    let Some(Owned { it: p, ours }) = find_named(ctx, name).await? else {
+        return Ok(Item::new("instance profile", name, Action::Absent));
     };
     if !ours {
-        return Ok(Item::new("instance profile", &name, Action::Foreign));
+        return Ok(Item::new("instance profile", name, Action::Foreign));
     }
     if !ctx.dry_run {
         for r in p.roles() {
             iam.remove_role_from_instance_profile()
-                .instance_profile_name(&name)
+                .instance_profile_name(name)
                 .role_name(r.role_name())
                 .send()
                 .await
-                .map_err(aws_err("iam:RemoveRoleFromInstanceProfile", &name))?;
+                .map_err(aws_err("iam:RemoveRoleFromInstanceProfile", name))?;
         }
         iam.delete_instance_profile()
-            .instance_profile_name(&name)
+            .instance_profile_name(name)
             .send()
             .await
-            .map_err(aws_err("iam:DeleteInstanceProfile", &name))?;
+            .map_err(aws_err("iam:DeleteInstanceProfile", name))?;
     }
-    Ok(Item::new("instance profile", &name, Action::Delete).id(p.arn()))
+    Ok(Item::new("instance profile", name, Action::Delete).id(p.arn()))
 }

@@ -131,7 +131,7 @@ async fn converge(ctx: &Ctx<'_>, s: &StackSettings) -> R<Item> {
                 .await
                 .map_err(aws_err("logs:CreateLogGroup", &name))?;
             (
-                Item::new("log group", &name, Action::Create).detail(detail.clone()),
+                Item::new("log group", &name, Action::Create).detail(detail),
                 None,
             )
         }

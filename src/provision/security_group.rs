@@ -29,6 +29,12 @@ pub(crate) async fn find(
     ctx: &Ctx<'_>,
     vpc: Option<&str>,
 ) -> R<Option<Owned<ec2t::SecurityGroup>>> {
+    Ok(find_all(ctx, vpc).await?.into_iter().next())
+}
+
+/// Every group with our name (in `vpc`, else in every VPC: a name is unique
+/// only within a VPC), and whether each is ours.
+async fn find_all(ctx: &Ctx<'_>, vpc: Option<&str>) -> R<Vec<Owned<ec2t::SecurityGroup>>> {
     let name = ctx.names.security_group();
     let mut req = ctx.aws.ec2.describe_security_groups().filters(
         ec2t::Filter::builder()
@@ -43,10 +49,14 @@ pub(crate) async fn find(
         .send()
         .await
         .map_err(aws_err("ec2:DescribeSecurityGroups", &name))?;
-    Ok(out.security_groups().first().cloned().map(|sg| Owned {
-        ours: ec2_tagged(sg.tags(), &ctx.names.stack),
-        it: sg,
-    }))
+    Ok(out
+        .security_groups()
+        .iter()
+        .map(|sg| Owned {
+            ours: ec2_tagged(sg.tags(), &ctx.names.stack),
+            it: sg.clone(),
+        })
+        .collect())
 }
 
 async fn converge(ctx: &Ctx<'_>, f: &mut Found) -> R<Item> {
@@ -94,34 +104,16 @@ async fn delete(ctx: &Ctx<'_>) -> R<Item> {
     // By name in every VPC: init made ours in the subnets' VPC, and a group of
     // the same name elsewhere (untagged, or another stack's) is not ours and
     // must neither be touched nor hide ours.
-    let out = ctx
-        .aws
-        .ec2
-        .describe_security_groups()
-        .filters(
-            ec2t::Filter::builder()
-                .name("group-name")
-                .values(&name)
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(aws_err("ec2:DescribeSecurityGroups", &name))?;
-    let (ours, foreign): (Vec<_>, Vec<_>) = out
-        .security_groups()
-        .iter()
-        .partition(|sg| ec2_tagged(sg.tags(), &ctx.names.stack));
+    let (ours, foreign): (Vec<_>, Vec<_>) =
+        find_all(ctx, None).await?.into_iter().partition(|g| g.ours);
+    let id = |g: &Owned<ec2t::SecurityGroup>| g.it.group_id().unwrap_or_default().to_string();
     if ours.is_empty() {
         return Ok(match foreign.first() {
-            Some(sg) => Item::new("security group", &name, Action::Foreign)
-                .id(sg.group_id().unwrap_or_default()),
+            Some(g) => Item::new("security group", &name, Action::Foreign).id(id(g)),
             None => Item::new("security group", &name, Action::Absent),
         });
     }
-    let ids: Vec<String> = ours
-        .iter()
-        .map(|sg| sg.group_id().unwrap_or_default().to_string())
-        .collect();
+    let ids: Vec<String> = ours.iter().map(id).collect();
     if !ctx.dry_run {
         for id in &ids {
             // Network interfaces of terminated instances can hold it a little while.

@@ -643,7 +643,7 @@ class Imds(Quiet):
         m = re.match(r"^/(latest|\d{4}-\d{2}-\d{2})/?(.*)$", path)
         if not m:
             return self.reply(200 if path == "/" else 404, "text/plain", b"latest" if path == "/" else b"")
-        rel = m.group(2).rstrip("/") if m.group(2) != "meta-data/" else "meta-data"
+        rel = m.group(2).rstrip("/")
         tok = self.headers.get("X-aws-ec2-metadata-token")
         if tok not in im["tokens"]:
             im["requests"].append(("GET", rel, "no-token"))

@@ -6,7 +6,7 @@
 //! AWS endpoint names). The guest reaches nothing else. Killed on drop.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -167,8 +167,4 @@ impl Drop for Vm {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }
