@@ -756,7 +756,10 @@ async fn a_poll_of_many_pools_bounds_its_requests_to_circleci() {
     assert_eq!(requests, 101, "two per pool, one per namespace");
     assert!(in_flight <= 16, "{in_flight} in flight at once");
     assert!(in_flight >= 8, "still concurrent: {in_flight}");
-    assert!(connections <= 16, "{connections} connections");
+    // Reused, not one per request. hyper returns a connection to its pool
+    // only after the response is handed over, so a request that gets its
+    // permit in that instant may open one more: bound it loosely.
+    assert!(connections <= 2 * 16, "{connections} connections");
     // A smaller bound is honoured.
     let fx = Fx::new().await;
     let args = many_pools(&fx, 10).await;
@@ -770,7 +773,7 @@ async fn a_poll_of_many_pools_bounds_its_requests_to_circleci() {
         (s.max_in_flight, s.connections)
     };
     assert!(in_flight <= 3, "{in_flight}");
-    assert!(connections <= 3, "{connections}");
+    assert!(connections <= 2 * 3, "{connections}");
     let r = run(fx.scale_bare(&[
         "--asg",
         "pool-0",
