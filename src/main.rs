@@ -28,7 +28,27 @@ fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {e:#}");
+            // Each cause once: an error that already says its cause (as a
+            // step's does) is not followed by it again.
+            let mut message = String::new();
+            for cause in e.chain().map(ToString::to_string) {
+                if !cause.is_empty() && !message.contains(&cause) {
+                    if !message.is_empty() {
+                        message.push_str(": ");
+                    }
+                    message.push_str(&cause);
+                }
+            }
+            eprintln!("error: {message}");
+            // A stack file that does not read or check is bad usage, as a
+            // bad flag is (clap exits 2 for those).
+            if e.chain().any(|c| {
+                c.downcast_ref::<cci_scaler::config::ConfigError>()
+                    .is_some_and(|c| !matches!(c, cci_scaler::config::ConfigError::Read { .. }))
+                    || c.downcast_ref::<cli::UsageError>().is_some()
+            }) {
+                return ExitCode::from(2);
+            }
             ExitCode::FAILURE
         }
     }

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use cci_scaler::config::{StackFile, select_pools};
 use cci_scaler::provision::{self, Ctx, Progress, image::BuildOptions};
 
-use super::stack::{CliProgress, StackArgs, connect, print_items};
+use super::stack::{CliProgress, PoolArg, StackArgs, connect, print_items};
 use super::{GlobalArgs, parse_duration};
 
 #[derive(Debug, Subcommand)]
@@ -27,6 +27,8 @@ pub enum ImageCommand {
 pub struct BuildArgs {
     #[command(flatten)]
     pub stack: StackArgs,
+    #[command(flatten)]
+    pub pool: PoolArg,
     /// Give up (and terminate the builder) after this long.
     #[arg(long, default_value = "30m", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
@@ -42,6 +44,8 @@ pub struct BuildArgs {
 pub struct PruneArgs {
     #[command(flatten)]
     pub stack: StackArgs,
+    #[command(flatten)]
+    pub pool: PoolArg,
     /// How many of the newest images of each pool to keep.
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub keep: usize,
@@ -51,17 +55,17 @@ pub struct PruneArgs {
 }
 
 pub async fn run(global: &GlobalArgs, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
-    let (stack_args, dry_run) = match &cmd {
-        ImageCommand::Build(a) => (&a.stack, a.dry_run),
-        ImageCommand::Prune(a) => (&a.stack, a.dry_run),
+    let (stack_args, pool_arg, dry_run) = match &cmd {
+        ImageCommand::Build(a) => (&a.stack, &a.pool, a.dry_run),
+        ImageCommand::Prune(a) => (&a.stack, &a.pool, a.dry_run),
     };
-    let file = stack_args.file(StackFile::default(), global)?;
-    let pools = select_pools(file.pools()?, stack_args.pool.as_deref())?;
+    let file = stack_args.file(StackFile::default())?;
+    let pools = select_pools(file.pools()?, pool_arg.pool.as_deref())?;
     let stack = pools[0].stack.clone();
     let progress = CliProgress::new(global.output, dry_run);
     let mut api = None;
     let ctx = connect(
-        global,
+        &stack_args.aws,
         &file,
         &stack,
         &stack_args.circleci_url,

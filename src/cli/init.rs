@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use cci_scaler::config::{RunnerFile, StackFile};
+use cci_scaler::config::{PoolFile, StackFile};
 use std::io::{BufRead, IsTerminal, Write};
 
 use cci_scaler::provision::{self, Ctx, PoolRecord, StepName, artifact};
@@ -111,36 +111,33 @@ async fn converge(
     only: Option<StepName>,
 ) -> anyhow::Result<ExitCode> {
     let flags = StackFile {
-        description: args.description.clone(),
-        max_instances: args.max_instances,
-        instance_type: args.instance_type.clone(),
-        image: args.image.clone(),
         subnets: (!args.subnets.is_empty()).then(|| args.subnets.clone()),
-        key_pair: args.key_pair.clone(),
-        root_volume_gb: args.root_volume_gb,
-        imds_hop_limit: args.imds_hop_limit,
         poll_interval: args.poll_interval.clone(),
         poll_window: args.poll_window.clone(),
         boot_timeout: args.boot_timeout.clone(),
         log_retention_days: args.log_retention_days,
-        runner: RunnerFile {
+        pool: PoolFile {
+            description: args.description.clone(),
+            max_instances: args.max_instances,
+            instance_type: args.instance_type.clone(),
+            image: args.image.clone(),
+            key_pair: args.key_pair.clone(),
+            root_volume_gb: args.root_volume_gb,
+            imds_hop_limit: args.imds_hop_limit,
             idle_timeout: args.idle_timeout.clone(),
             max_run_time: args.max_run_time.clone(),
             working_directory: args.working_directory.clone(),
             setup_script: args.setup_script.clone(),
             apt_packages: (!args.apt_packages.is_empty()).then(|| args.apt_packages.clone()),
             job_sudo: args.job_sudo.then_some(true),
+            ..PoolFile::default()
         },
         ..StackFile::default()
     };
     // Everything local is checked before the first call.
-    if args.stack.pool.is_some() {
-        anyhow::bail!(
-            "init converges every pool of the stack file; --pool is for status, teardown and scale"
-        );
-    }
-    let file = args.stack.file(flags, global)?;
+    let file = args.stack.file(flags)?;
     let pools = file.pools()?;
+    super::warn(&pools);
     let stack = pools[0].stack.clone();
     let sudo: Vec<&str> = pools
         .iter()
@@ -162,7 +159,7 @@ async fn converge(
     let progress = CliProgress::new(global.output, args.dry_run);
     let mut api = None;
     let ctx = connect(
-        global,
+        &args.stack.aws,
         &file,
         &stack,
         &args.stack.circleci_url,

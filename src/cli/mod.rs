@@ -1,5 +1,6 @@
 //! Command-line definitions (clap) and dispatch; one file per subcommand.
 
+pub mod docs;
 pub mod image;
 pub mod init;
 pub mod render;
@@ -39,22 +40,21 @@ pub struct GlobalArgs {
     /// More diagnostics on stderr (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
-    #[command(flatten)]
-    pub aws: AwsArgs,
 }
 
-/// AWS settings, as the AWS CLI takes them. The standard credential chain
-/// applies; AWS_PROFILE, AWS_REGION and AWS_ENDPOINT_URL are honoured.
+/// AWS settings, as the AWS CLI takes them (on the commands that call AWS).
+/// The standard credential chain applies; AWS_PROFILE, AWS_REGION and
+/// AWS_ENDPOINT_URL are honoured.
 #[derive(Debug, Clone, Args)]
 pub struct AwsArgs {
     /// Named AWS profile (default: AWS_PROFILE, else "default").
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(long, value_name = "NAME")]
     pub profile: Option<String>,
     /// AWS region (default: AWS_REGION, else the profile's region).
-    #[arg(long, global = true, value_name = "REGION")]
+    #[arg(long, value_name = "REGION")]
     pub region: Option<String>,
     /// Send every AWS request to this endpoint (default: AWS_ENDPOINT_URL).
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(long, value_name = "URL")]
     pub endpoint_url: Option<String>,
 }
 
@@ -95,6 +95,34 @@ pub enum Command {
     /// Runner-ready images: bake one per pool, prune old ones.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
+    Completions(docs::CompletionsArgs),
+    /// Print the man page (or write every page with --out-dir).
+    Man(docs::ManArgs),
+}
+
+/// Flags that do not go together, or a value out of range that clap could
+/// not check: exit status 2, as for clap's own usage errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Fail with a [`UsageError`].
+#[macro_export]
+macro_rules! usage {
+    ($($t:tt)*) => { return Err($crate::cli::UsageError(format!($($t)*)).into()) };
+}
+
+/// Print what the stack file sets that does not apply (named), once per pool.
+pub fn warn(pools: &[cci_scaler::config::StackSettings]) {
+    for p in pools {
+        for w in &p.warnings {
+            match &p.pool {
+                Some(name) => eprintln!("warning: pool {name}: {w}"),
+                None => eprintln!("warning: {w}"),
+            }
+        }
+    }
 }
 
 /// A duration flag: `500ms`, `10s`, `5m`, `1h30m`.
@@ -109,8 +137,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Teardown(args) => teardown::run(&cli.global, args).await,
         Command::Status(args) => status::run(&cli.global, args).await,
         Command::Scale(args) => scale::run(&cli.global, args).await,
-        Command::Render(cmd) => render::run(&cli.global, cmd).await,
+        Command::Render(cmd) => render::run(cmd).await,
         Command::Simulate(args) => simulate::run(&cli.global, args).await,
         Command::Image(cmd) => image::run(&cli.global, cmd).await,
+        Command::Completions(args) => docs::completions(args),
+        Command::Man(args) => docs::man(args),
     }
 }

@@ -11,8 +11,6 @@ use secrecy::SecretString;
 use cci_scaler::names;
 use cci_scaler::render::{self, UserDataInput};
 
-use super::GlobalArgs;
-
 /// Environment variable holding the runner token for `--embed-token`.
 pub const RUNNER_TOKEN_VAR: &str = "CIRCLECI_RUNNER_TOKEN";
 
@@ -48,6 +46,9 @@ pub struct RunnerArgs {
 
 #[derive(Debug, Args)]
 pub struct UserDataArgs {
+    /// AWS region the instances run in (default: AWS_REGION, else AWS_DEFAULT_REGION).
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
     /// Stack name.
     #[arg(long, value_name = "NAME")]
     pub stack: String,
@@ -72,11 +73,8 @@ pub struct UserDataArgs {
 }
 
 /// Region for rendering: the flag, else the environment, as the AWS CLI does.
-pub fn region(global: &GlobalArgs) -> anyhow::Result<String> {
-    global
-        .aws
-        .region
-        .clone()
+pub fn region(flag: Option<&String>) -> anyhow::Result<String> {
+    flag.cloned()
         .or_else(|| std::env::var("AWS_REGION").ok())
         .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
         .filter(|r| !r.is_empty())
@@ -92,7 +90,7 @@ pub fn read_setup_script(path: &Option<PathBuf>) -> anyhow::Result<Option<String
         .transpose()
 }
 
-pub async fn run(global: &GlobalArgs, cmd: RenderCommand) -> anyhow::Result<ExitCode> {
+pub async fn run(cmd: RenderCommand) -> anyhow::Result<ExitCode> {
     let RenderCommand::UserData(args) = cmd;
     let embedded_token = if args.embed_token {
         let token = std::env::var(RUNNER_TOKEN_VAR)
@@ -119,7 +117,7 @@ pub async fn run(global: &GlobalArgs, cmd: RenderCommand) -> anyhow::Result<Exit
             .clone()
             .unwrap_or_else(|| names::runner_token_secret(&args.stack, None)),
         stack: args.stack,
-        region: region(global)?,
+        region: region(args.region.as_ref())?,
         resource_class: args.resource_class,
         idle_timeout: args.runner.idle_timeout,
         max_run_time: args.runner.max_run_time,

@@ -14,24 +14,25 @@ use cci_scaler::scale::pools::Pool;
 use cci_scaler::scale::{ScaleSettings, run_once};
 use cci_scaler::token;
 
-use super::{GlobalArgs, Output, parse_duration};
+use super::{AwsArgs, GlobalArgs, Output, parse_duration};
 
 #[derive(Debug, Args)]
 pub struct ScaleArgs {
     /// Auto Scaling group to size. Repeat it, each with its --resource-class
     /// in the same order, to scale several pools in one poll.
-    #[arg(long, value_name = "NAME", required_unless_present = "stack")]
+    #[arg(long, value_name = "NAME")]
     pub asg: Vec<String>,
     /// Scale a stack made by `init`: every pool of its stack file (--config,
     /// or ./cci-scaler.toml), or with --resource-class its one pool. The
     /// token: CIRCLECI_TOKEN, else the stack's scaler secret.
     #[arg(long, value_name = "NAME", conflicts_with = "asg")]
     pub stack: Option<String>,
-    /// The stack file with --stack [default: ./cci-scaler.toml if present].
-    #[arg(long, value_name = "FILE", requires = "stack")]
+    /// The stack's file: it names the stack (--stack wins) and its pools
+    /// [default: ./cci-scaler.toml if present, without --asg].
+    #[arg(long, value_name = "FILE", conflicts_with = "asg")]
     pub config: Option<std::path::PathBuf>,
-    /// With --stack: scale this pool only.
-    #[arg(long, value_name = "NAME", requires = "stack")]
+    /// A stack's pool: scale this one only.
+    #[arg(long, value_name = "NAME", conflicts_with = "asg")]
     pub pool: Option<String>,
     /// Runner resource class NAMESPACE/NAME (one group: default the secret's
     /// resource_class; several: one per --asg).
@@ -75,6 +76,8 @@ pub struct ScaleArgs {
     /// CircleCI holds them all back together).
     #[arg(long, default_value_t = circleci::DEFAULT_MAX_IN_FLIGHT as u16, value_parser = clap::value_parser!(u16).range(1..=circleci::MAX_IN_FLIGHT_LIMIT as i64), value_name = "N")]
     pub circleci_concurrency: u16,
+    #[command(flatten)]
+    pub aws: AwsArgs,
 }
 
 pub async fn run(global: &GlobalArgs, args: ScaleArgs) -> anyhow::Result<ExitCode> {
@@ -89,8 +92,12 @@ pub async fn run(global: &GlobalArgs, args: ScaleArgs) -> anyhow::Result<ExitCod
     for rc in &args.resource_class {
         circleci::validate_resource_class(rc).map_err(anyhow::Error::msg)?;
     }
-    if let Some(stack) = &args.stack {
-        let pools = stack_pools(stack, &args)?;
+    if args.asg.is_empty() {
+        let (stack, pools) = stack_pools(&args)?;
+        let args = ScaleArgs {
+            stack: Some(stack),
+            ..args
+        };
         return run_pools(global, args, pools).await;
     }
     if args.asg.len() > 1 {
@@ -126,7 +133,7 @@ pub async fn run(global: &GlobalArgs, args: ScaleArgs) -> anyhow::Result<ExitCod
     }
     let asg = args.asg[0].clone();
 
-    let config = aws::load_config(&global.aws.options()).await?;
+    let config = aws::load_config(&args.aws.options()).await?;
     let secrets = args
         .secret_id
         .as_ref()
@@ -209,7 +216,7 @@ async fn run_pools(
     args: ScaleArgs,
     pools: Vec<Pool>,
 ) -> anyhow::Result<ExitCode> {
-    let config = aws::load_config(&global.aws.options()).await?;
+    let config = aws::load_config(&args.aws.options()).await?;
     // A stack's own scaler secret holds the token when none is in the
     // environment.
     let secret_id = args.secret_id.clone().or_else(|| {
@@ -279,9 +286,10 @@ async fn run_pools(
     }
 }
 
-/// The pools of `--stack`: its stack file's, or one from --resource-class;
-/// `--pool` narrows them. Names only: nothing of provisioning is needed.
-fn stack_pools(stack: &str, args: &ScaleArgs) -> anyhow::Result<Vec<Pool>> {
+/// The stack (`--stack`, else its file's `stack`) and its pools: its stack
+/// file's, or one from --resource-class; `--pool` narrows them. Names only:
+/// nothing of provisioning is needed.
+fn stack_pools(args: &ScaleArgs) -> anyhow::Result<(String, Vec<Pool>)> {
     use cci_scaler::config::{DEFAULT_STACK_FILE, StackFile, select_pools};
     let path = args
         .config
@@ -291,20 +299,34 @@ fn stack_pools(stack: &str, args: &ScaleArgs) -> anyhow::Result<Vec<Pool>> {
         Some(p) => StackFile::load(p)?,
         None => StackFile::default(),
     };
-    file.stack = Some(stack.to_string());
+    if args.stack.is_some() {
+        file.stack = args.stack.clone();
+    }
+    let Some(stack) = file.stack.clone() else {
+        match &path {
+            Some(p) => crate::usage!(
+                "the stack file {} names no stack: set `stack` in it, or pass --stack NAME",
+                p.display()
+            ),
+            None => crate::usage!(
+                "nothing to scale: pass --asg NAME (with --resource-class), or --stack NAME / --config FILE for a stack made by init"
+            ),
+        }
+    };
     if args.resource_class.len() > 1 {
-        anyhow::bail!("with --stack, give at most one --resource-class (a stack without pools)");
+        crate::usage!("with --stack, give at most one --resource-class (a stack without pools)");
     }
     if let Some(rc) = args.resource_class.first() {
-        file.resource_class = Some(rc.clone());
+        file.pool.resource_class = Some(rc.clone());
     }
-    if path.is_none() && file.resource_class.is_none() {
-        anyhow::bail!(
+    if path.is_none() && file.pool.resource_class.is_none() {
+        crate::usage!(
             "no stack file ({DEFAULT_STACK_FILE} or --config) to read stack {stack}'s pools from: pass --config FILE, or --resource-class NS/NAME for a stack without pools"
         );
     }
     let pools = select_pools(file.pools()?, args.pool.as_deref())?;
-    Ok(pools
+    super::warn(&pools);
+    let pools = pools
         .into_iter()
         .map(|p| Pool {
             // A stack without pools: its group names the pool, as in the
@@ -312,12 +334,13 @@ fn stack_pools(stack: &str, args: &ScaleArgs) -> anyhow::Result<Vec<Pool>> {
             name: p
                 .pool
                 .clone()
-                .unwrap_or_else(|| cci_scaler::names::group(stack, None)),
-            asg: cci_scaler::names::group(stack, p.pool.as_deref()),
+                .unwrap_or_else(|| cci_scaler::names::group(&stack, None)),
+            asg: cci_scaler::names::group(&stack, p.pool.as_deref()),
             resource_class: p.resource_class,
             headroom: p.headroom,
         })
-        .collect())
+        .collect();
+    Ok((stack, pools))
 }
 
 /// Put a poll's metrics; a failure is reported and the loop goes on (the

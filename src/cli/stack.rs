@@ -16,7 +16,7 @@ use cci_scaler::config::{DEFAULT_STACK_FILE, StackFile};
 use cci_scaler::provision::{Action, Clients, Ctx, Item, Names, PoolRecord, Progress};
 use cci_scaler::token;
 
-use super::{GlobalArgs, Output};
+use super::{AwsArgs, Output};
 
 #[derive(Debug, Clone, Args)]
 pub struct StackArgs {
@@ -29,17 +29,24 @@ pub struct StackArgs {
     /// Runner resource class NAMESPACE/NAME (a stack without [[pool]] tables).
     #[arg(long, value_name = "NS/NAME")]
     pub resource_class: Option<String>,
-    /// Act on this pool of the stack only (status, teardown).
-    #[arg(long, value_name = "NAME")]
-    pub pool: Option<String>,
     /// CircleCI runner API base URL.
     #[arg(long, env = "CIRCLECI_RUNNER_API_URL", default_value = circleci::DEFAULT_URL, value_name = "URL")]
     pub circleci_url: String,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+}
+
+/// `--pool`, for the commands that can act on one pool of a stack.
+#[derive(Debug, Clone, Args)]
+pub struct PoolArg {
+    /// Act on this pool of the stack only.
+    #[arg(long, value_name = "NAME")]
+    pub pool: Option<String>,
 }
 
 impl StackArgs {
     /// The stack file (if any) merged under the flags.
-    pub fn file(&self, flags: StackFile, global: &GlobalArgs) -> anyhow::Result<StackFile> {
+    pub fn file(&self, flags: StackFile) -> anyhow::Result<StackFile> {
         let path = match &self.config {
             Some(p) => Some(p.clone()),
             None => Some(PathBuf::from(DEFAULT_STACK_FILE)).filter(|p| p.is_file()),
@@ -48,13 +55,13 @@ impl StackArgs {
             Some(p) => StackFile::load(&p)?,
             None => StackFile::default(),
         };
-        let flags = StackFile {
+        let mut flags = StackFile {
             stack: self.stack.clone(),
-            resource_class: self.resource_class.clone(),
-            region: global.aws.region.clone(),
-            profile: global.aws.profile.clone(),
+            region: self.aws.region.clone(),
+            profile: self.aws.profile.clone(),
             ..flags
         };
+        flags.pool.resource_class = self.resource_class.clone();
         Ok(file.merged(flags))
     }
 }
@@ -62,7 +69,7 @@ impl StackArgs {
 /// Connections for a stack command. The personal token comes from
 /// CIRCLECI_TOKEN / CIRCLECI_CLI_TOKEN, as for `scale`.
 pub async fn connect<'a>(
-    global: &GlobalArgs,
+    aws_args: &AwsArgs,
     file: &StackFile,
     stack: &str,
     circleci_url: &str,
@@ -74,7 +81,7 @@ pub async fn connect<'a>(
     let options = aws::AwsOptions {
         profile: file.profile.clone(),
         region: file.region.clone(),
-        endpoint_url: global.aws.endpoint_url.clone(),
+        endpoint_url: aws_args.endpoint_url.clone(),
     };
     let config = aws::load_config(&options).await?;
     let region = config.region().map(|r| r.to_string()).unwrap_or_default();
@@ -219,10 +226,10 @@ pub fn require_stack(file: &StackFile) -> anyhow::Result<(String, Option<String>
         .clone()
         .context("no stack name: pass --stack or set `stack` in the stack file")?;
     cci_scaler::render::validate_stack(&stack)?;
-    if let Some(rc) = &file.resource_class {
+    if let Some(rc) = &file.pool.resource_class {
         circleci::validate_resource_class(rc).map_err(anyhow::Error::msg)?;
     }
-    Ok((stack, file.resource_class.clone()))
+    Ok((stack, file.pool.resource_class.clone()))
 }
 
 /// The stack's pools as it recorded them (a given --resource-class wins for

@@ -9,13 +9,15 @@ use std::io::{IsTerminal, Write};
 
 use cci_scaler::provision::{self, PoolHistory, Quiet, StackStatus};
 
-use super::stack::{StackArgs, connect, describe, require_stack, stack_pools};
+use super::stack::{PoolArg, StackArgs, connect, describe, require_stack, stack_pools};
 use super::{GlobalArgs, Output, parse_duration};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     #[command(flatten)]
     pub stack: StackArgs,
+    #[command(flatten)]
+    pub pool: PoolArg,
     /// Also sum up the pools' metrics over this period (peak queue and
     /// capacity, instance-hours, reaps, errors, a sparkline of the queue).
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
@@ -29,11 +31,11 @@ pub struct StatusArgs {
 }
 
 pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let file = args.stack.file(StackFile::default(), global)?;
+    let file = args.stack.file(StackFile::default())?;
     let (stack, rc) = require_stack(&file)?;
     let mut api = None;
     let ctx = connect(
-        global,
+        &args.stack.aws,
         &file,
         &stack,
         &args.stack.circleci_url,
@@ -45,7 +47,7 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<ExitCo
     if args.watch && args.interval < std::time::Duration::from_secs(1) {
         anyhow::bail!("--interval must be at least 1s");
     }
-    let pools = stack_pools(&ctx, rc, args.stack.pool.as_deref()).await?;
+    let pools = stack_pools(&ctx, rc, args.pool.pool.as_deref()).await?;
     let terminal = std::io::stdout().is_terminal() && global.output == Output::Text;
     let mut first = true;
     loop {
@@ -106,6 +108,14 @@ fn print_history(o: &mut String, history: &[PoolHistory], since: std::time::Dura
     const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
     for h in history {
         let name = h.pool.as_deref().unwrap_or("fleet");
+        if h.points == 0 {
+            let _ = writeln!(
+                o,
+                "last {} ({name}): no metrics in this period (the scaler puts them on each poll: is its schedule enabled?)",
+                humantime::format_duration(since)
+            );
+            continue;
+        }
         let _ = writeln!(
             o,
             "last {} ({name}): peak queue {}, peak desired {}, {:.1} instance-hours, {} reaped, {} error(s)",

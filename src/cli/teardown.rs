@@ -11,7 +11,7 @@ use cci_scaler::provision::{self, PoolRecord};
 
 use super::GlobalArgs;
 use super::stack::{
-    CliProgress, StackArgs, any_foreign, connect, pick_pool, print_items, require_stack,
+    CliProgress, PoolArg, StackArgs, any_foreign, connect, pick_pool, print_items, require_stack,
     stack_pools,
 };
 
@@ -19,6 +19,8 @@ use super::stack::{
 pub struct TeardownArgs {
     #[command(flatten)]
     pub stack: StackArgs,
+    #[command(flatten)]
+    pub pool: PoolArg,
     /// Do not ask for confirmation.
     #[arg(long, short)]
     pub yes: bool,
@@ -31,9 +33,9 @@ pub struct TeardownArgs {
 }
 
 pub async fn run(global: &GlobalArgs, args: TeardownArgs) -> anyhow::Result<ExitCode> {
-    let file = args.stack.file(StackFile::default(), global)?;
+    let file = args.stack.file(StackFile::default())?;
     let (stack, rc) = require_stack(&file)?;
-    let pool = args.stack.pool.as_deref();
+    let pool = args.pool.pool.as_deref();
     let what = match pool {
         Some(p) => format!("pool {p} of stack {stack}"),
         None => format!("stack {stack}"),
@@ -57,7 +59,7 @@ pub async fn run(global: &GlobalArgs, args: TeardownArgs) -> anyhow::Result<Exit
     let progress = CliProgress::new(global.output, args.dry_run);
     let mut api = None;
     let ctx = connect(
-        global,
+        &args.stack.aws,
         &file,
         &stack,
         &args.stack.circleci_url,

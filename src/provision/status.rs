@@ -303,6 +303,8 @@ pub struct PoolHistory {
     /// period step; missing steps are 0).
     pub unclaimed: Vec<f64>,
     pub step_seconds: i32,
+    /// Data points found over all the metrics (0: no data for the period).
+    pub points: usize,
 }
 
 /// Sum up the pools' metrics since `since` ago, in one GetMetricData call
@@ -398,7 +400,8 @@ pub async fn history(ctx: &Ctx<'_>, pools: &[PoolRecord], since: Duration) -> R<
                     .unwrap_or_default()
             };
             let max = |id: &str| get(id).iter().map(|(_, v)| *v).fold(0.0, f64::max);
-            let sum = |id: &str| get(id).iter().map(|(_, v)| *v).sum::<f64>();
+            // A fold from +0: an empty f64 sum is -0, printed "-0".
+            let sum = |id: &str| get(id).iter().fold(0.0, |a, (_, v)| a + v);
             let mut unclaimed = vec![0.0; steps];
             for (t, v) in get("unclaimed") {
                 let k = ((t - start_s).max(0) / step as i64) as usize;
@@ -415,6 +418,7 @@ pub async fn history(ctx: &Ctx<'_>, pools: &[PoolRecord], since: Duration) -> R<
                 errors: sum("errors"),
                 unclaimed,
                 step_seconds: step,
+                points: metrics.iter().map(|(id, _, _)| get(id).len()).sum(),
             }
         })
         .collect())

@@ -1632,6 +1632,15 @@ async fn alarms_topic_and_dashboard_are_made_converged_and_removed() {
     let r = s.init(&[]).await;
     assert_eq!(json(&r)["changed"], false, "{r:?}");
 
+    // Before any metric: said plainly, not "-0.0 instance-hours".
+    let r = run(s.cmd(&["status", "--stack", "demo", "--since", "1h"])).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .contains("last 1h (fleet): no metrics in this period")
+            && !r.stdout.contains("-0"),
+        "{r:?}"
+    );
     // status --since sums up the metrics (put here as the Lambda's EMF
     // lines would make them).
     let now = std::time::SystemTime::now();

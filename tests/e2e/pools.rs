@@ -189,6 +189,11 @@ async fn two_pools_are_created_scaled_converged_removed_and_torn_down() {
             .contains("is x86_64 but instance type c7g.large is arm64"),
         "{r:?}"
     );
+    assert_eq!(
+        r.stderr.matches("is x86_64 but").count(),
+        1,
+        "the reason once: {r:?}"
+    );
     d.write(&format!(
         "{HEAD}{}",
         arm_pool(ARM_IMAGE, "[\"c7g.large\", \"c7i.large\"]")
