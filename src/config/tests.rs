@@ -201,7 +201,8 @@ fn bad_pools_are_refused_by_key() {
 
 #[test]
 fn bad_values_are_refused() {
-    let cases: Vec<(fn(&mut StackFile), &str)> = vec![
+    type Change = fn(&mut StackFile);
+    let cases: Vec<(Change, &str)> = vec![
         (|f: &mut StackFile| f.stack = None, "no stack name"),
         (
             |f: &mut StackFile| f.pool.max_instances = Some(0),
