@@ -2,6 +2,7 @@
 //! our own types. Authenticates with a personal API token (`Circle-Token`),
 //! which never appears in an error, a log line or a `Debug` print.
 
+use crate::scale::{ApiError, QueueSnapshot, RunnerQueue};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -121,33 +122,6 @@ pub struct Runner {
     pub hostname: Option<String>,
     #[serde(default)]
     pub resource_class: String,
-}
-
-/// Everything one decision needs from CircleCI.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueSnapshot {
-    pub depth: QueueDepth,
-    /// Names of the registered runner agents of the resource class.
-    pub runners: HashSet<String>,
-}
-
-/// The queue as the scaling core sees it.
-pub trait RunnerQueue {
-    /// Queue depth and registered runners of one resource class.
-    fn snapshot(
-        &self,
-        resource_class: &str,
-    ) -> impl std::future::Future<Output = Result<QueueSnapshot, CircleCiError>> + Send;
-    /// Queue depth of one resource class.
-    fn depth(
-        &self,
-        resource_class: &str,
-    ) -> impl std::future::Future<Output = Result<QueueDepth, CircleCiError>> + Send;
-    /// The registered runners of a whole namespace, by resource class.
-    fn registered(
-        &self,
-        namespace: &str,
-    ) -> impl std::future::Future<Output = Result<HashMap<String, HashSet<String>>, CircleCiError>> + Send;
 }
 
 #[derive(Clone)]
@@ -518,8 +492,9 @@ impl RunnerApi {
 }
 
 impl RunnerQueue for RunnerApi {
+    // CircleCI's errors become the core's (ApiError) at each `?`.
     /// The three requests go out at once: one decision costs one round trip.
-    async fn snapshot(&self, resource_class: &str) -> Result<QueueSnapshot, CircleCiError> {
+    async fn snapshot(&self, resource_class: &str) -> Result<QueueSnapshot, ApiError> {
         let (unclaimed, running, runners) = tokio::try_join!(
             self.unclaimed_tasks(resource_class),
             self.running_tasks(resource_class),
@@ -531,7 +506,7 @@ impl RunnerQueue for RunnerApi {
         })
     }
 
-    async fn depth(&self, resource_class: &str) -> Result<QueueDepth, CircleCiError> {
+    async fn depth(&self, resource_class: &str) -> Result<QueueDepth, ApiError> {
         let (unclaimed, running) = tokio::try_join!(
             self.unclaimed_tasks(resource_class),
             self.running_tasks(resource_class),
@@ -542,12 +517,18 @@ impl RunnerQueue for RunnerApi {
     async fn registered(
         &self,
         namespace: &str,
-    ) -> Result<HashMap<String, HashSet<String>>, CircleCiError> {
+    ) -> Result<HashMap<String, HashSet<String>>, ApiError> {
         let mut by_class: HashMap<String, HashSet<String>> = HashMap::new();
         for r in self.namespace_runners(namespace).await? {
             by_class.entry(r.resource_class).or_default().insert(r.name);
         }
         Ok(by_class)
+    }
+}
+
+impl From<CircleCiError> for ApiError {
+    fn from(e: CircleCiError) -> ApiError {
+        ApiError::Failed(e.to_string())
     }
 }
 

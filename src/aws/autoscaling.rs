@@ -7,8 +7,8 @@ use std::time::SystemTime;
 use aws_config::SdkConfig;
 
 use super::AwsError;
-use crate::scale::GroupApi;
 use crate::scale::decide::{GroupState, Instance, LaunchFailure, Lifecycle};
+use crate::scale::{ApiError, GroupApi};
 
 #[derive(Clone, Debug)]
 pub struct AsgClient {
@@ -75,12 +75,13 @@ fn group_state(name: &str, group: &aws_sdk_autoscaling::types::AutoScalingGroup)
     }
 }
 
-impl GroupApi for AsgClient {
-    fn region(&self) -> String {
+/// The calls, with AWS's errors; [`GroupApi`] gives them to the core.
+impl AsgClient {
+    pub fn region(&self) -> String {
         self.region.clone()
     }
 
-    async fn describe(&self, name: &str) -> Result<GroupState, AwsError> {
+    pub async fn describe(&self, name: &str) -> Result<GroupState, AwsError> {
         self.describe_many(&[name.to_string()])
             .await?
             .remove(name)
@@ -90,7 +91,7 @@ impl GroupApi for AsgClient {
             })
     }
 
-    async fn describe_many(
+    pub async fn describe_many(
         &self,
         names: &[String],
     ) -> Result<HashMap<String, GroupState>, AwsError> {
@@ -124,7 +125,10 @@ impl GroupApi for AsgClient {
         Ok(groups)
     }
 
-    async fn launch_times(&self, ids: &[String]) -> Result<HashMap<String, SystemTime>, AwsError> {
+    pub async fn launch_times(
+        &self,
+        ids: &[String],
+    ) -> Result<HashMap<String, SystemTime>, AwsError> {
         let mut times = HashMap::new();
         // A filter, not InstanceIds: an id that just vanished is no error.
         let filter = aws_sdk_ec2::types::Filter::builder()
@@ -156,7 +160,7 @@ impl GroupApi for AsgClient {
         Ok(times)
     }
 
-    async fn set_desired(&self, name: &str, desired: u32) -> Result<(), AwsError> {
+    pub async fn set_desired(&self, name: &str, desired: u32) -> Result<(), AwsError> {
         self.autoscaling
             .set_desired_capacity()
             .auto_scaling_group_name(name)
@@ -168,7 +172,7 @@ impl GroupApi for AsgClient {
         Ok(())
     }
 
-    async fn launch_failures(&self, name: &str) -> Result<Vec<LaunchFailure>, AwsError> {
+    pub async fn launch_failures(&self, name: &str) -> Result<Vec<LaunchFailure>, AwsError> {
         let out = self
             .autoscaling
             .describe_scaling_activities()
@@ -195,7 +199,7 @@ impl GroupApi for AsgClient {
             .collect())
     }
 
-    async fn set_on_demand(
+    pub async fn set_on_demand(
         &self,
         name: &str,
         percentage: u32,
@@ -286,7 +290,7 @@ impl GroupApi for AsgClient {
         }
     }
 
-    async fn interrupted(
+    pub async fn interrupted(
         &self,
         name: &str,
         since: SystemTime,
@@ -294,7 +298,7 @@ impl GroupApi for AsgClient {
         interrupted_instances(&self.ec2, name, since).await
     }
 
-    async fn tag(&self, name: &str, key: &str, value: &str) -> Result<(), AwsError> {
+    pub async fn tag(&self, name: &str, key: &str, value: &str) -> Result<(), AwsError> {
         let tag = aws_sdk_autoscaling::types::Tag::builder()
             .resource_id(name)
             .resource_type("auto-scaling-group")
@@ -311,7 +315,7 @@ impl GroupApi for AsgClient {
         Ok(())
     }
 
-    async fn terminate(&self, instance_id: &str, decrement: bool) -> Result<(), AwsError> {
+    pub async fn terminate(&self, instance_id: &str, decrement: bool) -> Result<(), AwsError> {
         self.autoscaling
             .terminate_instance_in_auto_scaling_group()
             .instance_id(instance_id)
@@ -326,6 +330,52 @@ impl GroupApi for AsgClient {
                 )
             })?;
         Ok(())
+    }
+}
+
+/// The core's port: the same calls, their errors in the core's terms.
+impl GroupApi for AsgClient {
+    fn region(&self) -> String {
+        AsgClient::region(self)
+    }
+    async fn describe(&self, name: &str) -> Result<GroupState, ApiError> {
+        Ok(AsgClient::describe(self, name).await?)
+    }
+    async fn describe_many(
+        &self,
+        names: &[String],
+    ) -> Result<HashMap<String, GroupState>, ApiError> {
+        Ok(AsgClient::describe_many(self, names).await?)
+    }
+    async fn launch_times(&self, ids: &[String]) -> Result<HashMap<String, SystemTime>, ApiError> {
+        Ok(AsgClient::launch_times(self, ids).await?)
+    }
+    async fn set_desired(&self, name: &str, desired: u32) -> Result<(), ApiError> {
+        Ok(AsgClient::set_desired(self, name, desired).await?)
+    }
+    async fn terminate(&self, instance_id: &str, decrement: bool) -> Result<(), ApiError> {
+        Ok(AsgClient::terminate(self, instance_id, decrement).await?)
+    }
+    async fn launch_failures(&self, name: &str) -> Result<Vec<LaunchFailure>, ApiError> {
+        Ok(AsgClient::launch_failures(self, name).await?)
+    }
+    async fn set_on_demand(
+        &self,
+        name: &str,
+        percentage: u32,
+        until: Option<u64>,
+    ) -> Result<(), ApiError> {
+        Ok(AsgClient::set_on_demand(self, name, percentage, until).await?)
+    }
+    async fn interrupted(
+        &self,
+        name: &str,
+        since: SystemTime,
+    ) -> Result<Vec<(String, SystemTime)>, ApiError> {
+        Ok(AsgClient::interrupted(self, name, since).await?)
+    }
+    async fn tag(&self, name: &str, key: &str, value: &str) -> Result<(), ApiError> {
+        Ok(AsgClient::tag(self, name, key, value).await?)
     }
 }
 

@@ -37,6 +37,18 @@ pub enum AwsError {
     },
 }
 
+/// The scaling core's terms for an AWS failure.
+impl From<AwsError> for crate::scale::ApiError {
+    fn from(e: AwsError) -> Self {
+        match e {
+            AwsError::GroupNotFound { name, region } => {
+                crate::scale::ApiError::GroupNotFound { name, region }
+            }
+            e => crate::scale::ApiError::Failed(e.to_string()),
+        }
+    }
+}
+
 impl AwsError {
     /// Wrap an SDK error with what we were doing; adds a hint for the usual causes.
     pub fn call(

@@ -43,7 +43,8 @@ use crate::aws::AwsError;
 use crate::circleci::{CircleCiError, RunnerApi};
 use crate::config::StackSettings;
 
-pub use runner::{PoolRecord, StepName, init, recorded_pools, remove_pools, teardown};
+pub use common::{PoolRecord, StepName};
+pub use runner::{init, recorded_pools, remove_pools, teardown};
 pub use status::{
     Fleet, FleetInstance, LambdaRuns, PoolHistory, PoolStatus, StackStatus, history, status,
 };

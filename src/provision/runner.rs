@@ -8,64 +8,6 @@ use super::artifact::Artifact;
 use super::common::*;
 use crate::render::render_user_data;
 
-/// One kind of resource of the stack, with the few operations every kind has.
-/// Finding it by name and ownership tag, and comparing it with the wanted
-/// settings, happen inside both operations.
-pub(crate) trait Resource: Sync {
-    /// The step of `init` it belongs to (`cci-scaler step NAME`).
-    fn step(&self) -> StepName;
-    /// What progress shows while it is worked on.
-    fn label(&self) -> &'static str;
-    /// Create it, or update what differs from the settings, or nothing (the
-    /// returned item says which). In a dry run, only read and say.
-    fn converge<'a>(
-        &'a self,
-        ctx: &'a Ctx<'a>,
-        s: &'a StackSettings,
-        f: &'a mut Found,
-    ) -> BoxFuture<'a, R<Item>>;
-    /// Remove it if it is ours (a dry run only says). A resource with our name
-    /// but without our tag is reported as foreign and left alone.
-    fn delete<'a>(&'a self, ctx: &'a Ctx<'a>, t: &'a Teardown) -> BoxFuture<'a, R<Vec<Item>>>;
-    /// One per pool (it is then given the pool's names and settings), rather
-    /// than one per stack.
-    fn per_pool(&self) -> bool {
-        false
-    }
-    /// `init` makes and converges it (`false`: made elsewhere, such as baked
-    /// images; `init` skips it, teardown still removes it).
-    fn converges(&self) -> bool {
-        true
-    }
-    /// Whether the settings want it at all (`false`: `init` removes one
-    /// left from earlier settings, and reports only that).
-    fn wanted(&self, _s: &StackSettings) -> bool {
-        true
-    }
-}
-
-/// What a teardown needs beyond the stack's names (for a per-pool kind: of
-/// the pool).
-pub(crate) struct Teardown {
-    /// `None`: unknown (the stack recorded none); its CircleCI side is then
-    /// reported, not touched.
-    pub resource_class: Option<String>,
-    pub keep_resource_class: bool,
-    /// The stack has `[[pool]]` tables (its pools have names).
-    pub stack_has_pools: bool,
-    /// Leave what instances still use (init's clean-up of replaced
-    /// resources), rather than remove it all (teardown).
-    pub in_use_check: bool,
-}
-
-/// A pool as the stack recorded it (in its scaler secret, else its Lambda).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PoolRecord {
-    /// `None`: the one pool of a stack without `[[pool]]` tables.
-    pub name: Option<String>,
-    pub resource_class: Option<String>,
-}
-
 /// The context of one pool: the same connections, the pool's names.
 fn pool_ctx<'a>(ctx: &Ctx<'a>, pool: Option<&str>) -> Ctx<'a> {
     Ctx {
@@ -100,44 +42,6 @@ fn resources(artifact: Option<&Artifact>) -> Vec<Box<dyn Resource + '_>> {
         Box::new(super::alarms::Alarms),
         Box::new(super::dashboard::Dashboard),
     ]
-}
-
-/// A piece of `init` that can be run (or repeated) on its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StepName {
-    /// The CircleCI resource class and its runner token (stored in its secret).
-    ResourceClass,
-    /// The scaler's secret (CircleCI personal token and resource class).
-    Secrets,
-    /// The runner role, its instance profile, the scaler's role; the job
-    /// role and its OIDC provider (`[job_role]`).
-    Iam,
-    /// The runners' security group and launch template.
-    LaunchTemplate,
-    /// The Auto Scaling group.
-    Group,
-    /// The scaling Lambda.
-    Lambda,
-    /// The EventBridge schedule that runs the Lambda.
-    Schedule,
-    /// The CloudWatch alarms, their SNS topic, the dashboard.
-    Alarms,
-}
-
-impl StepName {
-    fn flag(&self) -> &'static str {
-        match self {
-            StepName::ResourceClass => "resource-class",
-            StepName::Secrets => "secrets",
-            StepName::Iam => "iam",
-            StepName::LaunchTemplate => "launch-template",
-            StepName::Group => "group",
-            StepName::Lambda => "lambda",
-            StepName::Schedule => "schedule",
-            StepName::Alarms => "alarms",
-        }
-    }
 }
 
 fn need(have: &Option<String>, step: StepName, what: &str, prereq: StepName) -> R<()> {

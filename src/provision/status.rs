@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::circleci::RunnerQueue;
+use crate::scale::RunnerQueue;
 
 use super::common::*;
 

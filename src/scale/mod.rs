@@ -13,8 +13,8 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::aws::AwsError;
-use crate::circleci::{CircleCiError, RunnerQueue};
+use std::collections::HashSet;
+
 use decide::{Action, DecideError, GroupState, Policy, QueueDepth, Reap};
 use headroom::{Active, HeadroomError, Schedule};
 
@@ -30,33 +30,33 @@ pub trait GroupApi {
     /// The region the groups are in, for messages.
     fn region(&self) -> String;
     /// The group's sizes and instances (launch times not filled in).
-    fn describe(&self, name: &str) -> impl Future<Output = Result<GroupState, AwsError>> + Send;
+    fn describe(&self, name: &str) -> impl Future<Output = Result<GroupState, ApiError>> + Send;
     /// Several groups in as few calls as the API allows; a name that is not
     /// found is left out of the map.
     fn describe_many(
         &self,
         names: &[String],
-    ) -> impl Future<Output = Result<HashMap<String, GroupState>, AwsError>> + Send;
+    ) -> impl Future<Output = Result<HashMap<String, GroupState>, ApiError>> + Send;
     /// Launch times of the given instances; ids not found are left out.
     fn launch_times(
         &self,
         ids: &[String],
-    ) -> impl Future<Output = Result<HashMap<String, SystemTime>, AwsError>> + Send;
+    ) -> impl Future<Output = Result<HashMap<String, SystemTime>, ApiError>> + Send;
     fn set_desired(
         &self,
         name: &str,
         desired: u32,
-    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
     fn terminate(
         &self,
         instance_id: &str,
         decrement: bool,
-    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
     /// Recent launches that failed for want of spot capacity.
     fn launch_failures(
         &self,
         name: &str,
-    ) -> impl Future<Output = Result<Vec<decide::LaunchFailure>, AwsError>> + Send;
+    ) -> impl Future<Output = Result<Vec<decide::LaunchFailure>, ApiError>> + Send;
     /// Set the mixed-instances policy's on-demand percentage above the base
     /// (the whole policy sent again), and the fallback tag (`None`: removed).
     fn set_on_demand(
@@ -64,7 +64,7 @@ pub trait GroupApi {
         name: &str,
         percentage: u32,
         until: Option<u64>,
-    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
     /// How many of the group's instances were tagged interrupted (by their
     /// spot watcher) since `since`; terminated instances stay visible for
     /// about an hour.
@@ -72,14 +72,14 @@ pub trait GroupApi {
         &self,
         name: &str,
         since: SystemTime,
-    ) -> impl Future<Output = Result<Vec<(String, SystemTime)>, AwsError>> + Send;
+    ) -> impl Future<Output = Result<Vec<(String, SystemTime)>, ApiError>> + Send;
     /// Set a tag on the group, propagated to the instances it launches.
     fn tag(
         &self,
         name: &str,
         key: &str,
         value: &str,
-    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
 }
 
 #[derive(Debug, Clone)]
@@ -92,12 +92,49 @@ pub struct ScaleSettings {
     pub dry_run: bool,
 }
 
+/// A call to the group's or the queue's API that failed, as the adapter
+/// (AWS, CircleCI) tells it: the core owns this type and the adapters
+/// convert their errors into it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("Auto Scaling group '{name}' not found in {region}: check --asg and --region")]
+    GroupNotFound { name: String, region: String },
+    /// Any other failure, in the adapter's words (what, and what to check).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Everything one decision needs from CircleCI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSnapshot {
+    pub depth: QueueDepth,
+    /// Names of the registered runner agents of the resource class.
+    pub runners: HashSet<String>,
+}
+
+/// The queue as the scaling core sees it.
+pub trait RunnerQueue {
+    /// Queue depth and registered runners of one resource class.
+    fn snapshot(
+        &self,
+        resource_class: &str,
+    ) -> impl Future<Output = Result<QueueSnapshot, ApiError>> + Send;
+    /// Queue depth of one resource class.
+    fn depth(
+        &self,
+        resource_class: &str,
+    ) -> impl Future<Output = Result<QueueDepth, ApiError>> + Send;
+    /// The registered runners of a whole namespace, by resource class.
+    fn registered(
+        &self,
+        namespace: &str,
+    ) -> impl Future<Output = Result<HashMap<String, HashSet<String>>, ApiError>> + Send;
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ScaleError {
     #[error(transparent)]
-    CircleCi(#[from] CircleCiError),
-    #[error(transparent)]
-    Aws(#[from] AwsError),
+    Call(#[from] ApiError),
     #[error(transparent)]
     Decide(#[from] DecideError),
     #[error(transparent)]
@@ -106,7 +143,7 @@ pub enum ScaleError {
     Apply {
         /// What was already changed before the failure, as a sentence prefix.
         done: String,
-        source: AwsError,
+        source: ApiError,
     },
 }
 
@@ -410,7 +447,7 @@ pub(crate) fn round(
     }
 }
 
-fn apply_error(done: &[String], source: AwsError) -> ScaleError {
+fn apply_error(done: &[String], source: ApiError) -> ScaleError {
     let done = if done.is_empty() {
         String::new()
     } else {

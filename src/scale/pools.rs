@@ -14,9 +14,7 @@ use futures::future::join_all;
 
 use super::decide::{self, Policy};
 use super::headroom::{HeadroomSpec, Schedule};
-use super::{GroupApi, Round, ScaleError, ScaleSettings, apply, round};
-use crate::aws::AwsError;
-use crate::circleci::RunnerQueue;
+use super::{ApiError, GroupApi, Round, RunnerQueue, ScaleError, ScaleSettings, apply, round};
 
 /// One pool to scale.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -87,7 +85,7 @@ pub async fn run_pools<Q: RunnerQueue + Sync, G: GroupApi + Sync>(
             let depth = depth?;
             let group = match &groups {
                 Ok(g) => g.get(&p.asg).cloned().ok_or_else(|| {
-                    ScaleError::Aws(AwsError::GroupNotFound {
+                    ScaleError::Call(ApiError::GroupNotFound {
                         name: p.asg.clone(),
                         region: group_api.region(),
                     })

@@ -17,7 +17,7 @@ use serde_json::Value;
 use cci_scaler::aws::autoscaling::AsgClient;
 use cci_scaler::circleci::{HttpLimits, RunnerApi};
 use cci_scaler::scale::decide::{LaunchFailure, Policy};
-use cci_scaler::scale::{GroupApi, ScaleSettings, run_once};
+use cci_scaler::scale::{ScaleSettings, run_once};
 
 use crate::support::circleci::CircleCi;
 use crate::support::lambda_api::LambdaApi;

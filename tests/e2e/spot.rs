@@ -7,11 +7,10 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
-use cci_scaler::aws::AwsError;
 use cci_scaler::aws::autoscaling::AsgClient;
 use cci_scaler::circleci::{HttpLimits, RunnerApi};
 use cci_scaler::scale::decide::{GroupState, LaunchFailure, Policy};
-use cci_scaler::scale::{GroupApi, ScaleSettings, run_once};
+use cci_scaler::scale::{ApiError, GroupApi, ScaleSettings, run_once};
 
 use crate::support::circleci::CircleCi;
 use crate::support::moto::Moto;
@@ -210,7 +209,7 @@ impl GroupApi for Short {
     fn region(&self) -> String {
         self.inner.region()
     }
-    async fn describe(&self, name: &str) -> Result<GroupState, AwsError> {
+    async fn describe(&self, name: &str) -> Result<GroupState, ApiError> {
         let mut g = self.inner.describe(name).await?;
         g.instances.truncate(self.keep);
         Ok(g)
@@ -218,23 +217,23 @@ impl GroupApi for Short {
     async fn describe_many(
         &self,
         names: &[String],
-    ) -> Result<HashMap<String, GroupState>, AwsError> {
+    ) -> Result<HashMap<String, GroupState>, ApiError> {
         let mut all = self.inner.describe_many(names).await?;
         for g in all.values_mut() {
             g.instances.truncate(self.keep);
         }
         Ok(all)
     }
-    async fn launch_times(&self, ids: &[String]) -> Result<HashMap<String, SystemTime>, AwsError> {
-        self.inner.launch_times(ids).await
+    async fn launch_times(&self, ids: &[String]) -> Result<HashMap<String, SystemTime>, ApiError> {
+        Ok(self.inner.launch_times(ids).await?)
     }
-    async fn set_desired(&self, name: &str, desired: u32) -> Result<(), AwsError> {
-        self.inner.set_desired(name, desired).await
+    async fn set_desired(&self, name: &str, desired: u32) -> Result<(), ApiError> {
+        Ok(self.inner.set_desired(name, desired).await?)
     }
-    async fn terminate(&self, id: &str, decrement: bool) -> Result<(), AwsError> {
-        self.inner.terminate(id, decrement).await
+    async fn terminate(&self, id: &str, decrement: bool) -> Result<(), ApiError> {
+        Ok(self.inner.terminate(id, decrement).await?)
     }
-    async fn launch_failures(&self, _name: &str) -> Result<Vec<LaunchFailure>, AwsError> {
+    async fn launch_failures(&self, _name: &str) -> Result<Vec<LaunchFailure>, ApiError> {
         Ok(self.failures.clone())
     }
     async fn set_on_demand(
@@ -242,18 +241,18 @@ impl GroupApi for Short {
         name: &str,
         pct: u32,
         until: Option<u64>,
-    ) -> Result<(), AwsError> {
-        self.inner.set_on_demand(name, pct, until).await
+    ) -> Result<(), ApiError> {
+        Ok(self.inner.set_on_demand(name, pct, until).await?)
     }
-    async fn tag(&self, name: &str, key: &str, value: &str) -> Result<(), AwsError> {
-        self.inner.tag(name, key, value).await
+    async fn tag(&self, name: &str, key: &str, value: &str) -> Result<(), ApiError> {
+        Ok(self.inner.tag(name, key, value).await?)
     }
     async fn interrupted(
         &self,
         name: &str,
         since: SystemTime,
-    ) -> Result<Vec<(String, SystemTime)>, AwsError> {
-        self.inner.interrupted(name, since).await
+    ) -> Result<Vec<(String, SystemTime)>, ApiError> {
+        Ok(self.inner.interrupted(name, since).await?)
     }
 }
 
