@@ -256,3 +256,58 @@ async fn headroom_and_a_baked_image_meet_the_goal() {
     assert!(ours["spare_instance_hours"].as_f64().unwrap() > 0.0);
     assert_eq!(ours["jobs_killed"], 0);
 }
+
+/// The figures are pinned: a reshaping of the model or the report changes
+/// no number (text and JSON, several fleets on the embedded day).
+#[tokio::test]
+async fn the_embedded_day_gives_the_same_figures() {
+    let home = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &[&str])] = &[
+        ("default_20", &["--max-instances", "20"]),
+        (
+            "headroom_baked",
+            &["--max-instances", "20", "--headroom", "2", "--image", "baked"],
+        ),
+        (
+            "spot_faults",
+            &[
+                "--market",
+                "spot",
+                "--spot-outage",
+                "10h..11h",
+                "--retry-interrupted-jobs",
+                "--cancel-rate",
+                "0.1",
+                "--launch-failure-rate",
+                "0.05",
+            ],
+        ),
+        ("warm_pool", &["--image", "warm-pool", "--seed", "4"]),
+        ("sweep", &["--sweep", "max_instances=5,10"]),
+        ("json", &["--output", "json", "--headroom", "1"]),
+    ];
+    for (name, args) in cases {
+        let mut cmd = command("cci-scaler", home.path());
+        if args.first() == Some(&"--output") {
+            cmd.args(&args[..2]).arg("simulate").args(&args[2..]);
+        } else {
+            cmd.arg("simulate").args(*args);
+        }
+        let r = run(cmd).await;
+        assert_eq!(r.code, 0, "{name}: {r:?}");
+        // Without the line that says how long the run took.
+        let mut out: String = r
+            .stdout
+            .lines()
+            .filter(|l| !l.starts_with("simulated "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if let Ok(mut v) = serde_json::from_str::<Value>(&out) {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("elapsed_ms");
+            }
+            out = serde_json::to_string_pretty(&v).unwrap();
+        }
+        insta::assert_snapshot!(format!("simulate_{name}"), out);
+    }
+}
