@@ -8,11 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use serde_json::json;
 
 use cci_scaler::scale::headroom::HeadroomSpec;
 use cci_scaler::simulate::workload::{self, Generator, Job};
-use cci_scaler::simulate::{self, Fleet, Policy, Report, chart};
+use cci_scaler::simulate::{self, Fleet, Policy, PoolRun, RunReport, Sweep};
 
 use super::{GlobalArgs, Output, parse_duration};
 
@@ -315,195 +314,6 @@ fn sweep_fleets(spec: &str, base: &Fleet) -> anyhow::Result<(String, Vec<(String
     Ok((key.to_string(), out))
 }
 
-fn hms(s: u64) -> String {
-    if s < 60 {
-        format!("{s}s")
-    } else if s < 3600 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
-    }
-}
-
-fn table(ours: &Report, tut: &Report, fleet: &Fleet) -> String {
-    let rows: Vec<(String, String, String)> = vec![
-        ("jobs".into(), ours.jobs.to_string(), tut.jobs.to_string()),
-        (
-            "wait p50".into(),
-            hms(ours.waits.p50_s),
-            hms(tut.waits.p50_s),
-        ),
-        (
-            "wait p95".into(),
-            hms(ours.waits.p95_s),
-            hms(tut.waits.p95_s),
-        ),
-        (
-            "wait max".into(),
-            hms(ours.waits.max_s),
-            hms(tut.waits.max_s),
-        ),
-        (
-            format!("jobs waiting over {}", hms(fleet.wait_threshold_s)),
-            ours.waited_over_threshold.to_string(),
-            tut.waited_over_threshold.to_string(),
-        ),
-        (
-            "jobs never run".into(),
-            ours.jobs_not_run.to_string(),
-            tut.jobs_not_run.to_string(),
-        ),
-        (
-            "jobs cancelled while queued".into(),
-            ours.jobs_cancelled.to_string(),
-            tut.jobs_cancelled.to_string(),
-        ),
-        (
-            format!("wait p50/p95 in headroom ({} jobs)", ours.jobs_in_headroom),
-            format!(
-                "{}/{}",
-                hms(ours.waits_in_headroom.p50_s),
-                hms(ours.waits_in_headroom.p95_s)
-            ),
-            format!(
-                "{}/{}",
-                hms(tut.waits_in_headroom.p50_s),
-                hms(tut.waits_in_headroom.p95_s)
-            ),
-        ),
-        (
-            "wait p50/p95 outside headroom".into(),
-            format!(
-                "{}/{}",
-                hms(ours.waits_outside_headroom.p50_s),
-                hms(ours.waits_outside_headroom.p95_s)
-            ),
-            format!(
-                "{}/{}",
-                hms(tut.waits_outside_headroom.p50_s),
-                hms(tut.waits_outside_headroom.p95_s)
-            ),
-        ),
-        (
-            "instance-hours".into(),
-            format!("{:.1}", ours.instance_hours),
-            format!("{:.1}", tut.instance_hours),
-        ),
-        (
-            "  of which idle".into(),
-            format!("{:.1}", ours.idle_instance_hours),
-            format!("{:.1}", tut.idle_instance_hours),
-        ),
-        (
-            "  spare (idle in headroom)".into(),
-            format!("{:.1}", ours.spare_instance_hours),
-            format!("{:.1}", tut.spare_instance_hours),
-        ),
-        (
-            "  on spot".into(),
-            format!("{:.1}", ours.spot_instance_hours),
-            format!("{:.1}", tut.spot_instance_hours),
-        ),
-        (
-            "jobs interrupted (retried/failed)".into(),
-            format!(
-                "{} ({}/{})",
-                ours.jobs_interrupted, ours.jobs_retried, ours.jobs_failed_by_interruption
-            ),
-            format!(
-                "{} ({}/{})",
-                tut.jobs_interrupted, tut.jobs_retried, tut.jobs_failed_by_interruption
-            ),
-        ),
-        (
-            "hours on on-demand fallback".into(),
-            format!("{:.1}", ours.fallback_hours),
-            format!("{:.1}", tut.fallback_hours),
-        ),
-        (
-            "control plane (its share)".into(),
-            format!("{:.2}", ours.control_plane_cost),
-            format!("{:.2}", tut.control_plane_cost),
-        ),
-        (
-            "warm-pool stopped hours".into(),
-            format!("{:.1}", ours.warm_pool_hours),
-            format!("{:.1}", tut.warm_pool_hours),
-        ),
-        (
-            "boots".into(),
-            ours.boots.to_string(),
-            tut.boots.to_string(),
-        ),
-        (
-            "boots per job".into(),
-            format!("{:.2}", ours.boots_per_job),
-            format!("{:.2}", tut.boots_per_job),
-        ),
-        (
-            "instances replaced (churn)".into(),
-            ours.replaced.to_string(),
-            tut.replaced.to_string(),
-        ),
-        (
-            "failed boots".into(),
-            ours.failed_boots.to_string(),
-            tut.failed_boots.to_string(),
-        ),
-        (
-            "jobs killed".into(),
-            ours.jobs_killed.to_string(),
-            tut.jobs_killed.to_string(),
-        ),
-        (
-            "left running at the end".into(),
-            ours.left_running.to_string(),
-            tut.left_running.to_string(),
-        ),
-        (
-            format!("cost at {}/instance-hour", fleet.price_per_hour),
-            format!("{:.2}", ours.cost),
-            format!("{:.2}", tut.cost),
-        ),
-    ];
-    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-    let mut s = format!("{:w$}  {:>12}  {:>12}\n", "", "cci-scaler", "tutorial");
-    for (k, a, b) in rows {
-        s.push_str(&format!("{k:w$}  {a:>12}  {b:>12}\n"));
-    }
-    s
-}
-
-/// One pool's simulation under both policies.
-struct PoolRun {
-    pool: String,
-    resource_class: String,
-    fleet: Fleet,
-    ours: Report,
-    tutorial: Report,
-}
-
-/// The additive figures of several reports, and the longest wait.
-fn total(reports: &[&Report]) -> serde_json::Value {
-    let sum_u = |f: &dyn Fn(&Report) -> u64| reports.iter().map(|r| f(r)).sum::<u64>();
-    let sum_f = |f: &dyn Fn(&Report) -> f64| reports.iter().map(|r| f(r)).sum::<f64>();
-    let jobs = sum_u(&|r| r.jobs as u64);
-    json!({
-        "jobs": jobs,
-        "wait_max_s": reports.iter().map(|r| r.waits.max_s).max().unwrap_or(0),
-        "wait_mean_s": if jobs == 0 { 0.0 } else { sum_f(&|r| r.waits.mean_s * r.jobs as f64) / jobs as f64 },
-        "waited_over_threshold": sum_u(&|r| r.waited_over_threshold as u64),
-        "jobs_not_run": sum_u(&|r| r.jobs_not_run as u64),
-        "instance_hours": sum_f(&|r| r.instance_hours),
-        "idle_instance_hours": sum_f(&|r| r.idle_instance_hours),
-        "boots": sum_u(&|r| r.boots),
-        "replaced": sum_u(&|r| r.replaced),
-        "jobs_killed": sum_u(&|r| r.jobs_killed),
-        "left_running": sum_u(&|r| r.left_running as u64),
-        "cost": sum_f(&|r| r.cost),
-    })
-}
-
 /// `--config`: every pool of a stack file, each with its own jobs and
 /// settings, then the whole stack.
 fn run_pools(
@@ -572,83 +382,22 @@ fn run_pools(
     if runs.is_empty() {
         bail!("no pool of {} has jobs in the file", path.display());
     }
-    let elapsed = started.elapsed();
-    let ours_total = total(&runs.iter().map(|r| &r.ours).collect::<Vec<_>>());
-    let tut_total = total(&runs.iter().map(|r| &r.tutorial).collect::<Vec<_>>());
+    let report = RunReport::Stack {
+        seed: args.seed,
+        pools: runs,
+        elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+    };
+    print(global.output, &report, None)
+}
+
+/// The report on stdout, as text or JSON.
+fn print(output: Output, report: &RunReport, chart: Option<&str>) -> anyhow::Result<ExitCode> {
+    let text = match output {
+        Output::Json => format!("{}\n", report.json()),
+        Output::Text => report.text(chart),
+    };
     let mut out = std::io::stdout().lock();
-    match global.output {
-        Output::Json => {
-            let pools: Vec<_> = runs
-                .iter()
-                .map(|r| {
-                    json!({
-                        "pool": r.pool, "resource_class": r.resource_class, "settings": r.fleet,
-                        "reports": [r.ours, r.tutorial],
-                    })
-                })
-                .collect();
-            let doc = json!({
-                "seed": args.seed,
-                "pools": pools,
-                "total": {"cci_scaler": ours_total, "tutorial": tut_total},
-                "elapsed_ms": elapsed.as_secs_f64() * 1000.0,
-            });
-            writeln!(out, "{doc}")?;
-        }
-        Output::Text => {
-            for r in &runs {
-                writeln!(
-                    out,
-                    "pool {} ({}, max {}, idle {}):",
-                    r.pool,
-                    r.resource_class,
-                    r.fleet.max,
-                    hms(r.fleet.idle_timeout_s)
-                )?;
-                write!(out, "{}", table(&r.ours, &r.tutorial, &r.fleet))?;
-                writeln!(out)?;
-            }
-            writeln!(out, "all pools:")?;
-            writeln!(out, "{:26}  {:>12}  {:>12}", "", "cci-scaler", "tutorial")?;
-            for (k, key, float) in [
-                ("jobs", "jobs", false),
-                ("wait max (s)", "wait_max_s", false),
-                ("wait mean (s)", "wait_mean_s", true),
-                (
-                    "jobs waiting over threshold",
-                    "waited_over_threshold",
-                    false,
-                ),
-                ("jobs never run", "jobs_not_run", false),
-                ("instance-hours", "instance_hours", true),
-                ("boots", "boots", false),
-                ("jobs killed", "jobs_killed", false),
-                ("left running at the end", "left_running", false),
-                ("cost", "cost", true),
-            ] {
-                let cell = |v: &serde_json::Value| {
-                    if float {
-                        format!("{:.2}", v[key].as_f64().unwrap_or(0.0))
-                    } else {
-                        v[key].to_string()
-                    }
-                };
-                writeln!(
-                    out,
-                    "{k:26}  {:>12}  {:>12}",
-                    cell(&ours_total),
-                    cell(&tut_total)
-                )?;
-            }
-            writeln!(
-                out,
-                "\nsimulated {} pool(s) under both policies in {:.0} ms (seed {})",
-                runs.len(),
-                elapsed.as_secs_f64() * 1000.0,
-                args.seed
-            )?;
-        }
-    }
+    out.write_all(text.as_bytes())?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
@@ -678,93 +427,27 @@ pub async fn run(global: &GlobalArgs, args: SimulateArgs) -> anyhow::Result<Exit
             let t = simulate::simulate(&jobs, f, Policy::Tutorial, args.seed)?;
             rows.push((value.clone(), o, t));
         }
-        sweep_results.push((key.clone(), rows));
+        sweep_results.push(Sweep {
+            setting: key.clone(),
+            rows,
+        });
     }
-
+    let report = RunReport::Day {
+        seed: args.seed,
+        jobs: jobs.len(),
+        fleet: base,
+        ours,
+        tutorial: tut,
+        sweeps: sweep_results,
+        elapsed_ms: elapsed.as_secs_f64() * 1000.0,
+    };
     if let Some(path) = &args.chart {
-        let svg = chart::svg(&[&ours, &tut], &format!("{} jobs", jobs.len()))
+        let svg = report
+            .svg()
+            .expect("a day has a chart")
             .map_err(|e| anyhow::anyhow!("drawing the chart failed: {e}"))?;
         std::fs::write(path, svg).with_context(|| format!("cannot write {}", path.display()))?;
     }
-
-    let mut out = std::io::stdout().lock();
-    match global.output {
-        Output::Json => {
-            let sweeps: Vec<_> = sweep_results
-                .iter()
-                .map(|(key, rows)| {
-                    json!({
-                        "setting": key,
-                        "rows": rows.iter().map(|(v, o, t)| json!({"value": v, "cci_scaler": o, "tutorial": t})).collect::<Vec<_>>(),
-                    })
-                })
-                .collect();
-            let doc = json!({
-                "seed": args.seed,
-                "settings": base,
-                "reports": [ours, tut],
-                "sweeps": sweeps,
-                "elapsed_ms": elapsed.as_secs_f64() * 1000.0,
-            });
-            writeln!(out, "{doc}")?;
-        }
-        Output::Text => {
-            write!(out, "{}", table(&ours, &tut, &base))?;
-            for (key, rows) in &sweep_results {
-                writeln!(out, "\nsweep {key}:")?;
-                writeln!(
-                    out,
-                    "{:>10}  {:>8} {:>9} {:>9} {:>8} {:>8} {:>6}  |  {:>8} {:>9} {:>9} {:>8} {:>8} {:>6}",
-                    key.replace('_', " ").split(' ').next_back().unwrap_or(key),
-                    "p50 wait",
-                    "p95 wait",
-                    "max wait",
-                    "inst-h",
-                    "cost",
-                    "churn",
-                    "p50 wait",
-                    "p95 wait",
-                    "max wait",
-                    "inst-h",
-                    "cost",
-                    "churn"
-                )?;
-                writeln!(
-                    out,
-                    "{:>10}  {:^54}  |  {:^54}",
-                    "", "cci-scaler", "tutorial"
-                )?;
-                for (v, o, t) in rows {
-                    writeln!(
-                        out,
-                        "{v:>10}  {:>8} {:>9} {:>9} {:>8.1} {:>8.2} {:>6}  |  {:>8} {:>9} {:>9} {:>8.1} {:>8.2} {:>6}",
-                        hms(o.waits.p50_s),
-                        hms(o.waits.p95_s),
-                        hms(o.waits.max_s),
-                        o.instance_hours,
-                        o.cost,
-                        o.replaced,
-                        hms(t.waits.p50_s),
-                        hms(t.waits.p95_s),
-                        hms(t.waits.max_s),
-                        t.instance_hours,
-                        t.cost,
-                        t.replaced
-                    )?;
-                }
-            }
-            if let Some(path) = &args.chart {
-                writeln!(out, "\nchart: {}", path.display())?;
-            }
-            writeln!(
-                out,
-                "\nsimulated {} jobs under both policies in {:.0} ms (seed {})",
-                jobs.len(),
-                elapsed.as_secs_f64() * 1000.0,
-                args.seed
-            )?;
-        }
-    }
-    out.flush()?;
-    Ok(ExitCode::SUCCESS)
+    let chart = args.chart.as_ref().map(|p| p.display().to_string());
+    print(global.output, &report, chart.as_deref())
 }

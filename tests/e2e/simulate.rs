@@ -266,7 +266,14 @@ async fn the_embedded_day_gives_the_same_figures() {
         ("default_20", &["--max-instances", "20"]),
         (
             "headroom_baked",
-            &["--max-instances", "20", "--headroom", "2", "--image", "baked"],
+            &[
+                "--max-instances",
+                "20",
+                "--headroom",
+                "2",
+                "--image",
+                "baked",
+            ],
         ),
         (
             "spot_faults",

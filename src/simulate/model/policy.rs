@@ -1,0 +1,97 @@
+//! The two policies' polls: ours runs the real [`decide::decide`]; the
+//! tutorial sets desired to the demand, capped, every 60 s.
+
+use super::*;
+use crate::scale::decide::{self, GroupState, Instance, Lifecycle, QueueDepth};
+
+impl Sim<'_> {
+    pub(super) fn poll_ours(&mut self, t: u64) -> Result<(), SimError> {
+        let group = GroupState {
+            name: "simulated".into(),
+            min: self.fleet.min,
+            max: self.fleet.max,
+            desired: self.desired,
+            instances: self
+                .live
+                .iter()
+                .map(|&i| Instance {
+                    id: self.insts[i].id.clone(),
+                    lifecycle: Lifecycle::InService,
+                    launch_time: Some(at(self.insts[i].launched)),
+                    protected_from_scale_in: true,
+                })
+                .collect(),
+            spare_until: None,
+            spot: (self.fleet.spot && self.policy == Policy::Ours).then(|| decide::SpotState {
+                on_demand_percentage: if self.fallback_until.is_some() {
+                    100
+                } else {
+                    0
+                },
+                fallback_until: self.fallback_until.map(at),
+                failures: self
+                    .launch_failures
+                    .iter()
+                    .map(|&f| decide::LaunchFailure {
+                        time: at(f),
+                        reason: "InsufficientInstanceCapacity (simulated outage)".into(),
+                    })
+                    .collect(),
+            }),
+        };
+        let registered: HashSet<String> = self
+            .live
+            .iter()
+            .filter(|&&i| matches!(self.insts[i].state, State::Idle { .. } | State::Busy { .. }))
+            .map(|&i| self.insts[i].id.clone())
+            .collect();
+        let queue = QueueDepth {
+            unclaimed: self.queue.len() as u32,
+            running: self.running(),
+        };
+        // The same rule as the Lambda: the active period's spares, and the
+        // group tagged with its end before the raise.
+        let active = self.schedule.active(at(t));
+        self.headroom_now = active.map(|a| a.count).unwrap_or(0);
+        if let Some(a) = active {
+            self.spare_tag = self.spare_tag.max(crate::scale::headroom::secs(a.until));
+        }
+        let policy = decide::Policy {
+            boot_timeout: Duration::from_secs(self.fleet.boot_timeout_s),
+            headroom: self.headroom_now,
+            spot_grace: Duration::from_secs(self.fleet.spot_grace_s),
+            spot_cooldown: Duration::from_secs(self.fleet.spot_cooldown_s),
+        };
+        let d = decide::decide(queue, &group, &registered, &policy, at(t))?;
+        for r in &d.reap {
+            if let Some(pos) = self
+                .live
+                .iter()
+                .position(|&i| self.insts[i].id == r.instance_id)
+            {
+                let idx = self.live.remove(pos);
+                self.leave(idx, t, r.decrement);
+            }
+        }
+        self.floor = self.desired;
+        if let Some(n) = d.set_desired {
+            self.desired = n;
+        }
+        match d.fallback {
+            decide::Fallback::Start { until, .. } => {
+                self.fallback_until = Some(crate::scale::spot::epoch(until));
+            }
+            decide::Fallback::End => {
+                self.fallback_until = None;
+                self.launch_failures.clear();
+            }
+            decide::Fallback::None => {}
+        }
+        Ok(())
+    }
+
+    pub(super) fn poll_tutorial(&mut self) {
+        let demand = self.queue.len() as u32 + self.running();
+        self.desired = demand.min(self.fleet.max).max(self.fleet.min);
+    }
+}
