@@ -14,7 +14,8 @@
 #   archive is added to apt's sources for that.
 # - a virtualenv outside the clone with the Python tools pinned in
 #   scripts/test-requirements.txt: the moto AWS emulator and the parliament IAM
-#   linter. The tests start and stop their own servers.
+#   linter, and resvg (the chart's PNG). The tests start and stop their own
+#   servers.
 # One line on stderr per install; nothing on stderr when all is in place.
 # `--python-only` skips the Debian packages (the demo needs only the emulator).
 set -euo pipefail
@@ -36,6 +37,8 @@ debian_packages() {
   command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
   command -v socat >/dev/null 2>&1 || missing+=(socat)
   command -v qemu-img >/dev/null 2>&1 || missing+=(qemu-utils)
+  # A font for the chart's PNG rendering.
+  [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
   if [ ${#missing[@]} -gt 0 ]; then
     what="${missing[*]}"
     what="${what// / and }"
@@ -120,4 +123,5 @@ fi
 
 echo "export CCI_SCALER_MOTO_SERVER='$venv/bin/moto_server'"
 echo "export CCI_SCALER_PARLIAMENT='$venv/bin/parliament'"
+echo "export CCI_SCALER_PYTHON='$venv/bin/python'"
 if [ -n "$vm_image" ]; then echo "export CCI_SCALER_VM_IMAGE='$vm_image'"; fi

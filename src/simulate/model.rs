@@ -393,6 +393,8 @@ pub fn simulate(
                 queued: sim.queue.len() as u32,
                 desired: sim.desired,
                 in_service: sim.live.len() as u32,
+                spare: sim.headroom_now > 0,
+                fallback: sim.fallback_until.is_some(),
             });
         }
         let all_done = next_job == jobs.len() && sim.queue.is_empty() && sim.running() == 0;
@@ -495,5 +497,6 @@ pub fn simulate(
         fallback_hours: sim.fallback_s as f64 / 3600.0,
         simulated_s: end,
         timeline,
+        wait_list: waits,
     })
 }

@@ -21,6 +21,10 @@ pub struct Sample {
     pub queued: u32,
     pub desired: u32,
     pub in_service: u32,
+    /// A headroom period was active (spares wanted).
+    pub spare: bool,
+    /// The spot pool was on its on-demand fallback.
+    pub fallback: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -70,6 +74,9 @@ pub struct Report {
     pub simulated_s: u64,
     #[serde(skip)]
     pub timeline: Vec<Sample>,
+    /// Every run job's wait, in seconds, shortest first (the distribution).
+    #[serde(skip)]
+    pub wait_list: Vec<u64>,
 }
 
 pub(super) fn waits_of(sorted: &[u64]) -> Waits {

@@ -318,3 +318,94 @@ async fn the_embedded_day_gives_the_same_figures() {
         insta::assert_snapshot!(format!("simulate_{name}"), out);
     }
 }
+
+/// The chart as a reader sees it: rendered to PNG (resvg, from
+/// `scripts/test-env.sh`) into the tests' output folder, to be looked at;
+/// and checked for what it must show: the legend apart from the data, the
+/// headroom and fallback spans, whole-number ticks, the waits side by side.
+#[tokio::test]
+async fn the_chart_renders_with_its_spans_and_the_waits_side_by_side() {
+    let home = tempfile::tempdir().unwrap();
+    let chart = home.path().join("day.svg");
+    let r = run(simulate(
+        home.path(),
+        &[
+            "--max-instances",
+            "20",
+            "--headroom",
+            "2",
+            "--market",
+            "spot",
+            "--spot-outage",
+            "10h..12h",
+            "--chart",
+            chart.to_str().unwrap(),
+        ],
+    ))
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    for label in [
+        "headroom period (spares)",
+        "on-demand fallback",
+        "how long jobs waited:",
+        "cci-scaler (p50 ",
+        "tutorial (p50 ",
+        "0s",
+        "5-10m",
+        "08:00",
+    ] {
+        assert!(svg.contains(label), "{label} missing from the chart");
+    }
+    // Tick labels are whole numbers: no "2.0", "7.5".
+    let texts: Vec<&str> = svg
+        .split("<text")
+        .skip(1)
+        .filter_map(|t| t.split_once('>').map(|(_, rest)| rest))
+        .filter_map(|t| t.split_once("</text>").map(|(inner, _)| inner.trim()))
+        .collect();
+    let numeric: Vec<&&str> = texts.iter().filter(|t| t.parse::<f64>().is_ok()).collect();
+    assert!(numeric.len() > 6, "{texts:?}");
+    assert!(
+        numeric.iter().all(|t| !t.contains('.')),
+        "ticks: {numeric:?}"
+    );
+    // Shaded spans: the headroom hours (yellow) and the fallback (orange).
+    assert!(
+        svg.contains("#FFD640") || svg.contains("#ffd640"),
+        "headroom shading"
+    );
+    assert!(
+        svg.contains("#FF7F0E") || svg.contains("#ff7f0e"),
+        "fallback shading"
+    );
+
+    let python = std::env::var("CCI_SCALER_PYTHON").expect(
+        "CCI_SCALER_PYTHON is not set: run the tests with scripts/test.sh, which installs resvg",
+    );
+    let png = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("simulate-chart.png");
+    let out = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import sys, resvg_py\n\
+             png = resvg_py.svg_to_bytes(svg_path=sys.argv[1], background='#ffffff', \
+             font_dirs=['/usr/share/fonts/truetype/dejavu'], font_family='DejaVu Sans', \
+             sans_serif_family='DejaVu Sans')\n\
+             open(sys.argv[2], 'wb').write(bytes(png))",
+            chart.to_str().unwrap(),
+            png.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[1..4], b"PNG");
+    let width = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
+    let height = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
+    assert_eq!((width, height), (1000, 864), "two days and the waits");
+    eprintln!("chart rendered: {}", png.display());
+}
