@@ -4,6 +4,7 @@
 //! is stopped when the test ends.
 
 mod build;
+mod cli;
 mod iam;
 mod init;
 mod lambda;

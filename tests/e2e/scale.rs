@@ -538,7 +538,7 @@ async fn scale_a_stack_by_its_name() {
 
     // No stack file and no class: say what is missing.
     let r = run(fx.scale_bare(&["--stack", "one"])).await;
-    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.code, 2, "bad usage: {r:?}");
     assert!(
         r.stderr.contains("--config FILE, or --resource-class"),
         "{r:?}"
@@ -561,8 +561,50 @@ async fn scale_a_stack_by_its_name() {
     assert_eq!(fx.moto.desired("two-b-runners").await, 3);
     assert_eq!(fx.moto.desired("two-a-runners").await, 0);
     let r = run(fx.scale_bare(&["--stack", "two", "--config", cfg, "--pool", "c"])).await;
-    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("no pool named c"), "{r:?}");
+    // The file names the stack: --config alone will do, as for init.
+    fx.cci.set_class_queue("acme/b", 4, 0);
+    let r = run(fx.scale_bare(&["--config", cfg, "--pool", "b"])).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(fx.moto.desired("two-b-runners").await, 4);
+    // A spot pool turned back to on demand in a hurry: the spot keys left
+    // behind are named, ignored, and the pool is scaled.
+    let back = fx.home.path().join("back.toml");
+    std::fs::write(
+        &back,
+        "stack = \"two\"\n[[pool]]\nresource_class = \"acme/a\"\nmarket = \"on-demand\"\non_demand_base = 1\nretry_interrupted_jobs = true\n",
+    )
+    .unwrap();
+    fx.cci.set_class_queue("acme/a", 2, 0);
+    let r = run(fx.scale_bare(&["--config", back.to_str().unwrap()])).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains(
+            "warning: pool a: on_demand_base, retry_interrupted_jobs apply to market = \"spot\" only: ignored"
+        ),
+        "{r:?}"
+    );
+    assert_eq!(fx.moto.desired("two-a-runners").await, 2);
+    // A value of the wrong type is bad usage, named; not a call for --asg.
+    let bad = fx.home.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "stack = \"two\"\nresource_class = \"acme/a\"\nmax_instances = \"ten\"\n",
+    )
+    .unwrap();
+    let r = run(fx.scale_bare(&["--config", bad.to_str().unwrap()])).await;
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("max_instances") && !r.stderr.contains("--asg"),
+        "{r:?}"
+    );
+    // Nothing at all to scale: said, exit 2.
+    let mut cmd = fx.scale_bare(&[]);
+    cmd.current_dir(fx.home.path());
+    let r = run(cmd).await;
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("nothing to scale"), "{r:?}");
 
     // Without CIRCLECI_TOKEN the token comes from the stack's scaler secret.
     fx.moto
@@ -571,11 +613,12 @@ async fn scale_a_stack_by_its_name() {
             &format!(r#"{{"resource_class":"acme/a","circle_token":"{TOKEN}"}}"#),
         )
         .await;
+    fx.cci.set_class_queue("acme/a", 3, 0);
     let mut cmd = fx.scale_bare(&["--stack", "two", "--config", cfg]);
     cmd.env_remove("CIRCLECI_TOKEN");
     let r = run(cmd).await;
     assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(fx.moto.desired("two-a-runners").await, 1);
+    assert_eq!(fx.moto.desired("two-a-runners").await, 3);
     assert_no_token(&r);
 }
 
