@@ -49,6 +49,8 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<ExitCo
     }
     let pools = stack_pools(&ctx, rc, args.pool.pool.as_deref()).await?;
     let terminal = std::io::stdout().is_terminal() && global.output == Output::Text;
+    // Listening from the start: a Ctrl-C while a refresh reads is not lost.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut first = true;
     loop {
         let st = provision::status(&ctx, &pools).await?;
@@ -69,6 +71,12 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<ExitCo
                     v["history"] = serde_json::to_value(h)?;
                 }
                 text = format!("{v}\n");
+            }
+            Output::Text if args.watch => {
+                print_watch(&mut text, &stack, &ctx.region, &st, args.interval);
+                if let (Some(h), Some(since)) = (&history, args.since) {
+                    print_history(&mut text, h, since);
+                }
             }
             Output::Text => {
                 print_text(&mut text, &stack, &ctx.region, &st);
@@ -97,7 +105,7 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<ExitCo
         }
         tokio::select! {
             _ = tokio::time::sleep(args.interval) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            _ = interrupt.recv() => return Ok(ExitCode::SUCCESS),
         }
     }
 }
@@ -139,6 +147,148 @@ fn print_history(o: &mut String, history: &[PoolHistory], since: std::time::Dura
             })
             .collect();
         let _ = writeln!(o, "  queue {line} (every {}s, max {top})", h.step_seconds);
+    }
+}
+
+/// A duration as the live view shows it: 45s, 3m12s, 2h05m.
+fn age(s: u64) -> String {
+    cci_scaler::simulate::hms(s)
+}
+
+/// The operator's live view (`--watch`): the inventory folded to one line,
+/// then per pool the queue, the group, each instance (state, age, runner)
+/// and the Lambda's last decisions for it.
+fn print_watch(
+    o: &mut String,
+    stack: &str,
+    region: &str,
+    st: &StackStatus,
+    interval: std::time::Duration,
+) {
+    use cci_scaler::provision::Action;
+    use std::fmt::Write;
+    macro_rules! println {
+        ($($a:tt)*) => {{
+            let _ = writeln!(o, $($a)*);
+        }};
+    }
+    let now = std::time::SystemTime::now();
+    let clock = humantime::format_rfc3339_seconds(now).to_string();
+    println!(
+        "stack {stack} in {region}  {}  every {} (Ctrl-C stops)",
+        clock.replace('T', " ").trim_end_matches('Z'),
+        humantime::format_duration(interval)
+    );
+    let count = |a: Action| st.resources.iter().filter(|i| i.action == a).count();
+    let schedule = match st.schedule_enabled {
+        Some(true) => "schedule enabled",
+        Some(false) => "schedule DISABLED",
+        None => "schedule missing",
+    };
+    let runs = &st.lambda_runs;
+    let lambda = match &runs.unreadable {
+        Some(_) => "Lambda logs unreadable (status shows why)".to_string(),
+        None => format!(
+            "Lambda {} poll(s), {} failed in 15m",
+            runs.polls, runs.errors
+        ),
+    };
+    println!(
+        "inventory: {} present, {} absent, {} not ours | {schedule} | {lambda}",
+        count(Action::Keep),
+        count(Action::Absent),
+        count(Action::Foreign)
+    );
+    for w in &st.warnings {
+        // One line each: the whole sentence is on `status`.
+        let short: String = w.chars().take(110).collect();
+        let more = if w.chars().count() > 110 { "..." } else { "" };
+        println!("warning: {short}{more}");
+    }
+    let epoch = cci_scaler::scale::spot::epoch(now);
+    for p in &st.pools {
+        let name = p.pool.as_deref().unwrap_or(stack);
+        let rc = p
+            .resource_class
+            .as_deref()
+            .unwrap_or("resource class unknown");
+        println!();
+        let Some(f) = &p.fleet else {
+            println!("pool {name} ({rc}): no Auto Scaling group {}", p.group);
+            continue;
+        };
+        let queue = match (f.unclaimed_tasks, f.running_tasks) {
+            (Some(u), Some(r)) => format!("queue {u} unclaimed, {r} running"),
+            _ => format!(
+                "queue unavailable ({})",
+                f.circleci_error.as_deref().unwrap_or_default()
+            ),
+        };
+        let in_service = f
+            .instances
+            .iter()
+            .filter(|i| i.lifecycle == "InService")
+            .count();
+        let spares = match (&p.headroom, f.spares_up) {
+            (Some(h), up) => format!(
+                " | headroom {} wanted, {} up",
+                h.count,
+                up.map(|u| u.to_string()).unwrap_or_else(|| "?".into())
+            ),
+            _ => String::new(),
+        };
+        println!(
+            "pool {name} ({rc}): {queue} | desired {} (max {}) | {in_service} in service of {}{spares}",
+            f.desired,
+            f.max,
+            f.instances.len()
+        );
+        if !f.instances.is_empty() {
+            println!("  {:<21} {:<22} {:>7}  runner", "instance", "state", "age");
+        }
+        for i in &f.instances {
+            let age = i
+                .launched
+                .map(|t| age(epoch.saturating_sub(t)))
+                .unwrap_or_else(|| "?".into());
+            let runner = match (i.registered, f.registered_runners.is_some()) {
+                (true, _) => "registered",
+                (false, true) => "not registered",
+                (false, false) => "unknown (queue unavailable)",
+            };
+            let health = if i.health == "Healthy" || i.health.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", i.health)
+            };
+            println!(
+                "  {:<21} {:<22} {:>7}  {runner}",
+                i.id,
+                format!("{}{health}", i.lifecycle),
+                age
+            );
+        }
+        let mine: Vec<_> = runs.recent.iter().filter(|d| d.asg == p.group).collect();
+        if !mine.is_empty() {
+            println!("  last decisions:");
+        }
+        for d in mine.iter().rev().take(3).rev() {
+            let time = d.time.split('T').nth(1).unwrap_or(&d.time);
+            println!(
+                "    {:<12} {:<18} desired {} -> {}  queue {}+{}  {}",
+                time.get(..12).unwrap_or(time),
+                d.action,
+                d.desired_before,
+                d.desired_after,
+                d.unclaimed,
+                d.running,
+                d.reason
+            );
+        }
+    }
+    if let Some(e) = &runs.last_error {
+        println!();
+        println!("last Lambda error: {e}");
     }
 }
 

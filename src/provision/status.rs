@@ -58,8 +58,27 @@ pub struct LambdaRuns {
     pub errors: usize,
     pub last_poll: Option<String>,
     pub last_error: Option<String>,
+    /// The latest decisions, oldest first (at most [`RECENT_DECISIONS`]).
+    pub recent: Vec<Decision>,
     /// Why the logs could not be read, if they could not.
     pub unreadable: Option<String>,
+}
+
+/// How many of the Lambda's latest decisions `status` keeps.
+pub const RECENT_DECISIONS: usize = 30;
+
+/// One decision of the Lambda, from its log line.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub time: String,
+    /// The group it sized.
+    pub asg: String,
+    pub action: String,
+    pub desired_before: i64,
+    pub desired_after: i64,
+    pub unclaimed: i64,
+    pub running: i64,
+    pub reason: String,
 }
 
 /// The Lambda's log lines of the last `window`: one JSON line per poll, and
@@ -101,6 +120,19 @@ async fn lambda_runs(ctx: &Ctx<'_>, window: Duration) -> LambdaRuns {
             };
             if v.get("poll").is_some() {
                 runs.polls += 1;
+                runs.recent.push(Decision {
+                    time: v["time"].as_str().unwrap_or_default().to_string(),
+                    asg: v["asg"].as_str().unwrap_or_default().to_string(),
+                    action: v["action"].as_str().unwrap_or_default().to_string(),
+                    desired_before: v["group"]["desired_before"].as_i64().unwrap_or(0),
+                    desired_after: v["group"]["desired_after"].as_i64().unwrap_or(0),
+                    unclaimed: v["queue"]["unclaimed"].as_i64().unwrap_or(0),
+                    running: v["queue"]["running"].as_i64().unwrap_or(0),
+                    reason: v["reason"].as_str().unwrap_or_default().to_string(),
+                });
+                if runs.recent.len() > RECENT_DECISIONS {
+                    runs.recent.remove(0);
+                }
                 runs.last_poll = Some(format!(
                     "{} {} (desired {} -> {})",
                     v["time"].as_str().unwrap_or(""),
@@ -117,6 +149,34 @@ async fn lambda_runs(ctx: &Ctx<'_>, window: Duration) -> LambdaRuns {
     runs
 }
 
+/// Launch times (seconds since the epoch) of the given instances; none on
+/// a failure (status shows the rest).
+async fn launch_times(ctx: &Ctx<'_>, ids: &[String]) -> HashMap<String, u64> {
+    let mut out = HashMap::new();
+    if ids.is_empty() {
+        return out;
+    }
+    let filter = ec2t::Filter::builder()
+        .name("instance-id")
+        .set_values(Some(ids.to_vec()))
+        .build();
+    let mut pages = ctx
+        .aws
+        .ec2
+        .describe_instances()
+        .filters(filter)
+        .into_paginator()
+        .send();
+    while let Some(Ok(page)) = pages.next().await {
+        for i in page.reservations().iter().flat_map(|r| r.instances()) {
+            if let (Some(id), Some(t)) = (i.instance_id(), i.launch_time()) {
+                out.insert(id.to_string(), t.secs().max(0) as u64);
+            }
+        }
+    }
+    out
+}
+
 #[derive(Debug, Serialize)]
 pub struct FleetInstance {
     pub id: String,
@@ -124,6 +184,8 @@ pub struct FleetInstance {
     pub health: String,
     pub protected: bool,
     pub registered: bool,
+    /// When it was launched (seconds since the epoch), if EC2 said.
+    pub launched: Option<u64>,
 }
 
 /// What exists (read only) and every pool's state (read concurrently).
@@ -257,6 +319,12 @@ async fn pool_status(
         }
         Err(e) => (None, None, None, Some(e)),
     };
+    let ids: Vec<String> = g
+        .instances()
+        .iter()
+        .filter_map(|i| i.instance_id().map(String::from))
+        .collect();
+    let launched = launch_times(ctx, &ids).await;
     out.fleet = Some(Fleet {
         min: g.min_size().unwrap_or(0),
         max: g.max_size().unwrap_or(0),
@@ -268,6 +336,7 @@ async fn pool_status(
                 let id = i.instance_id().unwrap_or_default().to_string();
                 FleetInstance {
                     registered: runners.as_ref().is_some_and(|r| r.contains(&id)),
+                    launched: launched.get(&id).copied(),
                     id,
                     lifecycle: i
                         .lifecycle_state()

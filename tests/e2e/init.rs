@@ -537,9 +537,9 @@ async fn init_creates_everything_converges_and_teardown_removes_it() {
     logs.put_log_events()
         .log_group_name(group)
         .log_stream_name("s")
-        .log_events(line(r#"{"poll":1,"time":"t1","action":"scale-out","group":{"desired_before":0,"desired_after":2}}"#, 3000))
+        .log_events(line(r#"{"poll":1,"time":"2026-12-01T10:00:01.000Z","asg":"demo-runners","action":"scale-out","reason":"2 job(s) queued","queue":{"unclaimed":2,"running":0},"group":{"desired_before":0,"desired_after":2}}"#, 3000))
         .log_events(line(r#"{"level":"error","error_type":"ScaleError","error":"CircleCI failed (HTTP 503)"}"#, 2000))
-        .log_events(line(r#"{"poll":1,"time":"t2","action":"none","group":{"desired_before":2,"desired_after":2}}"#, 1000))
+        .log_events(line(r#"{"poll":1,"time":"t2","asg":"demo-runners","action":"none","group":{"desired_before":2,"desired_after":2}}"#, 1000))
         .send()
         .await
         .unwrap();
@@ -567,6 +567,48 @@ async fn init_creates_everything_converges_and_teardown_removes_it() {
     );
     assert!(r.stdout.contains("queue: 2 unclaimed, 0 running"), "{r:?}");
     assert!(r.stdout.contains("schedule: enabled"), "{r:?}");
+
+    // The live view: the inventory on one line, the pool's queue, group,
+    // instances (state, age, runner) and its last decisions; refreshed.
+    let mut cmd = s.cmd(&["status", "--stack", "demo", "--watch", "--interval", "1s"]);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let pid = child.id().unwrap() as i32;
+    // Ctrl-C, as an operator stops it.
+    std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{screen}");
+    assert!(
+        screen.matches("inventory: ").count() >= 2,
+        "refreshed: {screen}"
+    );
+    for want in [
+        "present, 0 absent, 0 not ours | schedule enabled | Lambda 2 poll(s), 1 failed in 15m",
+        &format!(
+            "pool demo ({RC}): queue 2 unclaimed, 0 running | desired 2 (max 6) | 2 in service of 2"
+        ),
+        "instance              state                      age  runner",
+        "InService",
+        "not registered",
+        "last decisions:",
+        "10:00:01.000 scale-out          desired 0 -> 2  queue 2+0  2 job(s) queued",
+        "last Lambda error: CircleCI failed (HTTP 503)",
+    ] {
+        assert!(screen.contains(want), "{want}:\n{screen}");
+    }
+    assert!(
+        !screen.contains("launch template"),
+        "the inventory is folded: {screen}"
+    );
+    // The last frame (shown with --nocapture; the README's capture).
+    let last = screen.rfind("stack demo in ").unwrap_or(0);
+    eprintln!("status --watch, last frame:\n{}", &screen[last..]);
 
     // A dry-run teardown: the plan, nothing removed.
     let r = run(s.teardown_with_class("--dry-run")).await;
