@@ -5,15 +5,29 @@ Serves the endpoints cci-scaler uses (queue depth, runners, resource classes,
 runner tokens) from memory. Set the queue with
     curl -X POST http://127.0.0.1:PORT/_stand-in/queue -d '{"unclaimed": 3, "running": 0}'
 Prints its base URL on the first line of stdout. Any Circle-Token is accepted.
+
+With --fleet MOTO_URL (and boto3, as in the tests' virtualenv) it also plays
+the runners of the emulator's Auto Scaling groups, once a second: each
+instance in service registers as a runner (named by its instance id), an idle
+runner claims a queued job, a job runs --job-seconds then finishes, and the
+runner (single-task) exits: its instance leaves the group with decrement, as
+the boot script's exit hook does. A runner idle for --idle-seconds exits too.
+What it does is printed on stderr.
 """
+import argparse
 import itertools
 import json
 import secrets
 import sys
+import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 STATE = {"unclaimed": 0, "running": 0, "runners": [], "classes": {}, "tokens": {}}
+# --fleet: per runner (instance id) its resource class, and what it does.
+RUNNERS = {}
+LOCK = threading.Lock()
 IDS = itertools.count(1)
 
 
@@ -42,7 +56,18 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/api/v3/runner/tasks/running":
             return self.reply(200, {"running_runner_tasks": STATE["running"]})
         if url.path == "/api/v3/runner":
-            return self.reply(200, {"items": [{"name": n, "resource_class": rc} for n in STATE["runners"]]})
+            with LOCK:
+                items = [{"name": n, "resource_class": RUNNERS.get(n, {}).get("class", rc)} for n in STATE["runners"]]
+            ns = q.get("namespace")
+            if ns:
+                items = [i for i in items if i["resource_class"].startswith(ns + "/")]
+            elif rc:
+                items = [i for i in items if i["resource_class"] == rc]
+            return self.reply(200, {"items": items})
+        if url.path == "/_stand-in/state":
+            with LOCK:
+                return self.reply(200, {"unclaimed": STATE["unclaimed"], "running": STATE["running"],
+                                        "runners": list(STATE["runners"]), "desired": STATE.get("desired", 0)})
         if url.path == "/api/v3/runner/resource":
             ns = q.get("namespace", "")
             items = [c for c in STATE["classes"].values() if c["resource_class"].startswith(ns + "/")]
@@ -85,8 +110,71 @@ class Handler(BaseHTTPRequestHandler):
         self.reply(404, {"message": "not found"})
 
 
+def say(msg):
+    print(f"  [stand-in] {msg}", file=sys.stderr, flush=True)
+
+
+def play_fleet(moto_url, job_seconds, idle_seconds):
+    """The runners of the emulator's groups, once a second (see the top)."""
+    import boto3
+
+    asg = boto3.client("autoscaling", endpoint_url=moto_url, region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    while True:
+        time.sleep(1)
+        try:
+            groups = asg.describe_auto_scaling_groups()["AutoScalingGroups"]
+        except Exception as e:  # the emulator is going away at the end
+            say(f"cannot read the groups: {e}")
+            continue
+        now = time.monotonic()
+        leaving = []
+        with LOCK:
+            STATE["desired"] = sum(g["DesiredCapacity"] for g in groups)
+            classes = [c["resource_class"] for c in STATE["classes"].values()]
+            for g in groups:
+                for i in g["Instances"]:
+                    iid = i["InstanceId"]
+                    if i["LifecycleState"] == "InService" and iid not in RUNNERS:
+                        RUNNERS[iid] = {"class": classes[0] if classes else "", "group": g["AutoScalingGroupName"],
+                                        "job_until": None, "idle_since": now}
+                        STATE["runners"].append(iid)
+                        say(f"runner {iid} registered ({g['AutoScalingGroupName']})")
+            for iid, r in list(RUNNERS.items()):
+                if r.get("gone"):
+                    continue
+                if r["job_until"] is None and STATE["unclaimed"] > 0:
+                    STATE["unclaimed"] -= 1
+                    STATE["running"] += 1
+                    r["job_until"] = now + job_seconds
+                    say(f"runner {iid} claimed a job ({STATE['unclaimed']} still queued)")
+                elif r["job_until"] is not None and now >= r["job_until"]:
+                    STATE["running"] -= 1
+                    say(f"job on {iid} finished; the runner exits (single task)")
+                    leaving.append(iid)
+                elif r["job_until"] is None and now - r["idle_since"] >= idle_seconds:
+                    say(f"runner {iid} idle {idle_seconds}s; it exits")
+                    leaving.append(iid)
+            for iid in leaving:
+                RUNNERS[iid]["gone"] = True
+                STATE["runners"].remove(iid)
+        for iid in leaving:
+            # The exit hook: leave the group, one fewer wanted.
+            asg.terminate_instance_in_auto_scaling_group(InstanceId=iid, ShouldDecrementDesiredCapacity=True)
+            say(f"instance {iid} left its group with decrement")
+
+
 if __name__ == "__main__":
-    server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 0), Handler)
+    parser = argparse.ArgumentParser(description="A CircleCI runner-API stand-in on 127.0.0.1.")
+    parser.add_argument("port", nargs="?", type=int, default=0)
+    parser.add_argument("--fleet", metavar="MOTO_URL", help="play the emulator's runners (needs boto3)")
+    parser.add_argument("--job-seconds", type=float, default=6)
+    parser.add_argument("--idle-seconds", type=float, default=20)
+    args = parser.parse_args()
+    if args.fleet:
+        threading.Thread(target=play_fleet, args=(args.fleet, args.job_seconds, args.idle_seconds),
+                         daemon=True).start()
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     print(f"http://127.0.0.1:{server.server_address[1]}", flush=True)
     try:
         server.serve_forever()

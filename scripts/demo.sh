@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # A first run without an AWS account: starts the local AWS emulator (moto) and
-# a CircleCI runner-API stand-in on 127.0.0.1, then runs the main job against
-# them: init, queue a few jobs, scale --once, status, teardown. Stops both
-# servers at the end.
+# a CircleCI runner-API stand-in on 127.0.0.1, then shows the whole life of a
+# fleet against them: init; jobs queued; scale --once every few seconds, as
+# the Lambda would poll; the stand-in registers a runner for each instance
+# launched, the jobs run and finish, the instances leave with decrement and
+# the group returns to 0; status --watch on the way; teardown; and last a
+# simulated day (table and chart). Stops both servers at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,7 +42,9 @@ done
 moto="http://127.0.0.1:$port"
 until curl -fsS "$moto/moto-api/" >/dev/null 2>&1; do sleep 0.1; done
 curl -fsS -X POST "$moto/moto-api/config" -d '{"lambda":{"use_docker":false}}' >/dev/null
-python3 scripts/circleci-stand-in.py > "$work/cci.url" &
+# The virtualenv's Python has boto3, for the stand-in's runners.
+"$(dirname "$CCI_SCALER_MOTO_SERVER")/python" scripts/circleci-stand-in.py \
+  --fleet "$moto" --job-seconds 6 > "$work/cci.url" &
 pids+=($!)
 until [ -s "$work/cci.url" ]; do sleep 0.1; done
 cci=$(head -1 "$work/cci.url")
@@ -60,9 +65,30 @@ step "cci-scaler init again: converges, changes nothing"
 "$bin" init "${stack[@]}" --image "$image" --max-instances 5 \
   --lambda-binary "$target/cci-scaler-lambda"
 
-step "three jobs queued in the stand-in; cci-scaler scale --once"
+state() { curl -fsS "$cci/_stand-in/state"; }
+field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+
+step "three jobs queued; cci-scaler scale --once every 3 s, as the Lambda polls"
 curl -fsS -X POST "$cci/_stand-in/queue" -d '{"unclaimed": 3, "running": 0}' >/dev/null
-"$bin" scale --once --asg demo-runners --resource-class demo-org/linux-x64
+drained=""
+for round in $(seq 1 20); do
+  "$bin" scale --once --stack demo --resource-class demo-org/linux-x64
+  if [ "$round" -eq 2 ]; then
+    step "cci-scaler status --watch for a few seconds (Ctrl-C stops it)"
+    timeout -s INT 5 "$bin" status --stack demo --watch --interval 2s || true
+    step "polling on"
+  fi
+  s=$(state)
+  if [ "$(field unclaimed <<<"$s")" = 0 ] && [ "$(field running <<<"$s")" = 0 ] &&
+    [ "$(field desired <<<"$s")" = 0 ] && [ "$(field runners <<<"$s")" = "[]" ]; then
+    echo "every job ran; every instance left; the group is back to 0"
+    drained=yes
+    break
+  fi
+  sleep 3
+done
+
+[ -n "$drained" ] || { echo "demo: the fleet did not drain: $(state)" >&2; exit 1; }
 
 step "cci-scaler status (the stack name is enough: it knows its resource class)"
 "$bin" status --stack demo
@@ -70,4 +96,8 @@ step "cci-scaler status (the stack name is enough: it knows its resource class)"
 step "cci-scaler teardown --yes"
 "$bin" teardown --stack demo --yes
 
-step "done: the emulator and the stand-in are stopped"
+chart="${CARGO_TARGET_DIR:-target}/demo-day.svg"
+step "a simulated working day at 5 instances: cci-scaler against the tutorial"
+"$bin" simulate --max-instances 5 --chart "$chart"
+
+step "done: the emulator and the stand-in are stopped (the chart: $chart)"
