@@ -539,7 +539,7 @@ async fn init_creates_everything_converges_and_teardown_removes_it() {
         .log_stream_name("s")
         .log_events(line(r#"{"poll":1,"time":"2026-12-01T10:00:01.000Z","asg":"demo-runners","action":"scale-out","reason":"2 job(s) queued","queue":{"unclaimed":2,"running":0},"group":{"desired_before":0,"desired_after":2}}"#, 3000))
         .log_events(line(r#"{"level":"error","error_type":"ScaleError","error":"CircleCI failed (HTTP 503)"}"#, 2000))
-        .log_events(line(r#"{"poll":1,"time":"t2","asg":"demo-runners","action":"none","group":{"desired_before":2,"desired_after":2}}"#, 1000))
+        .log_events(line(r#"{"poll":1,"time":"2026-12-01T10:00:11.000Z","asg":"demo-runners","action":"none","reason":"demand 2 (2 unclaimed + 0 running) within desired 2","queue":{"unclaimed":2,"running":0},"group":{"desired_before":2,"desired_after":2}}"#, 1000))
         .send()
         .await
         .unwrap();
@@ -553,7 +553,8 @@ async fn init_creates_everything_converges_and_teardown_removes_it() {
         "{r:?}"
     );
     assert!(
-        r.stdout.contains("last poll: t2 none (desired 2 -> 2)"),
+        r.stdout
+            .contains("last poll: 2026-12-01T10:00:11.000Z none (desired 2 -> 2)"),
         "{r:?}"
     );
     assert!(
