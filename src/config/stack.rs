@@ -100,12 +100,8 @@ impl StackFile {
                 .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()))
                 .unwrap_or_default();
             return Err(parse_error(format!(
-                "unknown field `{key}`, expected one of {}, runner",
-                known
-                    .iter()
-                    .map(|k| format!("`{k}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "unknown field `{key}`, expected one of {}, `runner`",
+                quoted(&known)
             )));
         }
         if let Some(runner) = file.runner.take() {
@@ -113,11 +109,7 @@ impl StackFile {
                 if !RUNNER_KEYS.contains(&key.as_str()) {
                     return Err(parse_error(format!(
                         "unknown field `{key}` in [runner], expected one of {}",
-                        RUNNER_KEYS
-                            .iter()
-                            .map(|k| format!("`{k}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        quoted(RUNNER_KEYS)
                     )));
                 }
                 let one = toml::Table::from_iter([(key.clone(), value)]);
@@ -252,6 +244,14 @@ impl StackFile {
             job_role,
         })
     }
+}
+
+/// Keys as serde lists them in its errors: `a`, `b`.
+fn quoted(keys: &[impl AsRef<str>]) -> String {
+    keys.iter()
+        .map(|k| format!("`{}`", k.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// toml reports a value of the wrong type inside the flattened pool keys

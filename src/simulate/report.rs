@@ -354,147 +354,81 @@ pub fn hms(s: u64) -> String {
     }
 }
 
+fn p50_p95(w: &Waits) -> String {
+    format!("{}/{}", hms(w.p50_s), hms(w.p95_s))
+}
+
+/// The two policies' figures, a row each.
 fn table(ours: &Report, tut: &Report, fleet: &Fleet) -> String {
-    let rows: Vec<(String, String, String)> = vec![
-        ("jobs".into(), ours.jobs.to_string(), tut.jobs.to_string()),
-        (
-            "wait p50".into(),
-            hms(ours.waits.p50_s),
-            hms(tut.waits.p50_s),
-        ),
-        (
-            "wait p95".into(),
-            hms(ours.waits.p95_s),
-            hms(tut.waits.p95_s),
-        ),
-        (
-            "wait max".into(),
-            hms(ours.waits.max_s),
-            hms(tut.waits.max_s),
-        ),
+    type Cell = fn(&Report) -> String;
+    let cells: Vec<(String, Cell)> = vec![
+        ("jobs".into(), |r| r.jobs.to_string()),
+        ("wait p50".into(), |r| hms(r.waits.p50_s)),
+        ("wait p95".into(), |r| hms(r.waits.p95_s)),
+        ("wait max".into(), |r| hms(r.waits.max_s)),
         (
             format!("jobs waiting over {}", hms(fleet.wait_threshold_s)),
-            ours.waited_over_threshold.to_string(),
-            tut.waited_over_threshold.to_string(),
+            |r| r.waited_over_threshold.to_string(),
         ),
-        (
-            "jobs never run".into(),
-            ours.jobs_not_run.to_string(),
-            tut.jobs_not_run.to_string(),
-        ),
-        (
-            "jobs cancelled while queued".into(),
-            ours.jobs_cancelled.to_string(),
-            tut.jobs_cancelled.to_string(),
-        ),
+        ("jobs never run".into(), |r| r.jobs_not_run.to_string()),
+        ("jobs cancelled while queued".into(), |r| {
+            r.jobs_cancelled.to_string()
+        }),
         (
             format!("wait p50/p95 in headroom ({} jobs)", ours.jobs_in_headroom),
-            format!(
-                "{}/{}",
-                hms(ours.waits_in_headroom.p50_s),
-                hms(ours.waits_in_headroom.p95_s)
-            ),
-            format!(
-                "{}/{}",
-                hms(tut.waits_in_headroom.p50_s),
-                hms(tut.waits_in_headroom.p95_s)
-            ),
+            |r| p50_p95(&r.waits_in_headroom),
         ),
-        (
-            "wait p50/p95 outside headroom".into(),
-            format!(
-                "{}/{}",
-                hms(ours.waits_outside_headroom.p50_s),
-                hms(ours.waits_outside_headroom.p95_s)
-            ),
-            format!(
-                "{}/{}",
-                hms(tut.waits_outside_headroom.p50_s),
-                hms(tut.waits_outside_headroom.p95_s)
-            ),
-        ),
-        (
-            "instance-hours".into(),
-            format!("{:.1}", ours.instance_hours),
-            format!("{:.1}", tut.instance_hours),
-        ),
-        (
-            "  of which idle".into(),
-            format!("{:.1}", ours.idle_instance_hours),
-            format!("{:.1}", tut.idle_instance_hours),
-        ),
-        (
-            "  spare (idle in headroom)".into(),
-            format!("{:.1}", ours.spare_instance_hours),
-            format!("{:.1}", tut.spare_instance_hours),
-        ),
-        (
-            "  on spot".into(),
-            format!("{:.1}", ours.spot_instance_hours),
-            format!("{:.1}", tut.spot_instance_hours),
-        ),
-        (
-            "jobs interrupted (retried/failed)".into(),
+        ("wait p50/p95 outside headroom".into(), |r| {
+            p50_p95(&r.waits_outside_headroom)
+        }),
+        ("instance-hours".into(), |r| {
+            format!("{:.1}", r.instance_hours)
+        }),
+        ("  of which idle".into(), |r| {
+            format!("{:.1}", r.idle_instance_hours)
+        }),
+        ("  spare (idle in headroom)".into(), |r| {
+            format!("{:.1}", r.spare_instance_hours)
+        }),
+        ("  on spot".into(), |r| {
+            format!("{:.1}", r.spot_instance_hours)
+        }),
+        ("jobs interrupted (retried/failed)".into(), |r| {
             format!(
                 "{} ({}/{})",
-                ours.jobs_interrupted, ours.jobs_retried, ours.jobs_failed_by_interruption
-            ),
-            format!(
-                "{} ({}/{})",
-                tut.jobs_interrupted, tut.jobs_retried, tut.jobs_failed_by_interruption
-            ),
-        ),
-        (
-            "hours on on-demand fallback".into(),
-            format!("{:.1}", ours.fallback_hours),
-            format!("{:.1}", tut.fallback_hours),
-        ),
-        (
-            "control plane (its share)".into(),
-            format!("{:.2}", ours.control_plane_cost),
-            format!("{:.2}", tut.control_plane_cost),
-        ),
-        (
-            "warm-pool stopped hours".into(),
-            format!("{:.1}", ours.warm_pool_hours),
-            format!("{:.1}", tut.warm_pool_hours),
-        ),
-        (
-            "boots".into(),
-            ours.boots.to_string(),
-            tut.boots.to_string(),
-        ),
-        (
-            "boots per job".into(),
-            format!("{:.2}", ours.boots_per_job),
-            format!("{:.2}", tut.boots_per_job),
-        ),
-        (
-            "instances replaced (churn)".into(),
-            ours.replaced.to_string(),
-            tut.replaced.to_string(),
-        ),
-        (
-            "failed boots".into(),
-            ours.failed_boots.to_string(),
-            tut.failed_boots.to_string(),
-        ),
-        (
-            "jobs killed".into(),
-            ours.jobs_killed.to_string(),
-            tut.jobs_killed.to_string(),
-        ),
-        (
-            "left running at the end".into(),
-            ours.left_running.to_string(),
-            tut.left_running.to_string(),
-        ),
+                r.jobs_interrupted, r.jobs_retried, r.jobs_failed_by_interruption
+            )
+        }),
+        ("hours on on-demand fallback".into(), |r| {
+            format!("{:.1}", r.fallback_hours)
+        }),
+        ("control plane (its share)".into(), |r| {
+            format!("{:.2}", r.control_plane_cost)
+        }),
+        ("warm-pool stopped hours".into(), |r| {
+            format!("{:.1}", r.warm_pool_hours)
+        }),
+        ("boots".into(), |r| r.boots.to_string()),
+        ("boots per job".into(), |r| {
+            format!("{:.2}", r.boots_per_job)
+        }),
+        ("instances replaced (churn)".into(), |r| {
+            r.replaced.to_string()
+        }),
+        ("failed boots".into(), |r| r.failed_boots.to_string()),
+        ("jobs killed".into(), |r| r.jobs_killed.to_string()),
+        ("left running at the end".into(), |r| {
+            r.left_running.to_string()
+        }),
         (
             format!("cost at {}/instance-hour", fleet.price_per_hour),
-            format!("{:.2}", ours.cost),
-            format!("{:.2}", tut.cost),
+            |r| format!("{:.2}", r.cost),
         ),
     ];
+    let rows: Vec<(String, String, String)> = cells
+        .into_iter()
+        .map(|(label, cell)| (label, cell(ours), cell(tut)))
+        .collect();
     let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let mut s = format!("{:w$}  {:>12}  {:>12}\n", "", "cci-scaler", "tutorial");
     for (k, a, b) in rows {
