@@ -972,7 +972,7 @@ async fn init_errors_are_clear_and_write_nothing() {
         (vec!["--idle-timeout", "soon"], "invalid idle timeout"),
     ] {
         let r = s.init(&args).await;
-        assert_eq!(r.code, 1, "{args:?}: {r:?}");
+        assert_eq!(r.code, 2, "bad usage: {args:?}: {r:?}");
         assert!(r.stderr.contains(want), "{args:?}: {r:?}");
     }
     nothing_written().await;
@@ -1681,7 +1681,7 @@ async fn alarms_topic_and_dashboard_are_made_converged_and_removed() {
     assert!(
         r.stdout
             .contains("last 1h (fleet): no metrics in this period")
-            && !r.stdout.contains("-0"),
+            && !r.stdout.contains(" -0"),
         "{r:?}"
     );
     // status --since sums up the metrics (put here as the Lambda's EMF
