@@ -55,10 +55,14 @@ pub struct SimulateArgs {
     /// started: 15s..30s, each stopped one paying for its disk).
     #[arg(long, value_enum, default_value = "cold")]
     pub image: ImageKind,
-    /// Spare runners during the default working hours (08:00-19:00 UTC on
-    /// weekdays); a stack file's [[headroom]] periods with --config.
-    #[arg(long, value_name = "COUNT")]
-    pub headroom: Option<u32>,
+    /// Spare runners: COUNT during the default working hours (08:00-19:00
+    /// UTC on weekdays; a stack file's [[headroom]] periods with --config),
+    /// or `auto`: sized from the demand seen, with no schedule.
+    #[arg(long, value_name = "COUNT|auto", value_parser = parse_headroom)]
+    pub headroom: Option<Headroom>,
+    /// With --headroom auto: at most this many spares.
+    #[arg(long, default_value_t = simulate::DEFAULT_MAX_SPARES, value_name = "N")]
+    pub max_spares: u32,
     /// Share of jobs cancelled while still queued (auto-cancelled redundant
     /// workflows), each within 2 minutes of its arrival.
     #[arg(long, default_value_t = 0.0, value_name = "RATE")]
@@ -175,6 +179,23 @@ fn apply_image(f: &mut Fleet, image: ImageKind, cold: (u64, u64)) {
     f.warm_pool = image == ImageKind::WarmPool;
 }
 
+/// `--headroom`: a count of spares in working hours, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Headroom {
+    Count(u32),
+    Auto,
+}
+
+fn parse_headroom(s: &str) -> Result<Headroom, String> {
+    match s {
+        "auto" => Ok(Headroom::Auto),
+        n => n
+            .parse()
+            .map(Headroom::Count)
+            .map_err(|_| format!("{n:?}: a count of spares, or auto")),
+    }
+}
+
 fn headroom_specs(count: u32) -> Vec<HeadroomSpec> {
     if count == 0 {
         Vec::new()
@@ -200,7 +221,12 @@ fn fleet(args: &SimulateArgs) -> anyhow::Result<Fleet> {
         fail_first_launches: 0,
         tutorial_boot_min_s: boot_min_s,
         tutorial_boot_max_s: boot_max_s,
-        headroom: headroom_specs(args.headroom.unwrap_or(0)),
+        headroom: match args.headroom {
+            Some(Headroom::Count(n)) => headroom_specs(n),
+            _ => Vec::new(),
+        },
+        auto_headroom: args.headroom == Some(Headroom::Auto),
+        max_spares: args.max_spares,
         warm_pool: false,
         stopped_price_per_hour: f64::from(args.root_volume_gb) * GP3_PER_GB_HOUR,
         cancel_rate: args.cancel_rate,
@@ -274,10 +300,16 @@ fn sweep_fleets(spec: &str, base: &Fleet) -> anyhow::Result<(String, Vec<(String
             "idle_timeout" | "idle-timeout" => f.idle_timeout_s = dur(v)?,
             "interval" => f.interval_s = dur(v)?,
             "headroom" => {
-                let n: u32 = v
-                    .parse()
-                    .with_context(|| format!("--sweep {key}={v}: not a count"))?;
-                f.headroom = headroom_specs(n);
+                match parse_headroom(v).map_err(|e| anyhow::anyhow!("--sweep {key}={v}: {e}"))? {
+                    Headroom::Auto => {
+                        f.headroom = Vec::new();
+                        f.auto_headroom = true;
+                    }
+                    Headroom::Count(n) => {
+                        f.headroom = headroom_specs(n);
+                        f.auto_headroom = false;
+                    }
+                }
             }
             "image" => {
                 let image = <ImageKind as clap::ValueEnum>::from_str(v, true).map_err(|_| {

@@ -1,6 +1,7 @@
 //! The scaling core shared by `cci-scaler scale` and the Lambda: read the queue
 //! and the group at once, decide (pure), apply (or only report, in a dry run).
 
+pub mod auto_headroom;
 pub mod decide;
 pub mod headroom;
 pub mod metrics;

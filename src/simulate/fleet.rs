@@ -13,6 +13,12 @@ pub const CONTROL_PLANE_PER_MONTH: f64 = 12.08;
 pub const TUTORIAL_CONTROL_PLANE_PER_MONTH: f64 = 0.50;
 pub(super) const MONTH_S: f64 = 30.0 * 86_400.0;
 
+/// `headroom = "auto"`: at most this many spares unless set.
+pub const DEFAULT_MAX_SPARES: u32 = 5;
+/// How long an auto spare waits for a job before its idle timeout starts
+/// (the spare-until tag, renewed on each poll that wants spares).
+pub const AUTO_SPARE_HOLD_S: u64 = 1800;
+
 /// The tutorial's Lambda runs once a minute.
 pub const TUTORIAL_INTERVAL_S: u64 = 60;
 
@@ -65,6 +71,11 @@ pub struct Fleet {
     /// Spare runners by schedule (ours). Simulated time 0 is 1970-01-01
     /// 00:00 UTC, a Thursday.
     pub headroom: Vec<HeadroomSpec>,
+    /// Ours: spares sized from the demand seen (`headroom = "auto"`,
+    /// [`crate::scale::auto_headroom`]), combined with `headroom` (the larger
+    /// count wins), at most `max_spares`.
+    pub auto_headroom: bool,
+    pub max_spares: u32,
     /// Ours launches from a warm pool of stopped instances (the boot range is
     /// then their start time); the stopped ones, up to max, pay for their disk.
     pub warm_pool: bool,
@@ -118,6 +129,8 @@ impl Default for Fleet {
             tutorial_boot_min_s: 45,
             tutorial_boot_max_s: 90,
             headroom: Vec::new(),
+            auto_headroom: false,
+            max_spares: DEFAULT_MAX_SPARES,
             warm_pool: false,
             stopped_price_per_hour: 30.0 * 0.08 / 730.0,
             cancel_rate: 0.0,

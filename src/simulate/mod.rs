@@ -20,8 +20,8 @@ mod report;
 pub mod workload;
 
 pub use fleet::{
-    CONTROL_PLANE_PER_MONTH, Fleet, Policy, SimError, TUTORIAL_CONTROL_PLANE_PER_MONTH,
-    TUTORIAL_INTERVAL_S,
+    AUTO_SPARE_HOLD_S, CONTROL_PLANE_PER_MONTH, DEFAULT_MAX_SPARES, Fleet, Policy, SimError,
+    TUTORIAL_CONTROL_PLANE_PER_MONTH, TUTORIAL_INTERVAL_S,
 };
 pub use model::simulate;
 pub use report::{PoolRun, Report, RunReport, Sample, Sweep, Waits, hms};

@@ -444,3 +444,73 @@ fn interrupted_jobs_are_retried_or_counted() {
     assert_eq!(retried.jobs_failed_by_interruption, 0);
     assert_eq!(retried.jobs_not_run, 0);
 }
+
+/// `headroom = "auto"` on the embedded day with a baked image: jobs mostly
+/// start at once, each boot serves a job (the spare-until rule), nothing is
+/// killed or left running; without history (one day) the first job of each
+/// quiet spell still waits a boot.
+#[test]
+fn auto_headroom_follows_the_day() {
+    let jobs = Generator::working_day().generate(1).unwrap();
+    let baked = Fleet {
+        max: 20,
+        boot_min_s: 40,
+        boot_max_s: 60,
+        ..Fleet::default()
+    };
+    let none = simulate(&jobs, &baked, Policy::Ours, 1).unwrap();
+    let auto = Fleet {
+        auto_headroom: true,
+        ..baked.clone()
+    };
+    let r = simulate(&jobs, &auto, Policy::Ours, 1).unwrap();
+    assert_eq!(r.waits.p50_s, 0, "{:?}", r.waits);
+    assert!(
+        r.waits.p95_s < none.waits.p95_s,
+        "{:?} vs {:?}",
+        r.waits,
+        none.waits
+    );
+    assert!(r.boots_per_job <= 1.05, "{}", r.boots_per_job);
+    assert_eq!((r.jobs_killed, r.left_running), (0, 0));
+    assert!(r.spare_instance_hours > 0.0);
+}
+
+/// With weeks of history, spares are up before a daily burst: the third
+/// week's 09:00 burst waits less than the first week's, which had no
+/// history to go on.
+#[test]
+fn auto_headroom_learns_the_hour_of_the_week() {
+    const DAY: u64 = 86_400;
+    const WEEK: u64 = 7 * DAY;
+    // Every day at 09:00, 12 jobs within a minute, 5 minutes each.
+    let mut list = Vec::new();
+    for day in 0..21 {
+        for k in 0..12 {
+            list.push((day * DAY + 9 * 3600 + k * 5, 300));
+        }
+    }
+    let jobs = jobs(&list);
+    let f = Fleet {
+        max: 20,
+        auto_headroom: true,
+        max_spares: 12,
+        ..fleet()
+    };
+    let r = simulate(&jobs, &f, Policy::Ours, 1).unwrap();
+    assert_eq!(r.jobs_killed, 0);
+    // The waits of each week's first burst, from the timeline of queued jobs
+    // (sampled each minute) at 09:00-09:05 on that week's first day.
+    let queued_at = |t: u64| {
+        r.timeline
+            .iter()
+            .filter(|s| s.t_s >= t && s.t_s < t + 300)
+            .map(|s| s.queued)
+            .max()
+            .unwrap_or(0)
+    };
+    let first = queued_at(9 * 3600);
+    let third = queued_at(2 * WEEK + 9 * 3600);
+    assert!(first > 0, "no history: the first burst queues");
+    assert!(third < first, "learnt: {third} queued, against {first}");
+}
