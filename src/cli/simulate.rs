@@ -60,6 +60,12 @@ pub struct SimulateArgs {
     /// or `auto`: sized from the demand seen, with no schedule.
     #[arg(long, value_name = "COUNT|auto", value_parser = parse_headroom)]
     pub headroom: Option<Headroom>,
+    /// Ours: an EC2 Auto Scaling warm pool of N stopped, pre-initialised
+    /// instances: a launch starts one (15s..30s) while there is one, and a
+    /// refill (a launch that installs, per --image, and stops) takes its
+    /// place; stopped ones pay for their disk, refills for their install.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub warm_pool: u32,
     /// With --headroom auto: at most this many spares.
     #[arg(long, default_value_t = simulate::DEFAULT_MAX_SPARES, value_name = "N")]
     pub max_spares: u32,
@@ -113,7 +119,8 @@ pub struct SimulateArgs {
     #[arg(long, value_name = "FILE")]
     pub chart: Option<PathBuf>,
     /// Compare settings: max_instances=5,10,20, idle_timeout=1m,5m, interval=10s,30s,
-    /// headroom=0,1,2,4, image=cold,baked,warm-pool, market=on-demand,spot or
+    /// headroom=0,1,2,4,auto, image=cold,baked,warm-pool, market=on-demand,spot,
+    /// warm_pool=0,2,4 or
     /// cancel_rate=0,0.1,0.3.
     #[arg(long, value_name = "KEY=V1,V2,...")]
     pub sweep: Vec<String>,
@@ -226,6 +233,7 @@ fn fleet(args: &SimulateArgs) -> anyhow::Result<Fleet> {
             _ => Vec::new(),
         },
         auto_headroom: args.headroom == Some(Headroom::Auto),
+        warm_pool_size: args.warm_pool,
         max_spares: args.max_spares,
         warm_pool: false,
         stopped_price_per_hour: f64::from(args.root_volume_gb) * GP3_PER_GB_HOUR,
@@ -328,13 +336,18 @@ fn sweep_fleets(spec: &str, base: &Fleet) -> anyhow::Result<(String, Vec<(String
                     _ => bail!("--sweep market={v}: expected on-demand or spot"),
                 };
             }
+            "warm_pool" | "warm-pool" => {
+                f.warm_pool_size = v
+                    .parse()
+                    .with_context(|| format!("--sweep {key}={v}: not a count"))?;
+            }
             "cancel_rate" | "cancel-rate" => {
                 f.cancel_rate = v
                     .parse()
                     .with_context(|| format!("--sweep {key}={v}: not a rate"))?;
             }
             other => bail!(
-                "--sweep {other}: can sweep max_instances, idle_timeout, interval, headroom, image, market or cancel_rate"
+                "--sweep {other}: can sweep max_instances, idle_timeout, interval, headroom, image, market, warm_pool or cancel_rate"
             ),
         }
         f.validate().with_context(|| format!("--sweep {key}={v}"))?;

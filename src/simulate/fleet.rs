@@ -79,6 +79,14 @@ pub struct Fleet {
     /// Ours launches from a warm pool of stopped instances (the boot range is
     /// then their start time); the stopped ones, up to max, pay for their disk.
     pub warm_pool: bool,
+    /// Ours: an EC2 Auto Scaling warm pool of this many stopped,
+    /// pre-initialised instances (0: none). A launch takes a stopped one
+    /// when there is one (it starts in `warm_start_*_s`); otherwise it boots
+    /// as usual. The pool refills: each refill is a launch that boots as
+    /// usual, runs its install (billed), and stops.
+    pub warm_pool_size: u32,
+    pub warm_start_min_s: u64,
+    pub warm_start_max_s: u64,
     /// What one stopped instance costs an hour (its disk).
     pub stopped_price_per_hour: f64,
     /// Share of jobs cancelled while still queued (auto-cancelled redundant
@@ -132,6 +140,9 @@ impl Default for Fleet {
             auto_headroom: false,
             max_spares: DEFAULT_MAX_SPARES,
             warm_pool: false,
+            warm_pool_size: 0,
+            warm_start_min_s: 15,
+            warm_start_max_s: 30,
             stopped_price_per_hour: 30.0 * 0.08 / 730.0,
             cancel_rate: 0.0,
             cancel_within_s: 120,
@@ -189,6 +200,21 @@ impl Fleet {
         }
         if self.interval_s == 0 {
             return bad("interval must be at least 1 s");
+        }
+        if self.warm_pool_size > self.max {
+            return bad("warm pool size must be at most max instances");
+        }
+        if self.warm_pool_size > 0 && self.spot {
+            // As AWS: no warm pool for a group with a mixed instances
+            // policy or spot instances.
+            return bad(
+                "a warm pool cannot serve a spot pool (EC2 Auto Scaling refuses warm pools for groups with a mixed instances policy or spot instances)",
+            );
+        }
+        if self.warm_pool_size > 0 && self.warm_pool {
+            return bad(
+                "--warm-pool N sizes the warm pool; --image warm-pool is the pool up to max: give one",
+            );
         }
         if self.idle_timeout_s == 0 {
             return bad("idle timeout must be at least 1 s");

@@ -60,6 +60,12 @@ struct Sim<'a> {
     spare_tag: u64,
     spare_s: u64,
     warm_s: u64,
+    /// A sized warm pool: stopped instances ready, and refills warming up
+    /// (when each will be stopped and ready).
+    warm_ready: u32,
+    warm_filling: VecDeque<u64>,
+    /// Seconds refills ran while warming up (billed as running).
+    warm_up_s: u64,
     cancel_at: Vec<Option<u64>>,
     cancelled: usize,
     /// Spot: the on-demand fallback, failed launches, interruptions.
@@ -127,11 +133,28 @@ impl Sim<'_> {
                 self.fleet.tutorial_boot_max_s,
             ),
         };
-        let boot = self.rng.random_range(lo..=hi);
+        let mut boot = self.rng.random_range(lo..=hi);
+        let mut warm = false;
+        // From the warm pool: a stopped instance starts; a refill (a launch
+        // that installs and stops) takes its place.
+        if self.warm_ready > 0 {
+            self.warm_ready -= 1;
+            boot = self
+                .rng
+                .random_range(self.fleet.warm_start_min_s..=self.fleet.warm_start_max_s);
+            let warm_up = self.rng.random_range(lo..=hi);
+            self.warm_filling.push_back(t + warm_up);
+            self.warm_up_s += warm_up;
+            // The refill is the launch; the start is not.
+            self.boots += 1;
+            warm = true;
+        }
         let fails = self.boots < self.fleet.fail_first_launches
             || (self.fleet.launch_failure_rate > 0.0
                 && self.rng.random_bool(self.fleet.launch_failure_rate));
-        self.boots += 1;
+        if !warm {
+            self.boots += 1;
+        }
         if fails {
             self.failed_boots += 1;
         }
@@ -308,6 +331,11 @@ impl Sim<'_> {
         if self.fleet.warm_pool && self.policy == Policy::Ours {
             self.warm_s += u64::from(self.fleet.max.saturating_sub(self.live.len() as u32));
         }
+        while self.warm_filling.front().is_some_and(|&at| at <= t) {
+            self.warm_filling.pop_front();
+            self.warm_ready += 1;
+        }
+        self.warm_s += u64::from(self.warm_ready);
         // 5: the group fills up to desired; launches beyond what the scaler
         // just asked for replace instances that left while counted.
         let live = self.live.len() as u32;
@@ -374,6 +402,13 @@ pub fn simulate(
         spare_tag: 0,
         spare_s: 0,
         warm_s: 0,
+        warm_ready: if policy == Policy::Ours {
+            fleet.warm_pool_size
+        } else {
+            0
+        },
+        warm_filling: VecDeque::new(),
+        warm_up_s: 0,
         cancel_at: cancellations(jobs, fleet, seed),
         cancelled: 0,
         fallback_until: None,
@@ -468,7 +503,9 @@ pub fn simulate(
     let on_demand_instance_hours = (total_s - spot_s) as f64 / 3600.0;
     let instance_hours = total_s as f64 / 3600.0;
     let warm_pool_hours = sim.warm_s as f64 / 3600.0;
-    let warm_pool_cost = warm_pool_hours * fleet.stopped_price_per_hour;
+    // Stopped: the disk; warming up: the instance.
+    let warm_pool_cost = warm_pool_hours * fleet.stopped_price_per_hour
+        + sim.warm_up_s as f64 / 3600.0 * fleet.price_per_hour;
     // The control plane runs all the time: its share of a month.
     let control_plane_cost = match policy {
         Policy::Ours => fleet.control_plane_per_month,

@@ -514,3 +514,40 @@ fn auto_headroom_learns_the_hour_of_the_week() {
     assert!(first > 0, "no history: the first burst queues");
     assert!(third < first, "learnt: {third} queued, against {first}");
 }
+
+/// A warm pool of one: a launch starts the stopped instance (20 s, not the
+/// 60 s boot) and a refill warms up (60 s, billed) to take its place, so a
+/// job 100 s later starts from the pool again. Worked out: each job waits
+/// the 20 s start; the two refills are the launches; the pool held one
+/// stopped instance all the time but while each refill warmed up.
+#[test]
+fn a_sized_warm_pool_starts_in_seconds_and_refills() {
+    let f = Fleet {
+        warm_pool_size: 1,
+        warm_start_min_s: 20,
+        warm_start_max_s: 20,
+        ..fleet()
+    };
+    let j = jobs(&[(0, 30), (100, 30)]);
+    let r = simulate(&j, &f, Policy::Ours, 1).unwrap();
+    assert_eq!(waits(&r), (20, 20));
+    assert_eq!(r.boots, 2, "the refills");
+    let cold = simulate(&j, &fleet(), Policy::Ours, 1).unwrap();
+    assert_eq!(waits(&cold), (60, 60));
+    // Warming up: 2 x 60 s billed at 3.6 an hour; stopped: the rest.
+    let warm_up_cost = 2.0 * 60.0 * 3.6 / 3600.0;
+    assert!(r.warm_pool_cost >= warm_up_cost, "{}", r.warm_pool_cost);
+    assert_eq!(
+        ((r.warm_pool_hours * 3600.0).round() as u64),
+        // Counted each tick before the tick's launches: the pool is empty
+        // on 59 ticks of each 60 s warm-up.
+        r.simulated_s + 1 - 2 * 59,
+        "one stopped instance but while each refill warmed up"
+    );
+    // As AWS: no warm pool for a spot group.
+    let spot = Fleet {
+        spot: true,
+        ..f.clone()
+    };
+    assert!(simulate(&j, &spot, Policy::Ours, 1).is_err());
+}

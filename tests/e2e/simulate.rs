@@ -118,7 +118,19 @@ async fn simulate_refuses_bad_input() {
         ),
         (
             vec!["--sweep", "colour=red"],
-            "can sweep max_instances, idle_timeout, interval, headroom, image, market or cancel_rate",
+            "can sweep max_instances, idle_timeout, interval, headroom, image, market, warm_pool or cancel_rate",
+        ),
+        (
+            vec!["--warm-pool", "2", "--market", "spot"],
+            "EC2 Auto Scaling refuses warm pools for groups with a mixed instances policy or spot instances",
+        ),
+        (
+            vec!["--warm-pool", "11"],
+            "warm pool size must be at most max instances",
+        ),
+        (
+            vec!["--sweep", "headroom=1,lots"],
+            "a count of spares, or auto",
         ),
         (vec!["--sweep", "max_instances"], "expected KEY=V1,V2"),
         (vec!["--boot-time", "90s..30s"], "reversed"),
