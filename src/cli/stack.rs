@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -221,13 +220,16 @@ pub fn any_foreign(items: &[Item]) -> bool {
 /// The stack name, and the resource class if given (teardown and status find
 /// it in the stack itself otherwise).
 pub fn require_stack(file: &StackFile) -> anyhow::Result<(String, Option<String>)> {
-    let stack = file
-        .stack
-        .clone()
-        .context("no stack name: pass --stack or set `stack` in the stack file")?;
-    cci_scaler::render::validate_stack(&stack)?;
-    if let Some(rc) = &file.pool.resource_class {
-        circleci::validate_resource_class(rc).map_err(anyhow::Error::msg)?;
+    let Some(stack) = file.stack.clone() else {
+        crate::usage!("no stack name: pass --stack or set `stack` in the stack file");
+    };
+    if let Err(e) = cci_scaler::render::validate_stack(&stack) {
+        crate::usage!("{e}");
+    }
+    if let Some(rc) = &file.pool.resource_class
+        && let Err(e) = circleci::validate_resource_class(rc)
+    {
+        crate::usage!("{e}");
     }
     Ok((stack, file.pool.resource_class.clone()))
 }

@@ -76,6 +76,32 @@ async fn a_stack_file_of_the_wrong_type_is_bad_usage_everywhere() {
     }
 }
 
+/// Without a stack name, or with a bad one, status and teardown say so as
+/// bad usage, before any call.
+#[tokio::test]
+async fn a_missing_or_bad_stack_name_is_bad_usage() {
+    let home = tempfile::tempdir().unwrap();
+    for (args, want) in [
+        (&["status"][..], "no stack name: pass --stack"),
+        (&["teardown", "--yes"], "no stack name: pass --stack"),
+        (&["status", "--stack", "1st"], "stack"),
+        (
+            &["status", "--stack", "ok", "--resource-class", "nons"],
+            "resource class",
+        ),
+    ] {
+        let mut cmd = command("cci-scaler", home.path());
+        cmd.args(args)
+            .current_dir(home.path())
+            .env("CIRCLECI_TOKEN", "not-used")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9");
+        let r = run(cmd).await;
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(r.stderr.contains(want), "{args:?}: {r:?}");
+    }
+}
+
 #[tokio::test]
 async fn completions_and_the_man_page() {
     let home = tempfile::tempdir().unwrap();
