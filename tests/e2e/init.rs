@@ -574,17 +574,38 @@ async fn init_creates_everything_converges_and_teardown_removes_it() {
     let mut cmd = s.cmd(&["status", "--stack", "demo", "--watch", "--interval", "1s"]);
     cmd.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    let child = cmd.spawn().unwrap();
-    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
-    let pid = child.id().unwrap() as i32;
+    let mut child = cmd.spawn().unwrap();
+    // Read the frames as they come; stop once two are out (however slowly
+    // the machine refreshes while other tests boot VMs), at most 2 min.
+    let mut stdout = child.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let sink = seen.clone();
+    let reader = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = stdout.read(&mut buf).await {
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let frames = || {
+        String::from_utf8_lossy(&seen.lock().unwrap())
+            .matches("inventory: ")
+            .count()
+    };
+    let started = std::time::Instant::now();
+    while frames() < 2 && started.elapsed() < std::time::Duration::from_secs(120) {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     // Ctrl-C, as an operator stops it.
+    let pid = child.id().unwrap() as i32;
     std::process::Command::new("kill")
         .args(["-INT", &pid.to_string()])
         .status()
         .unwrap();
-    let out = child.wait_with_output().await.unwrap();
-    let screen = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{screen}");
+    let status = child.wait().await.unwrap();
+    reader.await.unwrap();
+    let screen = String::from_utf8_lossy(&seen.lock().unwrap()).to_string();
+    assert_eq!(status.code(), Some(0), "{screen}");
     assert!(
         screen.matches("inventory: ").count() >= 2,
         "refreshed: {screen}"
