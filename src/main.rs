@@ -30,16 +30,8 @@ fn main() -> ExitCode {
             }
             // Each cause once: an error that already says its cause (as a
             // step's does) is not followed by it again.
-            let mut message = String::new();
-            for cause in e.chain().map(ToString::to_string) {
-                if !cause.is_empty() && !message.contains(&cause) {
-                    if !message.is_empty() {
-                        message.push_str(": ");
-                    }
-                    message.push_str(&cause);
-                }
-            }
-            eprintln!("error: {message}");
+            let error: &(dyn std::error::Error + 'static) = &*e;
+            eprintln!("error: {}", cci_scaler::error_chain(error));
             // A stack file that does not read or check is bad usage, as a
             // bad flag is (clap exits 2 for those).
             if e.chain().any(|c| {

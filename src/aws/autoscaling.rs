@@ -129,35 +129,7 @@ impl AsgClient {
         &self,
         ids: &[String],
     ) -> Result<HashMap<String, SystemTime>, AwsError> {
-        let mut times = HashMap::new();
-        // A filter, not InstanceIds: an id that just vanished is no error.
-        let filter = aws_sdk_ec2::types::Filter::builder()
-            .name("instance-id")
-            .set_values(Some(ids.to_vec()))
-            .build();
-        let mut pages = self
-            .ec2
-            .describe_instances()
-            .filters(filter)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| {
-                AwsError::call(
-                    "ec2:DescribeInstances",
-                    format!("{} instance(s)", ids.len()),
-                    &e,
-                )
-            })?;
-            for inst in page.reservations().iter().flat_map(|r| r.instances()) {
-                if let (Some(id), Some(t)) = (inst.instance_id(), inst.launch_time())
-                    && let Ok(t) = SystemTime::try_from(*t)
-                {
-                    times.insert(id.to_string(), t);
-                }
-            }
-        }
-        Ok(times)
+        launch_times(&self.ec2, ids).await
     }
 
     pub async fn set_desired(&self, name: &str, desired: u32) -> Result<(), AwsError> {
@@ -377,6 +349,41 @@ impl GroupApi for AsgClient {
     async fn tag(&self, name: &str, key: &str, value: &str) -> Result<(), ApiError> {
         Ok(AsgClient::tag(self, name, key, value).await?)
     }
+}
+
+/// Launch times of the given instances; ids not found are left out.
+pub async fn launch_times(
+    ec2: &aws_sdk_ec2::Client,
+    ids: &[String],
+) -> Result<HashMap<String, SystemTime>, AwsError> {
+    let mut times = HashMap::new();
+    // A filter, not InstanceIds: an id that just vanished is no error.
+    let filter = aws_sdk_ec2::types::Filter::builder()
+        .name("instance-id")
+        .set_values(Some(ids.to_vec()))
+        .build();
+    let mut pages = ec2
+        .describe_instances()
+        .filters(filter)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| {
+            AwsError::call(
+                "ec2:DescribeInstances",
+                format!("{} instance(s)", ids.len()),
+                &e,
+            )
+        })?;
+        for inst in page.reservations().iter().flat_map(|r| r.instances()) {
+            if let (Some(id), Some(t)) = (inst.instance_id(), inst.launch_time())
+                && let Ok(t) = SystemTime::try_from(*t)
+            {
+                times.insert(id.to_string(), t);
+            }
+        }
+    }
+    Ok(times)
 }
 
 /// A group's instances tagged interrupted by their spot watcher since

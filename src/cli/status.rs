@@ -150,11 +150,6 @@ fn print_history(o: &mut String, history: &[PoolHistory], since: std::time::Dura
     }
 }
 
-/// A duration as the live view shows it: 45s, 3m12s, 2h05m.
-fn age(s: u64) -> String {
-    cci_scaler::simulate::hms(s)
-}
-
 /// The operator's live view (`--watch`): the inventory folded to one line,
 /// then per pool the queue, the group, each instance (state, age, runner)
 /// and the Lambda's last decisions for it.
@@ -249,7 +244,7 @@ fn print_watch(
         for i in &f.instances {
             let age = i
                 .launched
-                .map(|t| age(epoch.saturating_sub(t)))
+                .map(|t| cci_scaler::simulate::hms(epoch.saturating_sub(t)))
                 .unwrap_or_else(|| "?".into());
             let runner = match (i.registered, f.registered_runners.is_some()) {
                 (true, _) => "registered",

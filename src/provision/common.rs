@@ -190,12 +190,21 @@ pub(crate) trait Resource: Sync {
     fn label(&self) -> &'static str;
     /// Create it, or update what differs from the settings, or nothing (the
     /// returned item says which). In a dry run, only read and say.
+    /// Kinds `init` only removes (`converges` or `wanted` false) keep the
+    /// default, which `init` never calls.
     fn converge<'a>(
         &'a self,
-        ctx: &'a Ctx<'a>,
-        s: &'a StackSettings,
-        f: &'a mut Found,
-    ) -> BoxFuture<'a, R<Item>>;
+        _ctx: &'a Ctx<'a>,
+        _s: &'a StackSettings,
+        _f: &'a mut Found,
+    ) -> BoxFuture<'a, R<Item>> {
+        let what = self.label();
+        Box::pin(async move {
+            Err(ProvisionError::Invalid(format!(
+                "{what}: init does not make these, it only removes them"
+            )))
+        })
+    }
     /// Remove it if it is ours (a dry run only says). A resource with our name
     /// but without our tag is reported as foreign and left alone.
     fn delete<'a>(&'a self, ctx: &'a Ctx<'a>, t: &'a Teardown) -> BoxFuture<'a, R<Vec<Item>>>;

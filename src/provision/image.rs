@@ -36,18 +36,6 @@ impl Resource for BakedImages {
     fn converges(&self) -> bool {
         false
     }
-    fn converge<'a>(
-        &'a self,
-        _ctx: &'a Ctx<'a>,
-        _s: &'a StackSettings,
-        _f: &'a mut Found,
-    ) -> BoxFuture<'a, R<Item>> {
-        Box::pin(async {
-            Err(ProvisionError::Invalid(
-                "images are made by `cci-scaler image build`".into(),
-            ))
-        })
-    }
     fn delete<'a>(&'a self, ctx: &'a Ctx<'a>, _t: &'a Teardown) -> BoxFuture<'a, R<Vec<Item>>> {
         Box::pin(prune(ctx, 0))
     }

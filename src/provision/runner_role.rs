@@ -114,18 +114,6 @@ impl Resource for SharedRunnerRole {
     fn wanted(&self, _s: &StackSettings) -> bool {
         false
     }
-    fn converge<'a>(
-        &'a self,
-        _ctx: &'a Ctx<'a>,
-        _s: &'a StackSettings,
-        _f: &'a mut Found,
-    ) -> BoxFuture<'a, R<Item>> {
-        Box::pin(async {
-            Err(ProvisionError::Invalid(
-                "the shared runner role is only removed".into(),
-            ))
-        })
-    }
     fn delete<'a>(&'a self, ctx: &'a Ctx<'a>, t: &'a Teardown) -> BoxFuture<'a, R<Vec<Item>>> {
         Box::pin(async move {
             if !t.stack_has_pools {

@@ -149,34 +149,6 @@ async fn lambda_runs(ctx: &Ctx<'_>, window: Duration) -> LambdaRuns {
     runs
 }
 
-/// Launch times (seconds since the epoch) of the given instances; none on
-/// a failure (status shows the rest).
-async fn launch_times(ctx: &Ctx<'_>, ids: &[String]) -> HashMap<String, u64> {
-    let mut out = HashMap::new();
-    if ids.is_empty() {
-        return out;
-    }
-    let filter = ec2t::Filter::builder()
-        .name("instance-id")
-        .set_values(Some(ids.to_vec()))
-        .build();
-    let mut pages = ctx
-        .aws
-        .ec2
-        .describe_instances()
-        .filters(filter)
-        .into_paginator()
-        .send();
-    while let Some(Ok(page)) = pages.next().await {
-        for i in page.reservations().iter().flat_map(|r| r.instances()) {
-            if let (Some(id), Some(t)) = (i.instance_id(), i.launch_time()) {
-                out.insert(id.to_string(), t.secs().max(0) as u64);
-            }
-        }
-    }
-    out
-}
-
 #[derive(Debug, Serialize)]
 pub struct FleetInstance {
     pub id: String,
@@ -324,7 +296,14 @@ async fn pool_status(
         .iter()
         .filter_map(|i| i.instance_id().map(String::from))
         .collect();
-    let launched = launch_times(ctx, &ids).await;
+    // Only the ages shown: without them status still reports the rest.
+    let launched = if ids.is_empty() {
+        HashMap::new()
+    } else {
+        crate::aws::autoscaling::launch_times(&ctx.aws.ec2, &ids)
+            .await
+            .unwrap_or_default()
+    };
     out.fleet = Some(Fleet {
         min: g.min_size().unwrap_or(0),
         max: g.max_size().unwrap_or(0),
@@ -336,7 +315,7 @@ async fn pool_status(
                 let id = i.instance_id().unwrap_or_default().to_string();
                 FleetInstance {
                     registered: runners.as_ref().is_some_and(|r| r.contains(&id)),
-                    launched: launched.get(&id).copied(),
+                    launched: launched.get(&id).map(|t| crate::scale::spot::epoch(*t)),
                     id,
                     lifecycle: i
                         .lifecycle_state()

@@ -777,16 +777,7 @@ async fn the_shared_runner_role_of_older_stacks_is_retired_once_unused() {
             "cci-scaler-demo-linux-sp-runner",
         ),
     ] {
-        let v = ec2
-            .describe_launch_template_versions()
-            .launch_template_name(lt)
-            .versions("$Latest")
-            .send()
-            .await
-            .unwrap();
-        let data = v.launch_template_versions()[0]
-            .launch_template_data()
-            .unwrap();
+        let data = crate::support::template_data(&ec2, lt).await;
         assert_eq!(
             data.iam_instance_profile().and_then(|p| p.name()),
             Some(profile),

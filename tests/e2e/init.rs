@@ -678,14 +678,7 @@ async fn init_creates_everything_converges_and_teardown_removes_it() {
 }
 
 async fn latest_template(ec2: &aws_sdk_ec2::Client) -> aws_sdk_ec2::types::LaunchTemplateVersion {
-    ec2.describe_launch_template_versions()
-        .launch_template_name("cci-scaler-demo-runner")
-        .versions("$Latest")
-        .send()
-        .await
-        .unwrap()
-        .launch_template_versions()[0]
-        .clone()
+    crate::support::latest_template(ec2, "cci-scaler-demo-runner").await
 }
 
 async fn assert_no_stack_left(s: &Stack) {
@@ -1355,16 +1348,7 @@ async fn init_with_headroom_and_status_of_spares() {
     let findings = crate::support::parliament(&policy);
     assert!(findings.is_empty(), "{findings:?}");
     let ec2 = aws_sdk_ec2::Client::new(cfg);
-    let v = ec2
-        .describe_launch_template_versions()
-        .launch_template_name("cci-scaler-demo-runner")
-        .versions("$Latest")
-        .send()
-        .await
-        .unwrap();
-    let d = v.launch_template_versions()[0]
-        .launch_template_data()
-        .unwrap();
+    let d = crate::support::template_data(&ec2, "cci-scaler-demo-runner").await;
     assert_eq!(
         d.metadata_options()
             .and_then(|m| m.instance_metadata_tags())
@@ -1549,16 +1533,7 @@ async fn image_build_bakes_an_image_that_init_uses() {
             .contains(&format!("launching from the baked image {}", images[1])),
         "{r:?}"
     );
-    let v = ec2
-        .describe_launch_template_versions()
-        .launch_template_name("cci-scaler-demo-runner")
-        .versions("$Latest")
-        .send()
-        .await
-        .unwrap();
-    let d = v.launch_template_versions()[0]
-        .launch_template_data()
-        .unwrap();
+    let d = crate::support::template_data(&ec2, "cci-scaler-demo-runner").await;
     assert_eq!(d.image_id(), Some(images[1].as_str()));
 
     // Prune keeps the newest one.

@@ -116,17 +116,7 @@ impl Duo {
     /// The architecture of the image in a pool's launch template.
     async fn template_arch(&self, name: &str) -> String {
         let ec2 = aws_sdk_ec2::Client::new(&self.moto.config);
-        let v = ec2
-            .describe_launch_template_versions()
-            .launch_template_name(name)
-            .versions("$Latest")
-            .send()
-            .await
-            .unwrap();
-        let d = v.launch_template_versions()[0]
-            .launch_template_data()
-            .unwrap()
-            .clone();
+        let d = crate::support::template_data(&ec2, name).await;
         assert_eq!(
             d.instance_type().map(|t| t.as_str().to_string()),
             Some(

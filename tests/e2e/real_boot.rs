@@ -85,16 +85,9 @@ async fn prepare(stack_file: &str, extra: &[&str]) -> Boot {
 
 /// The user data of the stack's launch template, as EC2 holds it (base64).
 async fn template_user_data(s: &Stack) -> String {
-    aws_sdk_ec2::Client::new(&s.moto.config)
-        .describe_launch_template_versions()
-        .launch_template_name("cci-scaler-demo-runner")
-        .versions("$Latest")
-        .send()
+    let ec2 = aws_sdk_ec2::Client::new(&s.moto.config);
+    crate::support::template_data(&ec2, "cci-scaler-demo-runner")
         .await
-        .unwrap()
-        .launch_template_versions()[0]
-        .launch_template_data()
-        .unwrap()
         .user_data()
         .unwrap()
         .to_string()

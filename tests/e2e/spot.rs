@@ -115,20 +115,8 @@ async fn spot_pool_is_created_read_back_and_converged_in_place() {
     assert!(findings.is_empty(), "{findings:?}");
     // The runner may retry jobs of an interrupted instance: its config says so.
     let ec2 = aws_sdk_ec2::Client::new(&moto.config);
-    let v = ec2
-        .describe_launch_template_versions()
-        .launch_template_name("cci-scaler-sp-runner")
-        .versions("$Latest")
-        .send()
-        .await
-        .unwrap();
-    let ud = crate::support::user_data_text(
-        v.launch_template_versions()[0]
-            .launch_template_data()
-            .unwrap()
-            .user_data()
-            .unwrap(),
-    );
+    let data = crate::support::template_data(&ec2, "cci-scaler-sp-runner").await;
+    let ud = crate::support::user_data_text(data.user_data().unwrap());
     assert!(ud.contains("enable_unsafe_retries: true"), "unsafe retries");
     assert!(
         ud.contains("spot/instance-action"),

@@ -101,6 +101,9 @@ impl Sim<'_> {
     /// of the demand plus the jobs that ended since the last poll), and the
     /// spares it wants (0 without auto).
     fn auto_spares(&mut self, t: u64, queue: QueueDepth) -> u32 {
+        if !self.fleet.auto_headroom {
+            return 0;
+        }
         let demand = queue.unclaimed + queue.running;
         let arrived = (demand + self.ended_since_poll).saturating_sub(self.last_demand);
         self.last_demand = demand;
@@ -120,9 +123,6 @@ impl Sim<'_> {
         }
         let burst = auto_headroom::arrivals(&recent, t, auto_headroom::BURST_WINDOW_S);
         self.hourly[hour] = self.hourly[hour].max(burst);
-        if !self.fleet.auto_headroom {
-            return 0;
-        }
         // The peak burst of this hour of the week and the next, in each of
         // the last 4 weeks simulated (the Lambda would read the same from
         // its metrics).

@@ -203,3 +203,30 @@ pub async fn function_env(
         .cloned()
         .unwrap_or_default()
 }
+
+/// The latest version of a launch template, as EC2 holds it.
+pub async fn latest_template(
+    ec2: &aws_sdk_ec2::Client,
+    name: &str,
+) -> aws_sdk_ec2::types::LaunchTemplateVersion {
+    ec2.describe_launch_template_versions()
+        .launch_template_name(name)
+        .versions("$Latest")
+        .send()
+        .await
+        .unwrap()
+        .launch_template_versions()[0]
+        .clone()
+}
+
+/// The data of a launch template's latest version.
+pub async fn template_data(
+    ec2: &aws_sdk_ec2::Client,
+    name: &str,
+) -> aws_sdk_ec2::types::ResponseLaunchTemplateData {
+    latest_template(ec2, name)
+        .await
+        .launch_template_data()
+        .unwrap()
+        .clone()
+}
