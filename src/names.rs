@@ -11,6 +11,21 @@ pub fn group(stack: &str, pool: Option<&str>) -> String {
     }
 }
 
+/// Where the scaler keeps a pool's demand record for `headroom = "auto"`
+/// (an SSM parameter; every one of a stack is under [`records_path`]).
+pub fn demand_record(stack: &str, pool: Option<&str>) -> String {
+    format!(
+        "{}{}/demand",
+        records_path(stack),
+        pool.unwrap_or("default")
+    )
+}
+
+/// The SSM parameter path of a stack's demand records.
+pub fn records_path(stack: &str) -> String {
+    format!("/cci-scaler/{stack}/")
+}
+
 /// The secret holding a pool's runner (resource-class) token the instances read.
 pub fn runner_token_secret(stack: &str, pool: Option<&str>) -> String {
     match pool {

@@ -14,6 +14,8 @@ use crate::scale::{ApiError, GroupApi};
 pub struct AsgClient {
     autoscaling: aws_sdk_autoscaling::Client,
     ec2: aws_sdk_ec2::Client,
+    /// `headroom = "auto"`'s demand records.
+    ssm: aws_sdk_ssm::Client,
     region: String,
 }
 
@@ -22,6 +24,7 @@ impl AsgClient {
         AsgClient {
             autoscaling: aws_sdk_autoscaling::Client::new(config),
             ec2: aws_sdk_ec2::Client::new(config),
+            ssm: aws_sdk_ssm::Client::new(config),
             region: config
                 .region()
                 .map(|r| r.to_string())
@@ -287,6 +290,35 @@ impl AsgClient {
         Ok(())
     }
 
+    /// A pool's demand record (an SSM parameter); `None`: not written yet.
+    pub async fn load_record(&self, name: &str) -> Result<Option<String>, AwsError> {
+        match self.ssm.get_parameter().name(name).send().await {
+            Ok(out) => Ok(out.parameter().and_then(|p| p.value()).map(str::to_string)),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_parameter_not_found()) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(AwsError::call("ssm:GetParameter", name, &e)),
+        }
+    }
+
+    /// Save a pool's demand record (standard tier while it fits in 4 KB).
+    pub async fn save_record(&self, name: &str, text: &str) -> Result<(), AwsError> {
+        self.ssm
+            .put_parameter()
+            .name(name)
+            .value(text)
+            .r#type(aws_sdk_ssm::types::ParameterType::String)
+            .tier(aws_sdk_ssm::types::ParameterTier::IntelligentTiering)
+            .overwrite(true)
+            .send()
+            .await
+            .map_err(|e| AwsError::call("ssm:PutParameter", name, &e))?;
+        Ok(())
+    }
+
     pub async fn terminate(&self, instance_id: &str, decrement: bool) -> Result<(), AwsError> {
         self.autoscaling
             .terminate_instance_in_auto_scaling_group()
@@ -348,6 +380,12 @@ impl GroupApi for AsgClient {
     }
     async fn tag(&self, name: &str, key: &str, value: &str) -> Result<(), ApiError> {
         Ok(AsgClient::tag(self, name, key, value).await?)
+    }
+    async fn load_record(&self, name: &str) -> Result<Option<String>, ApiError> {
+        Ok(AsgClient::load_record(self, name).await?)
+    }
+    async fn save_record(&self, name: &str, text: &str) -> Result<(), ApiError> {
+        Ok(AsgClient::save_record(self, name, text).await?)
     }
 }
 

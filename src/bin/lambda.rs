@@ -38,7 +38,7 @@ use cci_scaler::circleci::{self, HttpLimits, RunnerApi};
 use cci_scaler::scale::decide::Policy;
 use cci_scaler::scale::headroom::{HeadroomSpec, Schedule};
 use cci_scaler::scale::pools::{Pool, run_pools};
-use cci_scaler::scale::{ScaleSettings, run_once};
+use cci_scaler::scale::{AutoHeadroom, ScaleSettings, run_once};
 use cci_scaler::{error_chain, token};
 
 struct Env {
@@ -46,6 +46,7 @@ struct Env {
     stack: Option<String>,
     asg: Option<String>,
     headroom: Schedule,
+    auto: Option<AutoHeadroom>,
     pools: Option<Vec<Pool>>,
     resource_class: Option<String>,
     interval: Duration,
@@ -93,6 +94,15 @@ impl Env {
                 })
                 .transpose()?
                 .unwrap_or_default(),
+            auto: var("CCI_SCALER_AUTO_HEADROOM")
+                .map(|v| {
+                    serde_json::from_str::<AutoHeadroom>(&v).map_err(|e| {
+                        format!(
+                            "CCI_SCALER_AUTO_HEADROOM is not a JSON object of {{\"max_spares\", \"record\", \"poll_s\"}}: {e}"
+                        )
+                    })
+                })
+                .transpose()?,
             pools: var("CCI_SCALER_POOLS")
                 .map(|v| {
                     serde_json::from_str::<Vec<Pool>>(&v).map_err(|e| {
@@ -207,6 +217,7 @@ impl Scaler {
                             resource_class,
                             policy,
                             headroom: self.env.headroom.clone(),
+                            auto: self.env.auto.clone(),
                             dry_run: false,
                         };
                         (token, Mode::One(settings))

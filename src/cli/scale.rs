@@ -121,6 +121,7 @@ pub async fn run(global: &GlobalArgs, args: ScaleArgs) -> anyhow::Result<ExitCod
                 asg: asg.clone(),
                 resource_class: rc.clone(),
                 headroom: Vec::new(),
+                auto: None,
             })
             .collect();
         return run_pools(global, args, pools).await;
@@ -160,6 +161,7 @@ pub async fn run(global: &GlobalArgs, args: ScaleArgs) -> anyhow::Result<ExitCod
             ..Policy::default()
         },
         headroom: Default::default(),
+        auto: None,
         dry_run: args.dry_run,
     };
 
@@ -336,6 +338,7 @@ fn stack_pools(args: &ScaleArgs) -> anyhow::Result<(String, Vec<Pool>)> {
                 .clone()
                 .unwrap_or_else(|| cci_scaler::names::group(&stack, None)),
             asg: cci_scaler::names::group(&stack, p.pool.as_deref()),
+            auto: p.auto_scale(),
             resource_class: p.resource_class,
             headroom: p.headroom,
         })

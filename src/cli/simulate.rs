@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 
+use cci_scaler::scale::auto_headroom;
 use cci_scaler::scale::headroom::HeadroomSpec;
 use cci_scaler::simulate::workload::{self, Generator, Job};
 use cci_scaler::simulate::{self, Fleet, Policy, PoolRun, RunReport, Sweep};
@@ -30,6 +31,21 @@ pub struct SimulateArgs {
     /// per pool and in total.
     #[arg(long, value_name = "FILE", requires = "jobs", conflicts_with_all = ["resource_class", "sweep", "chart"])]
     pub config: Option<PathBuf>,
+    /// The generated day: one office's working day, teams in three time
+    /// zones, a monorepo whose pipelines fan out 40 jobs at once, or a small
+    /// team.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "working-day",
+        conflicts_with = "jobs"
+    )]
+    pub workload: workload::Named,
+    /// With --headroom auto: the pool's history, the same day of this many
+    /// earlier weeks (0 to 4; 0: a new pool). A jobs file's own earlier
+    /// weeks are its history.
+    #[arg(long, default_value_t = 4, value_name = "N", conflicts_with = "jobs")]
+    pub history_weeks: u64,
     /// Scale the generated day to about this many jobs.
     #[arg(long, value_name = "N", conflicts_with = "jobs")]
     pub jobs_per_day: Option<f64>,
@@ -270,18 +286,44 @@ fn jobs(args: &SimulateArgs) -> anyhow::Result<Vec<Job>> {
             workload::parse_csv(&text, args.resource_class.as_deref())
                 .with_context(|| format!("jobs file {}", path.display()))
         }
-        None => {
-            let mut g = Generator::working_day();
-            g.median_duration_s = secs(args.median_job)? as f64;
-            if let Some(n) = args.jobs_per_day {
-                if !(n.is_finite() && n > 0.0 && n <= 1e7) {
-                    bail!("--jobs-per-day must be above 0 and at most 10000000");
-                }
-                g = g.scaled_to(n);
-            }
-            Ok(g.generate(args.seed)?)
-        }
+        None => Ok(generator(args)?.generate(args.seed)?),
     }
+}
+
+fn generator(args: &SimulateArgs) -> anyhow::Result<Generator> {
+    let mut g = args.workload.generator();
+    g.median_duration_s = secs(args.median_job)? as f64;
+    if let Some(n) = args.jobs_per_day {
+        if !(n.is_finite() && n > 0.0 && n <= 1e7) {
+            bail!("--jobs-per-day must be above 0 and at most 10000000");
+        }
+        let per_arrival = f64::from(g.fan_out.max(1));
+        g = g.scaled_to(n / per_arrival);
+    }
+    Ok(g)
+}
+
+/// `--headroom auto` on a generated day: what the pool learned in the
+/// earlier weeks (their hourly peaks, as the scaler records them).
+fn learn(args: &SimulateArgs, fleet: &mut Fleet) -> anyhow::Result<()> {
+    if args.history_weeks > auto_headroom::HISTORY_WEEKS as u64 {
+        bail!(
+            "--history-weeks {}: at most {} (what the scaler keeps)",
+            args.history_weeks,
+            auto_headroom::HISTORY_WEEKS
+        );
+    }
+    if args.jobs.is_some() {
+        return Ok(());
+    }
+    let g = generator(args)?;
+    fleet.learned = (1..=args.history_weeks)
+        .map(|w| {
+            g.earlier_week(args.seed, w)
+                .map(|jobs| workload::hourly_busy_minutes(&jobs))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(())
 }
 
 /// One sweep: a setting and its values, each applied to a copy of the fleet.
@@ -451,7 +493,8 @@ pub async fn run(global: &GlobalArgs, args: SimulateArgs) -> anyhow::Result<Exit
     if let Some(path) = &args.config {
         return run_pools(global, &args, path);
     }
-    let base = fleet(&args)?;
+    let mut base = fleet(&args)?;
+    learn(&args, &mut base)?;
     let sweeps = args
         .sweep
         .iter()

@@ -27,6 +27,7 @@ pub use runner::{RUNNER_KEYS, RunnerSettings};
 pub use spot::{SPOT_ALLOCATIONS, SpotSettings};
 pub use stack::{LOG_RETENTION_DAYS, StackFile};
 
+use crate::scale::auto_headroom::AutoSpares;
 use crate::scale::headroom::HeadroomSpec;
 
 pub const DEFAULT_STACK_FILE: &str = "cci-scaler.toml";
@@ -74,6 +75,8 @@ pub struct StackSettings {
     pub instance_types: Vec<String>,
     /// Spare runners by schedule (checked).
     pub headroom: Vec<HeadroomSpec>,
+    /// `headroom = "auto"`: spares sized from the pool's own demand.
+    pub auto_headroom: Option<AutoSpares>,
     /// Spot capacity (with on-demand fallback), or on demand only.
     pub spot: Option<SpotSettings>,
     /// The runner's unsafe retries: a job on an interrupted instance starts
@@ -101,6 +104,23 @@ pub struct StackSettings {
     /// Keys that were set but do not apply (named), for the CLI to print.
     #[serde(skip)]
     pub warnings: Vec<String>,
+}
+
+impl StackSettings {
+    /// Whether the pool has spares (headroom periods or auto): its instances
+    /// read their spare-until tag at boot.
+    pub fn has_spares(&self) -> bool {
+        !self.headroom.is_empty() || self.auto_headroom.is_some()
+    }
+
+    /// The pool's `headroom = "auto"`, as its scaler runs it.
+    pub fn auto_scale(&self) -> Option<crate::scale::AutoHeadroom> {
+        self.auto_headroom.map(|a| crate::scale::AutoHeadroom {
+            max_spares: a.max_spares,
+            record: crate::names::demand_record(&self.stack, self.pool.as_deref()),
+            poll_s: self.poll_interval.as_secs().max(1),
+        })
+    }
 }
 
 impl StackFile {

@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::bad;
+use super::headroom::HeadroomFile;
 use super::stack::StackWide;
 use super::{ConfigError, StackSettings, headroom, overlay, runner, spot};
 use crate::circleci::validate_resource_class;
 use crate::render;
-use crate::scale::headroom::HeadroomSpec;
 
 /// Canonical's Ubuntu 22.04 LTS (amd64), through its public SSM parameter.
 pub const DEFAULT_IMAGE: &str =
@@ -41,9 +41,11 @@ pub struct PoolFile {
     pub key_pair: Option<String>,
     pub root_volume_gb: Option<u32>,
     pub imds_hop_limit: Option<u32>,
-    /// Spare runners by schedule (`[[headroom]]`, `[[pool.headroom]]`,
-    /// `[[defaults.headroom]]`).
-    pub headroom: Option<Vec<HeadroomSpec>>,
+    /// Spare runners: by schedule (`[[headroom]]`, `[[pool.headroom]]`,
+    /// `[[defaults.headroom]]`), `"auto"`, or both in one array.
+    pub headroom: Option<HeadroomFile>,
+    /// With `headroom = "auto"`: at most this many spares [default: 5].
+    pub max_spares: Option<u32>,
     /// `on-demand` (default) or `spot`.
     pub market: Option<String>,
     pub on_demand_base: Option<u32>,
@@ -154,7 +156,7 @@ impl PoolFile {
                 format!("IMDS hop limit {imds_hop_limit}: must be 1 to 64"),
             ));
         }
-        let headroom = headroom::check(self, max_instances)?;
+        let (headroom, auto_headroom) = headroom::check(self, max_instances)?;
         let market = spot::check(self, max_instances)?;
         let runner = runner::check(self)?;
         let stack = wide.stack.clone();
@@ -173,7 +175,7 @@ impl PoolFile {
             setup_script: runner.setup_script.clone(),
             apt_packages: runner.apt_packages.clone(),
             embedded_token: None,
-            spares: !headroom.is_empty(),
+            spares: !headroom.is_empty() || auto_headroom.is_some(),
             bake: false,
             spot: market.spot.is_some(),
             unsafe_retries: market.retry_interrupted_jobs,
@@ -191,6 +193,7 @@ impl PoolFile {
             max_instances,
             instance_types,
             headroom,
+            auto_headroom,
             spot: market.spot,
             retry_interrupted_jobs: market.retry_interrupted_jobs,
             alarms: wide.alarms.clone(),

@@ -159,6 +159,8 @@ pub(crate) struct PoolFound {
     pub group: String,
     /// Spare runners by schedule.
     pub headroom: Vec<crate::scale::headroom::HeadroomSpec>,
+    /// Spare runners sized from the pool's own demand.
+    pub auto: Option<crate::scale::AutoHeadroom>,
     /// A spot pool.
     pub spot: bool,
     /// The key pair its launch template names, if any.

@@ -75,6 +75,9 @@ fn lambda_env(ctx: &Ctx<'_>, s: &StackSettings, f: &Found) -> HashMap<String, St
             if !p.headroom.is_empty() {
                 env.insert("CCI_SCALER_HEADROOM".into(), json!(p.headroom).to_string());
             }
+            if let Some(a) = &p.auto {
+                env.insert("CCI_SCALER_AUTO_HEADROOM".into(), json!(a).to_string());
+            }
         }
         pools => {
             let list: Vec<Value> = pools
@@ -87,6 +90,9 @@ fn lambda_env(ctx: &Ctx<'_>, s: &StackSettings, f: &Found) -> HashMap<String, St
                     });
                     if !p.headroom.is_empty() {
                         v["headroom"] = json!(p.headroom);
+                    }
+                    if let Some(a) = &p.auto {
+                        v["auto"] = json!(a);
                     }
                     v
                 })

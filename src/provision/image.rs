@@ -172,7 +172,7 @@ pub(crate) fn user_data_input(ctx: &Ctx<'_>, s: &StackSettings, bake: bool) -> U
         setup_script: s.runner.setup_script.clone(),
         apt_packages: s.runner.apt_packages.clone(),
         embedded_token: None,
-        spares: !s.headroom.is_empty(),
+        spares: s.has_spares(),
         bake,
         spot: s.spot.is_some(),
         unsafe_retries: s.retry_interrupted_jobs,

@@ -90,7 +90,7 @@ fn template_data(
                 .http_put_response_hop_limit(s.imds_hop_limit as i32)
                 // Spares read their cci-scaler:spare-until tag at boot.
                 .set_instance_metadata_tags(
-                    (!s.headroom.is_empty())
+                    s.has_spares()
                         .then_some(ec2t::LaunchTemplateInstanceMetadataTagsState::Enabled),
                 )
                 .build(),

@@ -11,6 +11,7 @@ mod checks;
 pub mod circleci_admin;
 mod common;
 mod dashboard;
+mod demand_record;
 mod function;
 mod group;
 pub mod image;

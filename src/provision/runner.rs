@@ -36,6 +36,7 @@ fn resources(artifact: Option<&Artifact>) -> Vec<Box<dyn Resource + '_>> {
         Box::new(super::oidc_provider::OidcProvider),
         Box::new(super::job_role::JobRole),
         Box::new(super::log_group::LogGroup),
+        Box::new(super::demand_record::DemandRecord),
         Box::new(super::function::Function { artifact }),
         Box::new(super::schedule::Schedule),
         Box::new(super::topic::Topic),
@@ -151,6 +152,7 @@ pub async fn init(
             resource_class: s.resource_class.clone(),
             group: pctx.names.group(),
             headroom: s.headroom.clone(),
+            auto: s.auto_scale(),
             spot: s.spot.is_some(),
             key_pair: s.key_pair.clone(),
             ..PoolFound::default()

@@ -80,7 +80,7 @@ async fn converge(ctx: &Ctx<'_>, f: &mut Found) -> R<Item> {
     let tagged: Vec<String> = f
         .pools
         .iter()
-        .filter(|p| !p.headroom.is_empty())
+        .filter(|p| !p.headroom.is_empty() || p.auto.is_some())
         .map(|p| p.group_arn.clone().unwrap_or_else(|| PENDING.into()))
         .collect();
     // Spot pools: the Lambda switches their policy to on demand and back,
@@ -163,6 +163,26 @@ async fn converge(ctx: &Ctx<'_>, f: &mut Found) -> R<Item> {
                    "Action": "autoscaling:CreateOrUpdateTags",
                    "Resource": super::runner_role::one_or_list(tagged)}),
         );
+    }
+    // Pools with auto headroom: the Lambda reads and writes their demand
+    // records (one SSM parameter each), and nothing else in SSM.
+    let records: Vec<String> = f
+        .pools
+        .iter()
+        .filter_map(|p| p.auto.as_ref())
+        .map(|a| {
+            format!(
+                "arn:aws:ssm:{}:{}:parameter{}",
+                ctx.region, f.account, a.record
+            )
+        })
+        .collect();
+    if !records.is_empty()
+        && let Some(st) = policy["Statement"].as_array_mut()
+    {
+        st.push(json!({"Sid": "DemandRecordsOfOwnPools", "Effect": "Allow",
+            "Action": ["ssm:GetParameter", "ssm:PutParameter"],
+            "Resource": super::runner_role::one_or_list(records)}));
     }
     let (item, role) = super::role::converge(
         ctx,

@@ -81,7 +81,38 @@ pub trait GroupApi {
         key: &str,
         value: &str,
     ) -> impl Future<Output = Result<(), ApiError>> + Send;
+    /// `headroom = "auto"`: the pool's demand record as last saved (`None`:
+    /// none yet). A side that keeps none has none.
+    fn load_record(
+        &self,
+        _name: &str,
+    ) -> impl Future<Output = Result<Option<String>, ApiError>> + Send {
+        async { Ok(None) }
+    }
+    /// Save the pool's demand record.
+    fn save_record(
+        &self,
+        _name: &str,
+        _text: &str,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send {
+        async { Ok(()) }
+    }
 }
+
+/// A pool's `headroom = "auto"`, as the scaler runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct AutoHeadroom {
+    /// At most this many spares.
+    pub max_spares: u32,
+    /// Where the pool's demand record is kept (an SSM parameter name).
+    pub record: String,
+    /// The scaler's poll interval, seconds.
+    pub poll_s: u64,
+}
+
+/// Launch to registered runner assumed until the pool has seen a boot (a
+/// stock image's install; a baked image's boots soon bring it down).
+pub const DEFAULT_LEAD_S: u64 = 240;
 
 #[derive(Debug, Clone)]
 pub struct ScaleSettings {
@@ -90,6 +121,8 @@ pub struct ScaleSettings {
     pub policy: Policy,
     /// Spare runners by schedule (empty: none).
     pub headroom: Schedule,
+    /// Spare runners sized from the pool's own demand.
+    pub auto: Option<AutoHeadroom>,
     pub dry_run: bool,
 }
 
@@ -183,6 +216,9 @@ pub struct Round {
     /// The headroom period active at this poll, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub headroom: Option<Active>,
+    /// `headroom = "auto"`: the spares it wants at this poll.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_spares: Option<u32>,
     pub latency: Latency,
     /// Spot pools: instances interrupted in the last hour.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -273,7 +309,23 @@ pub async fn run_once<Q: RunnerQueue, G: GroupApi>(
 
     read_spot_failures(group_api, &settings.asg, &mut group).await?;
     let now = SystemTime::now();
-    let (policy, active) = with_headroom(&settings.policy, &settings.headroom, now);
+    let (mut policy, active) = with_headroom(&settings.policy, &settings.headroom, now);
+    let auto = match &settings.auto {
+        Some(a) => Some(
+            auto_spares(
+                group_api,
+                a,
+                snapshot.depth,
+                &group,
+                &snapshot.runners,
+                now,
+                settings.dry_run,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    policy.headroom = policy.headroom.max(auto.unwrap_or(0));
     let decision = decide::decide(snapshot.depth, &group, &snapshot.runners, &policy, now)?;
 
     if !settings.dry_run {
@@ -281,7 +333,7 @@ pub async fn run_once<Q: RunnerQueue, G: GroupApi>(
             group_api,
             &settings.asg,
             &decision,
-            spare_tag(&group, active),
+            spare_tag(&group, active, auto, now),
         )
         .await?;
     }
@@ -294,6 +346,7 @@ pub async fn run_once<Q: RunnerQueue, G: GroupApi>(
         decision,
     );
     round.headroom = active;
+    round.auto_spares = auto;
     round.latency = Latency {
         circleci_ms,
         aws_ms,
@@ -352,10 +405,78 @@ pub(crate) fn with_headroom(
 }
 
 /// The spare-until tag to set before raising capacity: while a period is
-/// active, when the group's tag is older than the period's end.
-pub(crate) fn spare_tag(group: &GroupState, active: Option<Active>) -> Option<u64> {
-    let until = headroom::secs(active?.until);
-    (group.spare_until.unwrap_or(0) < until).then_some(until)
+/// active, when the group's tag is older than the period's end; while auto
+/// spares are wanted, [`auto_headroom::SPARE_HOLD_S`] from now, renewed
+/// when less than [`auto_headroom::SPARE_RENEW_S`] of it is left.
+pub(crate) fn spare_tag(
+    group: &GroupState,
+    active: Option<Active>,
+    auto: Option<u32>,
+    now: SystemTime,
+) -> Option<u64> {
+    let tag = group.spare_until.unwrap_or(0);
+    let period = active.map(|a| headroom::secs(a.until)).unwrap_or(0);
+    let auto_until = match auto {
+        Some(n) if n > 0 => {
+            let now = headroom::secs(now);
+            let renew = now + auto_headroom::SPARE_HOLD_S - auto_headroom::SPARE_RENEW_S;
+            if tag < renew {
+                now + auto_headroom::SPARE_HOLD_S
+            } else {
+                0
+            }
+        }
+        _ => 0,
+    };
+    let until = period.max(auto_until);
+    (until > tag).then_some(until)
+}
+
+/// `headroom = "auto"`: note this poll in the pool's demand record (saved
+/// unless a dry run) and say how many spares it wants.
+pub(crate) async fn auto_spares<G: GroupApi>(
+    group_api: &G,
+    auto: &AutoHeadroom,
+    depth: QueueDepth,
+    group: &GroupState,
+    runners: &HashSet<String>,
+    now: SystemTime,
+    dry_run: bool,
+) -> Result<u32, ScaleError> {
+    let saved = group_api.load_record(&auto.record).await?;
+    let mut record = saved
+        .as_deref()
+        .map(auto_headroom::DemandRecord::parse)
+        .unwrap_or_default();
+    let instances: Vec<(String, Option<u64>, bool)> = group
+        .instances
+        .iter()
+        .filter(|i| i.lifecycle.counted_live())
+        .map(|i| {
+            (
+                i.id.clone(),
+                i.launch_time.map(headroom::secs),
+                runners.contains(&i.id),
+            )
+        })
+        .collect();
+    let now_s = headroom::secs(now);
+    record.observe(&auto_headroom::Observation {
+        now: now_s,
+        demand: depth.unclaimed + depth.running,
+        running: depth.running,
+        instances: &instances,
+    });
+    let text = record.to_text();
+    if !dry_run && saved.as_deref() != Some(text.as_str()) {
+        group_api.save_record(&auto.record, &text).await?;
+    }
+    Ok(record.spares(
+        now_s,
+        DEFAULT_LEAD_S,
+        auto.poll_s,
+        auto.max_spares.min(group.max),
+    ))
 }
 
 /// Terminate, then set desired; what was done before a failure is named.
@@ -441,6 +562,7 @@ pub(crate) fn round(
         action: decision.action(),
         reaped: decision.reap.clone(),
         headroom: None,
+        auto_spares: None,
         interrupted_last_hour: None,
         spot: decision.fallback.clone(),
         dry_run: settings.dry_run,

@@ -25,6 +25,9 @@ pub struct Pool {
     /// Spare runners by schedule.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headroom: Vec<HeadroomSpec>,
+    /// Spare runners sized from the pool's own demand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<super::AutoHeadroom>,
 }
 
 /// One poll of every pool; the results are in the pools' order.
@@ -143,14 +146,21 @@ pub async fn run_pools<Q: RunnerQueue + Sync, G: GroupApi + Sync>(
         let (depth, runners, mut group) = r?;
         super::read_spot_failures(group_api, &p.asg, &mut group).await?;
         let schedule = Schedule::new(&p.headroom)?;
-        let (policy, active) = super::with_headroom(policy, &schedule, now);
+        let (mut policy, active) = super::with_headroom(policy, &schedule, now);
+        let auto = match &p.auto {
+            Some(a) => {
+                Some(super::auto_spares(group_api, a, depth, &group, runners, now, dry_run).await?)
+            }
+            None => None,
+        };
+        policy.headroom = policy.headroom.max(auto.unwrap_or(0));
         let decision = decide::decide(depth, &group, runners, &policy, now)?;
         if !dry_run {
             apply(
                 group_api,
                 &p.asg,
                 &decision,
-                super::spare_tag(&group, active),
+                super::spare_tag(&group, active, auto, now),
             )
             .await?;
         }
@@ -159,11 +169,13 @@ pub async fn run_pools<Q: RunnerQueue + Sync, G: GroupApi + Sync>(
             resource_class: p.resource_class.clone(),
             policy,
             headroom: schedule,
+            auto: p.auto.clone(),
             dry_run,
         };
         let mut round = round(now, &settings, depth, runners.len(), &group, decision);
         round.pool = Some(p.name.clone());
         round.headroom = active;
+        round.auto_spares = auto;
         round.latency = latency;
         round.interrupted_last_hour =
             super::interrupted_count(group_api, &p.asg, &group, now).await?;

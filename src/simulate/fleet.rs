@@ -13,11 +13,8 @@ pub const CONTROL_PLANE_PER_MONTH: f64 = 12.08;
 pub const TUTORIAL_CONTROL_PLANE_PER_MONTH: f64 = 0.50;
 pub(super) const MONTH_S: f64 = 30.0 * 86_400.0;
 
-/// `headroom = "auto"`: at most this many spares unless set.
-pub const DEFAULT_MAX_SPARES: u32 = 5;
-/// How long an auto spare waits for a job before its idle timeout starts
-/// (the spare-until tag, renewed on each poll that wants spares).
-pub const AUTO_SPARE_HOLD_S: u64 = 1800;
+pub use crate::scale::auto_headroom::DEFAULT_MAX_SPARES;
+pub use crate::scale::auto_headroom::SPARE_HOLD_S as AUTO_SPARE_HOLD_S;
 
 /// The tutorial's Lambda runs once a minute.
 pub const TUTORIAL_INTERVAL_S: u64 = 60;
@@ -76,6 +73,12 @@ pub struct Fleet {
     /// count wins), at most `max_spares`.
     pub auto_headroom: bool,
     pub max_spares: u32,
+    /// `headroom = "auto"`'s history: for each earlier week (1 week ago
+    /// first), the busy minutes of each hour from the same moment as the
+    /// simulation's start ([`super::workload::hourly_busy_minutes`]);
+    /// empty: a pool with no history.
+    #[serde(skip)]
+    pub learned: Vec<Vec<u32>>,
     /// Ours launches from a warm pool of stopped instances (the boot range is
     /// then their start time); the stopped ones, up to max, pay for their disk.
     pub warm_pool: bool,
@@ -139,6 +142,7 @@ impl Default for Fleet {
             headroom: Vec::new(),
             auto_headroom: false,
             max_spares: DEFAULT_MAX_SPARES,
+            learned: Vec::new(),
             warm_pool: false,
             warm_pool_size: 0,
             warm_start_min_s: 15,

@@ -76,14 +76,8 @@ struct Sim<'a> {
     failed_by_interruption: u64,
     fallback_s: u64,
     rng_spot: ChaCha8Rng,
-    /// `headroom = "auto"`: what the scaler has seen: arrivals between its
-    /// polls (recent window), the demand at the last poll, jobs ended since
-    /// (their instances left), and the peak arrivals in a burst window per
-    /// hour of simulated time.
-    arrivals: VecDeque<(u64, u32)>,
-    last_demand: u32,
-    ended_since_poll: u32,
-    hourly: Vec<u32>,
+    /// `headroom = "auto"`: what the scaler has recorded of the demand.
+    demand: crate::scale::auto_headroom::DemandRecord,
 }
 
 impl Sim<'_> {
@@ -268,7 +262,6 @@ impl Sim<'_> {
                     // The job is done: single-task, the runner exits.
                     inst.state = State::Idle { since: t };
                     leaving.push(i);
-                    self.ended_since_poll += 1;
                 }
                 State::Idle { since } if since + inst.idle_limit <= t => leaving.push(i),
                 _ => {}
@@ -418,10 +411,10 @@ pub fn simulate(
         failed_by_interruption: 0,
         fallback_s: 0,
         rng_spot: ChaCha8Rng::seed_from_u64(seed ^ 0x7370_6f74),
-        arrivals: VecDeque::new(),
-        last_demand: 0,
-        ended_since_poll: 0,
-        hourly: Vec::new(),
+        demand: crate::scale::auto_headroom::DemandRecord::with_history(
+            policy::HISTORY_OFFSET_S,
+            &fleet.learned,
+        ),
     };
     let last_arrival = jobs.iter().map(|j| j.arrival_s).max().unwrap_or(0);
     let drain = fleet.boot_max_s

@@ -99,6 +99,22 @@ fn parse_rows(text: &str) -> Result<Vec<(Option<String>, Job)>, WorkloadError> {
     Ok(jobs)
 }
 
+/// The minutes with an arrival in each hour, from hour 0 to the last
+/// arrival's (what the scaler records for `headroom = "auto"`).
+pub fn hourly_busy_minutes(jobs: &[Job]) -> Vec<u32> {
+    let Some(last) = jobs.iter().map(|j| j.arrival_s).max() else {
+        return Vec::new();
+    };
+    let mut out = vec![0u32; (last / 3600 + 1) as usize];
+    let mut minutes: Vec<u64> = jobs.iter().map(|j| j.arrival_s / 60).collect();
+    minutes.sort_unstable();
+    minutes.dedup();
+    for m in minutes {
+        out[(m / 60) as usize] += 1;
+    }
+    out
+}
+
 /// Jobs per hour for each hour of the day, and the duration distribution.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generator {
@@ -109,6 +125,56 @@ pub struct Generator {
     pub sigma: f64,
     /// Durations are capped here (the runner's max run time).
     pub max_duration_s: u64,
+    /// Each arrival is a pipeline of this many jobs (1: one job), queued
+    /// within `fan_out_spread_s` of each other.
+    pub fan_out: u32,
+    pub fan_out_spread_s: u64,
+}
+
+/// The generated workloads `simulate --workload` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Named {
+    /// One office's working day (about 560 jobs).
+    WorkingDay,
+    /// Teams in three time zones (Europe, the Americas, India): load over
+    /// most of the 24 hours (about 600 jobs).
+    TimeZones,
+    /// A monorepo: 24 pipelines in office hours, each fanning out 40 jobs
+    /// within 90 s (about 960 jobs).
+    FanOut,
+    /// A small team: a few dozen jobs in office hours (about 30).
+    SmallTeam,
+}
+
+impl Named {
+    pub fn generator(self) -> Generator {
+        let day = Generator::working_day();
+        match self {
+            Named::WorkingDay => day,
+            Named::TimeZones => {
+                // The working day's shape shifted to each office's hours.
+                let mut rate = [0.0; 24];
+                for (shift, share) in [(0i32, 0.4), (6, 0.4), (-5, 0.2)] {
+                    for (h, r) in day.rate_per_hour.iter().enumerate() {
+                        let to = (h as i32 + shift).rem_euclid(24) as usize;
+                        rate[to] += r * share;
+                    }
+                }
+                Generator {
+                    rate_per_hour: rate,
+                    ..day
+                }
+                .scaled_to(600.0)
+            }
+            Named::FanOut => Generator {
+                fan_out: 40,
+                fan_out_spread_s: 90,
+                ..day.scaled_to(24.0)
+            },
+            Named::SmallTeam => day.scaled_to(30.0),
+        }
+    }
 }
 
 impl Generator {
@@ -124,6 +190,8 @@ impl Generator {
             median_duration_s: 360.0,
             sigma: 0.8,
             max_duration_s: 5 * 3600,
+            fan_out: 1,
+            fan_out_spread_s: 0,
         }
     }
 
@@ -151,11 +219,18 @@ impl Generator {
             let start = hour as f64 * 3600.0;
             let mut t = start + gap.sample(&mut rng);
             while t < start + 3600.0 {
-                let d: f64 = dur.sample(&mut rng);
-                jobs.push(Job {
-                    arrival_s: t as u64,
-                    duration_s: (d.round() as u64).clamp(1, self.max_duration_s),
-                });
+                for k in 0..self.fan_out.max(1) {
+                    let d: f64 = dur.sample(&mut rng);
+                    let spread = if k == 0 || self.fan_out_spread_s == 0 {
+                        0
+                    } else {
+                        rng.random_range(0..=self.fan_out_spread_s)
+                    };
+                    jobs.push(Job {
+                        arrival_s: t as u64 + spread,
+                        duration_s: (d.round() as u64).clamp(1, self.max_duration_s),
+                    });
+                }
                 t += gap.sample(&mut rng);
             }
         }
@@ -164,7 +239,14 @@ impl Generator {
         if jobs.is_empty() {
             return Err(WorkloadError::Empty);
         }
+        jobs.sort_by_key(|j| j.arrival_s);
         Ok(jobs)
+    }
+
+    /// The same day `weeks` earlier, for a history (another draw of the same
+    /// process: the seed is offset by the week).
+    pub fn earlier_week(&self, seed: u64, weeks: u64) -> Result<Vec<Job>, WorkloadError> {
+        self.generate(seed.wrapping_add(weeks.wrapping_mul(0x9e37_79b9)))
     }
 }
 

@@ -407,6 +407,7 @@ async fn fallback_round_trip(fx: &Fx, cfg: &aws_config::SdkConfig) {
             ..Policy::default()
         },
         headroom: Default::default(),
+        auto: None,
         dry_run: false,
     };
     // The real read of launch failures (moto keeps no activities, so the

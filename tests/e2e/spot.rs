@@ -310,6 +310,7 @@ async fn spot_shortage_falls_back_to_on_demand_and_back() {
             ..Policy::default()
         },
         headroom: Default::default(),
+        auto: None,
         dry_run: false,
     };
     // An instance whose watcher saw a notice 10 minutes ago (its tag), and

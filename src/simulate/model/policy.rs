@@ -4,6 +4,7 @@
 use super::super::fleet::AUTO_SPARE_HOLD_S;
 use super::*;
 use crate::scale::auto_headroom;
+pub(super) use crate::scale::auto_headroom::HISTORY_OFFSET_S;
 use crate::scale::decide::{self, GroupState, Instance, Lifecycle, QueueDepth};
 
 impl Sim<'_> {
@@ -61,7 +62,10 @@ impl Sim<'_> {
         let auto = self.auto_spares(t, queue);
         if auto > 0 {
             self.headroom_now = self.headroom_now.max(auto);
-            self.spare_tag = self.spare_tag.max(t + AUTO_SPARE_HOLD_S);
+            // The scaler's rule: the tag renewed when little of it is left.
+            if self.spare_tag < t + AUTO_SPARE_HOLD_S - auto_headroom::SPARE_RENEW_S {
+                self.spare_tag = t + AUTO_SPARE_HOLD_S;
+            }
         }
         let policy = decide::Policy {
             boot_timeout: Duration::from_secs(self.fleet.boot_timeout_s),
@@ -97,51 +101,41 @@ impl Sim<'_> {
         Ok(())
     }
 
-    /// `headroom = "auto"`: record what this poll sees (arrivals: the rise
-    /// of the demand plus the jobs that ended since the last poll), and the
-    /// spares it wants (0 without auto).
+    /// `headroom = "auto"`: the scaler's record of this pool's demand (the
+    /// same [`auto_headroom::DemandRecord`] the Lambda keeps) notes this
+    /// poll, and says how many spares it wants (0 without auto). The
+    /// record's clock runs [`HISTORY_OFFSET_S`] ahead, so the weeks learned
+    /// before the simulated day sit before it.
     fn auto_spares(&mut self, t: u64, queue: QueueDepth) -> u32 {
         if !self.fleet.auto_headroom {
             return 0;
         }
-        let demand = queue.unclaimed + queue.running;
-        let arrived = (demand + self.ended_since_poll).saturating_sub(self.last_demand);
-        self.last_demand = demand;
-        self.ended_since_poll = 0;
-        self.arrivals.push_back((t, arrived));
-        while self
-            .arrivals
-            .front()
-            .is_some_and(|(at, _)| *at + auto_headroom::MEMORY_S < t)
-        {
-            self.arrivals.pop_front();
-        }
-        let recent: Vec<(u64, u32)> = self.arrivals.iter().copied().collect();
-        let hour = (t / 3600) as usize;
-        if self.hourly.len() <= hour {
-            self.hourly.resize(hour + 1, 0);
-        }
-        let burst = auto_headroom::arrivals(&recent, t, auto_headroom::BURST_WINDOW_S);
-        self.hourly[hour] = self.hourly[hour].max(burst);
-        // The peak burst of this hour of the week and the next, in each of
-        // the last 4 weeks simulated (the Lambda would read the same from
-        // its metrics).
-        const WEEK_H: usize = 168;
-        let history: Vec<f64> = (1..=4)
-            .filter_map(|w| hour.checked_sub(w * WEEK_H))
-            .map(|h| {
-                let next = self.hourly.get(h + 1).copied().unwrap_or(0);
-                f64::from(self.hourly[h].max(next)) * 60.0 / auto_headroom::BURST_WINDOW_S as f64
+        let now = t + HISTORY_OFFSET_S;
+        let instances: Vec<(String, Option<u64>, bool)> = self
+            .live
+            .iter()
+            .map(|&i| {
+                let inst = &self.insts[i];
+                let registered = matches!(inst.state, State::Idle { .. } | State::Busy { .. });
+                (
+                    inst.id.clone(),
+                    Some(inst.launched + HISTORY_OFFSET_S),
+                    registered,
+                )
             })
             .collect();
-        auto_headroom::spares(&auto_headroom::AutoInputs {
-            recent: &recent,
-            now: t,
-            history: &history,
-            lead_s: self.fleet.boot_max_s,
-            poll_s: self.fleet.interval_s,
-            max_spares: self.fleet.max_spares.min(self.fleet.max),
-        })
+        self.demand.observe(&auto_headroom::Observation {
+            now,
+            demand: queue.unclaimed + queue.running,
+            running: queue.running,
+            instances: &instances,
+        });
+        self.demand.spares(
+            now,
+            self.fleet.boot_max_s,
+            self.fleet.interval_s,
+            self.fleet.max_spares.min(self.fleet.max),
+        )
     }
 
     pub(super) fn poll_tutorial(&mut self) {
