@@ -301,3 +301,67 @@ fn an_on_demand_pool_ignores_spot_keys_with_a_warning() {
         s.warnings
     );
 }
+
+#[test]
+fn headroom_is_auto_periods_or_both() {
+    let period = "{ schedule = \"0 8 * * MON-FRI\", duration = \"11h\", count = 2 }";
+    let parse = |body: &str| {
+        StackFile::parse(
+            &format!("stack = \"ci\"\nresource_class = \"a/b\"\nmax_instances = 8\n{body}"),
+            Path::new("x.toml"),
+        )
+        .and_then(|f| f.pools())
+        .map(|mut p| p.remove(0))
+    };
+    // (body, auto's max_spares, periods)
+    let cases: Vec<(String, Option<u32>, usize)> = vec![
+        (String::new(), None, 0),
+        ("headroom = \"auto\"\n".into(), Some(5), 0),
+        ("headroom = \"auto\"\nmax_spares = 2\n".into(), Some(2), 0),
+        (format!("headroom = [\"auto\", {period}]\n"), Some(5), 1),
+        (
+            format!("[[headroom]]\nschedule = \"0 8 * * *\"\nduration = \"1h\"\ncount = 1\n"),
+            None,
+            1,
+        ),
+    ];
+    for (body, auto, periods) in cases {
+        let s = parse(&body).unwrap_or_else(|e| panic!("{body}: {e}"));
+        assert_eq!(s.auto_headroom.map(|a| a.max_spares), auto, "{body}");
+        assert_eq!(s.headroom.len(), periods, "{body}");
+        assert_eq!(s.has_spares(), auto.is_some() || periods > 0, "{body}");
+    }
+    // A small pool: auto's default bound is the pool's size.
+    let s = parse("headroom = \"auto\"\n").unwrap();
+    assert_eq!(
+        s.auto_scale().unwrap().record,
+        "/cci-scaler/ci/default/demand"
+    );
+    for (body, want) in [
+        ("headroom = \"lots\"\n", "expected \"auto\""),
+        ("headroom = [\"sometimes\"]\n", "expected \"auto\""),
+        ("headroom = \"auto\"\nmax_spares = 9\n", "max_spares"),
+        ("headroom = \"auto\"\nmax_spares = 0\n", "max_spares"),
+        ("max_spares = 2\n", "not auto"),
+    ] {
+        let e = parse(body).unwrap_err().to_string();
+        assert!(e.contains(want), "{body}: {e}");
+    }
+    // [defaults] auto, and a pool that sets its own periods instead.
+    let pools = StackFile::parse(
+        &format!(
+            "stack = \"ci\"\n[defaults]\nheadroom = \"auto\"\n[[pool]]\nresource_class = \"a/b\"\n\
+             [[pool]]\nresource_class = \"a/c\"\nheadroom = [{period}]\n"
+        ),
+        Path::new("x.toml"),
+    )
+    .unwrap()
+    .pools()
+    .unwrap();
+    assert!(pools[0].auto_headroom.is_some());
+    assert_eq!(
+        pools[0].auto_scale().unwrap().record,
+        "/cci-scaler/ci/b/demand"
+    );
+    assert!(pools[1].auto_headroom.is_none() && pools[1].headroom.len() == 1);
+}

@@ -29,12 +29,13 @@ const OD: &str = "acme/linux-od";
 const SP: &str = "acme/linux-sp";
 const IMAGE: &str = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64";
 
-/// Two pools (on demand with headroom, spot), both with a key pair.
+/// Two pools (on demand with auto headroom and a period, spot), both with a
+/// key pair.
 fn stack_file() -> String {
     format!(
         "stack = \"demo\"\n[defaults]\nmax_instances = 4\nkey_pair = \"ops\"\nimage = \"{IMAGE}\"\n\n\
          [[pool]]\nresource_class = \"{OD}\"\ninstance_types = [\"c7i.large\"]\n\
-         headroom = [{{ schedule = \"* * * * *\", duration = \"2h\", count = 1 }}]\n\n\
+         headroom = [\"auto\", {{ schedule = \"* * * * *\", duration = \"2h\", count = 1 }}]\n\n\
          [[pool]]\nresource_class = \"{SP}\"\ninstance_types = [\"c7i.large\", \"m7i.large\"]\nmarket = \"spot\"\n"
     )
 }
@@ -182,10 +183,34 @@ async fn the_scalers_calls_pass_its_policy_and_nothing_else_does() {
         "autoscaling:DescribeAutoScalingGroups",
         "autoscaling:SetDesiredCapacity",
         "autoscaling:CreateOrUpdateTags",
+        // headroom = "auto": the pool's demand record.
+        "ssm:GetParameter",
+        "ssm:PutParameter",
     ] {
         assert!(acts.iter().any(|(a, _)| a == want), "no {want}: {acts:?}");
     }
     assert!(undecided.is_empty(), "{undecided:#?}");
+    // Only its own pools' records: another stack's is denied.
+    let ssm = aws_sdk_ssm::Client::new(&fx.rig.config(&scaler).await);
+    let denied = ssm
+        .put_parameter()
+        .name("/cci-scaler/other/default/demand")
+        .value("{}")
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .overwrite(true)
+        .send()
+        .await;
+    assert!(denied.is_err(), "another stack's record: {denied:?}");
+    assert!(
+        fx.moto
+            .ssm()
+            .get_parameter()
+            .name("/cci-scaler/demo/linux-od/demand")
+            .send()
+            .await
+            .is_ok(),
+        "the auto pool's record is written"
+    );
 
     // Reaping: instances unregistered past the boot timeout are terminated.
     fx.rig.reset_calls().await;

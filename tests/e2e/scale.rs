@@ -717,6 +717,89 @@ async fn headroom_adds_spares_and_tags_the_group() {
     assert_eq!(r.code, 0, "{r:?}");
 }
 
+/// `headroom = "auto"`: a dry run writes no record; a new pool (no record)
+/// gets no spares and starts its record; once the record shows this hour of
+/// the week busy in an earlier week, spares are up before any job (bounded
+/// by `max_spares`), the group tagged to hold them, and the record keeps
+/// its history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_headroom_keeps_a_record_and_learns_the_hour() {
+    let fx = Fx::new().await;
+    fx.moto.create_group("au-runners", 10, 0).await;
+    let file = fx.home.path().join("au.toml");
+    std::fs::write(
+        &file,
+        "stack = \"au\"\nresource_class = \"acme/linux-x64\"\nheadroom = \"auto\"\nmax_spares = 3\n",
+    )
+    .unwrap();
+    let cfg = file.to_str().unwrap();
+    let record = "/cci-scaler/au/default/demand";
+    fx.cci.set_queue(0, 0);
+    let r = run(fx.scale_bare(&["--stack", "au", "--config", cfg, "--dry-run"])).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        fx.moto.parameter(record).await,
+        None,
+        "a dry run writes nothing"
+    );
+
+    let r = run(fx.scale_bare(&["--stack", "au", "--config", cfg, "--output", "json"])).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let v: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(v["auto_spares"], 0, "no history, nothing seen: {v}");
+    assert_eq!(fx.moto.desired("au-runners").await, 0);
+    let first: Value = serde_json::from_str(&fx.moto.parameter(record).await.unwrap()).unwrap();
+    assert_eq!(first["v"], 1, "{first}");
+
+    // Last week, this hour and the next had 50 busy minutes each.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut seeded = first.clone();
+    seeded["h0"] = (now / 3600 - 168).into();
+    seeded["h"] = "OO".into();
+    fx.moto
+        .ssm()
+        .put_parameter()
+        .name(record)
+        .value(seeded.to_string())
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .overwrite(true)
+        .send()
+        .await
+        .unwrap();
+    let r = run(fx.scale_bare(&["--stack", "au", "--config", cfg, "--output", "json"])).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let v: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(v["auto_spares"], 3, "learnt, bounded by max_spares: {v}");
+    assert_eq!(fx.moto.desired("au-runners").await, 3);
+    let g = fx
+        .moto
+        .asg()
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names("au-runners")
+        .send()
+        .await
+        .unwrap()
+        .auto_scaling_groups()[0]
+        .clone();
+    let until: u64 = g
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some("cci-scaler:spare-until"))
+        .and_then(|t| t.value())
+        .expect("tagged")
+        .parse()
+        .unwrap();
+    assert!(
+        until >= now + 1700 && until <= now + 1900,
+        "{until} vs {now}"
+    );
+    let after: Value = serde_json::from_str(&fx.moto.parameter(record).await.unwrap()).unwrap();
+    assert!(after["h"].as_str().unwrap().starts_with("OO"), "{after}");
+}
+
 /// `scale --metrics` puts the poll's metrics into CloudWatch (the same ones
 /// the Lambda's EMF lines make).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -270,6 +270,12 @@ def requests_for(service, action, p):
                 reqs.append((full, [arn], c))
             return reqs
         return [(full, ["*"], {})]
+    if service == "ssm":
+        if action in ("GetParameter", "PutParameter", "DeleteParameter"):
+            name = p.get("Name", "")
+            path = name if name.startswith("/") else f"/{name}"
+            return [(full, [f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter{path}"], {})]
+        return [(full, ["*"], {})]
     if service == "logs":
         group = p.get("logGroupName", "")
         base = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{group}"
@@ -446,7 +452,7 @@ def evaluate(role, action, resource, ctx):
 
 def aws_error(service, status, code, message):
     rid = str(uuid.uuid4())
-    if service in ("secretsmanager", "logs", "lambda"):
+    if service in ("secretsmanager", "logs", "lambda", "ssm"):
         body = json.dumps({"__type": code, "message": message, "Message": message}).encode()
         return status, "application/x-amz-json-1.1", body
     if service == "ec2":
@@ -463,7 +469,7 @@ FAULTS = {
     "5xx": lambda s: (500, "InternalFailure", "We encountered an internal error. Please try again."),
     "throttle": lambda s: (
         (503, "RequestLimitExceeded", "Request limit exceeded.") if s == "ec2"
-        else (400, "ThrottlingException", "Rate exceeded") if s in ("secretsmanager", "logs")
+        else (400, "ThrottlingException", "Rate exceeded") if s in ("secretsmanager", "logs", "ssm")
         else (400, "Throttling", "Rate exceeded")),
 }
 
@@ -560,8 +566,8 @@ class Gateway(Quiet):
             msg = (f"User: arn:aws:sts::{ACCOUNT}:assumed-role/{cred['role']}/test is not authorized "
                    f"to perform: {first['action']} on resource: {first['resource']} because {first['why']}")
             code = "UnauthorizedOperation" if service == "ec2" else (
-                "AccessDeniedException" if service in ("secretsmanager", "logs") else "AccessDenied")
-            status, ctype, out = aws_error(service, 400 if service in ("secretsmanager", "logs") else 403, code, msg)
+                "AccessDeniedException" if service in ("secretsmanager", "logs", "ssm") else "AccessDenied")
+            status, ctype, out = aws_error(service, 400 if service in ("secretsmanager", "logs", "ssm") else 403, code, msg)
             record.update({"status": status, "code": code})
             with LOCK:
                 STATE["calls"].append(record)

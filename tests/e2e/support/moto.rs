@@ -162,6 +162,21 @@ impl Moto {
             .expect("create group");
     }
 
+    pub fn ssm(&self) -> aws_sdk_ssm::Client {
+        aws_sdk_ssm::Client::new(&self.config)
+    }
+
+    /// A parameter's value, if it exists.
+    pub async fn parameter(&self, name: &str) -> Option<String> {
+        self.ssm()
+            .get_parameter()
+            .name(name)
+            .send()
+            .await
+            .ok()
+            .and_then(|o| o.parameter().and_then(|p| p.value()).map(str::to_string))
+    }
+
     pub async fn desired(&self, name: &str) -> i32 {
         self.group(name).await.0
     }
