@@ -186,6 +186,33 @@ KillMode=mixed
 WantedBy=multi-user.target
 UNIT
 
+# Test-only: a clean power-off when the test asks (the metadata stand-in's
+# poweroff flag), as EC2 stops an instance (into a warm pool, say).
+cat >"$root/usr/local/sbin/cci-test-agent" <<'AGENT'
+#!/bin/bash
+while sleep 2; do
+  if [ "$(curl -s -m 3 -o /dev/null -w '%{http_code}' http://169.254.169.254/cci-test/poweroff)" = 200 ]; then
+    echo "cci-test-agent: powering off (asked by the test)" >/dev/console
+    systemctl poweroff
+    exit 0
+  fi
+done
+AGENT
+chmod 0755 "$root/usr/local/sbin/cci-test-agent"
+cat >"$root/etc/systemd/system/cci-test-agent.service" <<'UNIT'
+[Unit]
+Description=Test-only power-off on request
+After=network-online.target
+
+[Service]
+ExecStart=/usr/local/sbin/cci-test-agent
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+chroot "$root" systemctl enable cci-test-agent.service >/dev/null 2>&1 ||
+  die "could not enable the test agent"
+
 kernel=$(ls "$root"/boot/vmlinuz-* | head -1)
 initrd=$(ls "$root"/boot/initrd.img-* | head -1)
 cp "$kernel" "$work/out/vmlinuz"

@@ -129,6 +129,7 @@ pub async fn run(cmd: RenderCommand) -> anyhow::Result<ExitCode> {
         spot: false,
         unsafe_retries: false,
         job_sudo: args.runner.job_sudo,
+        warm_pool: false,
         embedded_token,
     };
     let script = render::render_user_data(&input)?;

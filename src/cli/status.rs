@@ -232,8 +232,11 @@ fn print_watch(
             ),
             _ => String::new(),
         };
+        let warm = warm_pool_text(f)
+            .map(|w| format!(" | {w}"))
+            .unwrap_or_default();
         println!(
-            "pool {name} ({rc}): {queue} | desired {} (max {}) | {in_service} in service of {}{spares}",
+            "pool {name} ({rc}): {queue} | desired {} (max {}) | {in_service} in service of {}{spares}{warm}",
             f.desired,
             f.max,
             f.instances.len()
@@ -355,6 +358,9 @@ fn print_text(o: &mut String, stack: &str, region: &str, st: &StackStatus) {
             f.max,
             f.instances.len()
         );
+        if let Some(w) = warm_pool_text(f) {
+            println!("{indent}{w}");
+        }
         for i in &f.instances {
             println!(
                 "{indent}  {} {} {}{}{}",
@@ -420,4 +426,19 @@ fn print_text(o: &mut String, stack: &str, region: &str, st: &StackStatus) {
             }
         }
     }
+}
+
+/// `warm pool N wanted, K warmed of M` (`None`: the group has no warm pool).
+fn warm_pool_text(f: &provision::Fleet) -> Option<String> {
+    let w = f.warm_pool.as_ref()?;
+    let warmed = w
+        .instances
+        .iter()
+        .filter(|(_, s)| s.starts_with("Warmed:Stopped"))
+        .count();
+    Some(format!(
+        "warm pool {} wanted, {warmed} warmed of {}",
+        w.size,
+        w.instances.len()
+    ))
 }

@@ -77,6 +77,8 @@ pub struct StackSettings {
     pub headroom: Vec<HeadroomSpec>,
     /// `headroom = "auto"`: spares sized from the pool's own demand.
     pub auto_headroom: Option<AutoSpares>,
+    /// Stopped, pre-initialised instances in the group's warm pool (0: none).
+    pub warm_pool: u32,
     /// Spot capacity (with on-demand fallback), or on demand only.
     pub spot: Option<SpotSettings>,
     /// The runner's unsafe retries: a job on an interrupted instance starts

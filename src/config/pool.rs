@@ -46,6 +46,9 @@ pub struct PoolFile {
     pub headroom: Option<HeadroomFile>,
     /// With `headroom = "auto"`: at most this many spares [default: 5].
     pub max_spares: Option<u32>,
+    /// An EC2 Auto Scaling warm pool of this many stopped, pre-initialised
+    /// instances [default: 0, none]. On-demand pools only.
+    pub warm_pool: Option<u32>,
     /// `on-demand` (default) or `spot`.
     pub market: Option<String>,
     pub on_demand_base: Option<u32>,
@@ -158,6 +161,21 @@ impl PoolFile {
         }
         let (headroom, auto_headroom) = headroom::check(self, max_instances)?;
         let market = spot::check(self, max_instances)?;
+        let warm_pool = self.warm_pool.unwrap_or(0);
+        if warm_pool > max_instances {
+            return Err(bad(
+                "warm_pool",
+                format!(
+                    "{warm_pool} is out of range: must be 0 to max_instances ({max_instances})"
+                ),
+            ));
+        }
+        if warm_pool > 0 && market.spot.is_some() {
+            return Err(bad(
+                "warm_pool",
+                "a spot pool cannot have a warm pool: EC2 Auto Scaling refuses warm pools for groups that launch Spot Instances (warmed instances are stopped, and its spot instances cannot be); use market = \"on-demand\" for this pool, or remove warm_pool",
+            ));
+        }
         let runner = runner::check(self)?;
         let stack = wide.stack.clone();
         // The runner's user data must render with these values (the region is
@@ -180,6 +198,7 @@ impl PoolFile {
             spot: market.spot.is_some(),
             unsafe_retries: market.retry_interrupted_jobs,
             job_sudo: runner.job_sudo,
+            warm_pool: self.warm_pool.unwrap_or(0) > 0,
         })
         .map_err(runner::render_error)?;
         Ok(StackSettings {
@@ -194,6 +213,7 @@ impl PoolFile {
             instance_types,
             headroom,
             auto_headroom,
+            warm_pool,
             spot: market.spot,
             retry_interrupted_jobs: market.retry_interrupted_jobs,
             alarms: wide.alarms.clone(),

@@ -320,7 +320,7 @@ fn headroom_is_auto_periods_or_both() {
         ("headroom = \"auto\"\nmax_spares = 2\n".into(), Some(2), 0),
         (format!("headroom = [\"auto\", {period}]\n"), Some(5), 1),
         (
-            format!("[[headroom]]\nschedule = \"0 8 * * *\"\nduration = \"1h\"\ncount = 1\n"),
+            "[[headroom]]\nschedule = \"0 8 * * *\"\nduration = \"1h\"\ncount = 1\n".to_string(),
             None,
             1,
         ),
@@ -364,4 +364,32 @@ fn headroom_is_auto_periods_or_both() {
         "/cci-scaler/ci/b/demand"
     );
     assert!(pools[1].auto_headroom.is_none() && pools[1].headroom.len() == 1);
+}
+
+#[test]
+fn warm_pool_is_bounded_and_on_demand_only() {
+    let parse = |body: &str| {
+        StackFile::parse(
+            &format!("stack = \"ci\"\nresource_class = \"a/b\"\nmax_instances = 4\n{body}"),
+            Path::new("x.toml"),
+        )
+        .and_then(|f| f.pools())
+        .map(|mut p| p.remove(0))
+    };
+    assert_eq!(parse("").unwrap().warm_pool, 0);
+    assert_eq!(parse("warm_pool = 2\n").unwrap().warm_pool, 2);
+    assert_eq!(
+        parse("warm_pool = 2\ninstance_types = [\"c7i.large\", \"m7i.large\"]\n")
+            .unwrap()
+            .warm_pool,
+        2,
+        "several on-demand types: allowed"
+    );
+    for (body, want) in [
+        ("warm_pool = 5\n", "max_instances (4)"),
+        ("warm_pool = 1\nmarket = \"spot\"\n", "Spot Instances"),
+    ] {
+        let e = parse(body).unwrap_err().to_string();
+        assert!(e.contains("warm_pool") && e.contains(want), "{body}: {e}");
+    }
 }

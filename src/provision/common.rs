@@ -163,6 +163,8 @@ pub(crate) struct PoolFound {
     pub auto: Option<crate::scale::AutoHeadroom>,
     /// A spot pool.
     pub spot: bool,
+    /// Stopped instances in the group's warm pool (0: none).
+    pub warm_pool: u32,
     /// The key pair its launch template names, if any.
     pub key_pair: Option<String>,
     pub architecture: String,

@@ -196,7 +196,16 @@ async fn converge(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
             Item::new("Auto Scaling group", &name, Action::Create)
         }
     };
+    let group_exists = !(ctx.dry_run && item.action == Action::Create);
+    let (warm_changed, warm_detail) = warm_pool(ctx, s, &name, group_exists).await?;
+    let mut item = item;
+    if warm_changed && item.action == Action::Keep {
+        item.action = Action::Update;
+    }
     let mut detail = format!("min 0, max {max}");
+    if let Some(w) = warm_detail {
+        detail.push_str(&format!(", {w}"));
+    }
     if s.instance_types.len() > 1 {
         detail.push_str(&format!(", types {}", s.instance_types.join(" ")));
     }
@@ -217,6 +226,119 @@ async fn converge(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
         item = item.id(a);
     }
     Ok(item)
+}
+
+/// The launch hook a warm pool needs: every launch waits in Pending:Wait
+/// until its user data completes it (after installing, for a launch into the
+/// pool; before starting the runner, for one into service).
+pub const LAUNCH_HOOK: &str = "cci-scaler-launch";
+
+/// The group's warm pool (and its launch hook) as the settings want: N
+/// stopped instances, no more (`MinSize` = `MaxGroupPreparedCapacity` = N,
+/// so instances that leave with decrement never grow it), none reused on
+/// scale-in; or none. Returns whether anything changed, and what to say.
+async fn warm_pool(
+    ctx: &Ctx<'_>,
+    s: &StackSettings,
+    name: &str,
+    group_exists: bool,
+) -> R<(bool, Option<String>)> {
+    use aws_sdk_autoscaling::types as at;
+    let asg = &ctx.aws.asg;
+    let current = if group_exists {
+        asg.describe_warm_pool()
+            .auto_scaling_group_name(name)
+            .send()
+            .await
+            .map_err(aws_err("autoscaling:DescribeWarmPool", name))?
+            .warm_pool_configuration()
+            .cloned()
+    } else {
+        None
+    };
+    let want = s.warm_pool as i32;
+    if want == 0 {
+        if current.is_none() {
+            return Ok((false, None));
+        }
+        if !ctx.dry_run {
+            asg.delete_warm_pool()
+                .auto_scaling_group_name(name)
+                .force_delete(true)
+                .send()
+                .await
+                .map_err(aws_err("autoscaling:DeleteWarmPool", name))?;
+            delete_launch_hook(ctx, name).await?;
+        }
+        return Ok((true, Some("warm pool removed".into())));
+    }
+    let pool_ok = current.as_ref().is_some_and(|c| {
+        c.min_size() == Some(want)
+            && c.max_group_prepared_capacity() == Some(want)
+            && c.pool_state()
+                .is_none_or(|p| *p == at::WarmPoolState::Stopped)
+            && c.instance_reuse_policy()
+                .and_then(|r| r.reuse_on_scale_in())
+                != Some(true)
+    });
+    let timeout = s.boot_timeout.as_secs().clamp(30, 7200) as i32;
+    let hook_ok = group_exists && {
+        let hooks = asg
+            .describe_lifecycle_hooks()
+            .auto_scaling_group_name(name)
+            .lifecycle_hook_names(LAUNCH_HOOK)
+            .send()
+            .await
+            .map_err(aws_err("autoscaling:DescribeLifecycleHooks", name))?;
+        hooks.lifecycle_hooks().iter().any(|h| {
+            h.lifecycle_transition() == Some("autoscaling:EC2_INSTANCE_LAUNCHING")
+                && h.heartbeat_timeout() == Some(timeout)
+                && h.default_result() == Some("ABANDON")
+        })
+    };
+    let changed = !(pool_ok && hook_ok);
+    if changed && !ctx.dry_run {
+        // The hook first, so no instance warms up without it.
+        asg.put_lifecycle_hook()
+            .auto_scaling_group_name(name)
+            .lifecycle_hook_name(LAUNCH_HOOK)
+            .lifecycle_transition("autoscaling:EC2_INSTANCE_LAUNCHING")
+            .heartbeat_timeout(timeout)
+            .default_result("ABANDON")
+            .send()
+            .await
+            .map_err(aws_err("autoscaling:PutLifecycleHook", name))?;
+        asg.put_warm_pool()
+            .auto_scaling_group_name(name)
+            .min_size(want)
+            .max_group_prepared_capacity(want)
+            .pool_state(at::WarmPoolState::Stopped)
+            .instance_reuse_policy(
+                at::InstanceReusePolicy::builder()
+                    .reuse_on_scale_in(false)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(aws_err("autoscaling:PutWarmPool", name))?;
+    }
+    Ok((changed, Some(format!("warm pool of {want} stopped"))))
+}
+
+async fn delete_launch_hook(ctx: &Ctx<'_>, name: &str) -> R<()> {
+    match ctx
+        .aws
+        .asg
+        .delete_lifecycle_hook()
+        .auto_scaling_group_name(name)
+        .lifecycle_hook_name(LAUNCH_HOOK)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if code(&e) == "ValidationError" => Ok(()),
+        Err(e) => Err(aws_err("autoscaling:DeleteLifecycleHook", name)(e)),
+    }
 }
 
 pub(crate) fn mixed_policy(
@@ -290,6 +412,21 @@ async fn delete(ctx: &Ctx<'_>) -> R<Item> {
             .detail(format!("{} instance(s) to terminate", ids.len())));
     }
     let asg = &ctx.aws.asg;
+    // A warm pool's stopped instances go with it.
+    let warm = asg
+        .describe_warm_pool()
+        .auto_scaling_group_name(&name)
+        .send()
+        .await
+        .map_err(aws_err("autoscaling:DescribeWarmPool", &name))?;
+    if warm.warm_pool_configuration().is_some() {
+        asg.delete_warm_pool()
+            .auto_scaling_group_name(&name)
+            .force_delete(true)
+            .send()
+            .await
+            .map_err(aws_err("autoscaling:DeleteWarmPool", &name))?;
+    }
     // Each instance leaves with decrement (protection does not stop an explicit
     // terminate); one that cannot (already leaving, or a race at min) is
     // terminated through EC2 once the group is at 0.

@@ -177,6 +177,7 @@ pub(crate) fn user_data_input(ctx: &Ctx<'_>, s: &StackSettings, bake: bool) -> U
         spot: s.spot.is_some(),
         unsafe_retries: s.retry_interrupted_jobs,
         job_sudo: s.runner.job_sudo,
+        warm_pool: !bake && s.warm_pool > 0,
     }
 }
 

@@ -47,7 +47,8 @@ use crate::config::StackSettings;
 pub use common::{PoolRecord, StepName};
 pub use runner::{init, recorded_pools, remove_pools, teardown};
 pub use status::{
-    Fleet, FleetInstance, LambdaRuns, PoolHistory, PoolStatus, StackStatus, history, status,
+    Fleet, FleetInstance, LambdaRuns, PoolHistory, PoolStatus, StackStatus, WarmPool, history,
+    status,
 };
 
 /// The tag that marks a resource as this stack's.

@@ -153,6 +153,7 @@ pub async fn init(
             group: pctx.names.group(),
             headroom: s.headroom.clone(),
             auto: s.auto_scale(),
+            warm_pool: s.warm_pool,
             spot: s.spot.is_some(),
             key_pair: s.key_pair.clone(),
             ..PoolFound::default()

@@ -62,6 +62,14 @@ pub(crate) fn runner_policy(ctx: &Ctx<'_>, account: &str, p: &PoolFound) -> Valu
              "Resource": group_arn_pattern(ctx, account, &p.group)}
         ]
     });
+    // Warm pools: each launch completes the group's launch hook itself.
+    if p.warm_pool > 0
+        && let Some(st) = policy["Statement"].as_array_mut()
+    {
+        st.push(json!({"Sid": "CompleteOwnLaunch", "Effect": "Allow",
+            "Action": "autoscaling:CompleteLifecycleAction",
+            "Resource": group_arn_pattern(ctx, account, &p.group)}));
+    }
     // Spot pools: an interrupted instance tags itself (that one tag, on the
     // stack's instances only, and in a stack of pools on its pool's).
     if p.spot

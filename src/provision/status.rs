@@ -46,7 +46,18 @@ pub struct Fleet {
     pub registered_runners: Option<Vec<String>>,
     /// Registered runners beyond the running tasks: idle, ready for a job.
     pub spares_up: Option<u32>,
+    /// The group's warm pool: its size and its instances (`None`: no pool).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warm_pool: Option<WarmPool>,
     pub circleci_error: Option<String>,
+}
+
+/// A group's warm pool as `status` reports it.
+#[derive(Debug, Serialize)]
+pub struct WarmPool {
+    pub size: i32,
+    /// Instance id and lifecycle state (`Warmed:Stopped`, `Warmed:Pending`...).
+    pub instances: Vec<(String, String)>,
 }
 
 /// The scaling Lambda's recent polls, from its CloudWatch log group.
@@ -304,7 +315,31 @@ async fn pool_status(
             .await
             .unwrap_or_default()
     };
+    let warm = ctx
+        .aws
+        .asg
+        .describe_warm_pool()
+        .auto_scaling_group_name(&out.group)
+        .send()
+        .await
+        .map_err(aws_err("autoscaling:DescribeWarmPool", &out.group))?;
+    let warm_pool = warm.warm_pool_configuration().map(|c| WarmPool {
+        size: c.min_size().unwrap_or(0),
+        instances: warm
+            .instances()
+            .iter()
+            .map(|i| {
+                (
+                    i.instance_id().unwrap_or_default().to_string(),
+                    i.lifecycle_state()
+                        .map(|l| l.as_str().to_string())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect(),
+    });
     out.fleet = Some(Fleet {
+        warm_pool,
         min: g.min_size().unwrap_or(0),
         max: g.max_size().unwrap_or(0),
         desired: g.desired_capacity().unwrap_or(0),

@@ -73,6 +73,9 @@ pub struct UserDataInput {
     /// Jobs (user `circleci`) get password-less sudo; the instance-metadata
     /// rule is then advisory only.
     pub job_sudo: bool,
+    /// The group has a warm pool: a launch into it installs and is stopped
+    /// without starting a runner; a start into service runs the runner.
+    pub warm_pool: bool,
 }
 
 /// Bumped when the install half of the template changes what it installs.
@@ -356,6 +359,7 @@ pub fn render_user_data(input: &UserDataInput) -> Result<String, RenderError> {
                 spot => input.spot,
                 unsafe_retries => input.unsafe_retries,
                 job_sudo => input.job_sudo,
+                warm_pool => input.warm_pool,
                 install_hash => input.install_hash(),
                 idle_timeout_secs => idle_secs,
             })

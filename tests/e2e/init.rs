@@ -2153,3 +2153,91 @@ async fn a_long_setup_script_reaches_the_launch_template_gzip_compressed() {
     let r = s.teardown().await;
     assert_eq!(r.code, 0, "{r:?}");
 }
+
+/// `warm_pool = 2`: init gives the group a warm pool of 2 stopped instances
+/// (its size fixed: `MinSize` = `MaxGroupPreparedCapacity` = 2, no reuse on
+/// scale-in) and the launch hook its instances complete (ABANDON after the
+/// boot timeout); `status` shows the pool; without the key init removes pool
+/// and hook; a spot pool with a warm pool is refused before any call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_pool_is_made_shown_and_removed() {
+    let s = Stack::new().await;
+    let file = s.home.path().join("cci-scaler.toml");
+    std::fs::write(&file, "warm_pool = 2\n").unwrap();
+    let r = s.init(&[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let asg = s.moto.asg();
+    let wp = asg
+        .describe_warm_pool()
+        .auto_scaling_group_name("demo-runners")
+        .send()
+        .await
+        .unwrap();
+    let c = wp.warm_pool_configuration().expect("a warm pool");
+    assert_eq!(c.min_size(), Some(2));
+    assert_eq!(c.max_group_prepared_capacity(), Some(2));
+    assert_ne!(
+        c.instance_reuse_policy()
+            .and_then(|p| p.reuse_on_scale_in()),
+        Some(true)
+    );
+    let hooks = asg
+        .describe_lifecycle_hooks()
+        .auto_scaling_group_name("demo-runners")
+        .send()
+        .await
+        .unwrap();
+    let h = &hooks.lifecycle_hooks()[0];
+    assert_eq!(h.lifecycle_hook_name(), Some("cci-scaler-launch"));
+    assert_eq!(
+        h.lifecycle_transition(),
+        Some("autoscaling:EC2_INSTANCE_LAUNCHING")
+    );
+    assert_eq!(h.default_result(), Some("ABANDON"));
+    // Again: nothing changes.
+    let again = s.init(&[]).await;
+    assert_eq!(again.code, 0, "{again:?}");
+    let v = json(&again);
+    assert!(
+        actions(&v)
+            .iter()
+            .any(|(k, a)| k == "Auto Scaling group" && a == "keep"),
+        "{v}"
+    );
+    let r = run(s.cmd(&["status", "--stack", "demo"])).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("warm pool 2 wanted, 0 warmed of 0"),
+        "{r:?}"
+    );
+
+    // The key removed: pool and hook go.
+    std::fs::write(&file, "").unwrap();
+    let r = s.init(&[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let wp = asg
+        .describe_warm_pool()
+        .auto_scaling_group_name("demo-runners")
+        .send()
+        .await
+        .unwrap();
+    assert!(wp.warm_pool_configuration().is_none(), "{wp:?}");
+    let hooks = asg
+        .describe_lifecycle_hooks()
+        .auto_scaling_group_name("demo-runners")
+        .send()
+        .await
+        .unwrap();
+    assert!(hooks.lifecycle_hooks().is_empty(), "{hooks:?}");
+
+    // A spot pool cannot have one: refused, naming the key.
+    std::fs::write(&file, "warm_pool = 1\nmarket = \"spot\"\n").unwrap();
+    let r = s.init(&[]).await;
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("warm_pool") && r.stderr.contains("Spot"),
+        "{r:?}"
+    );
+    let r = s.teardown().await;
+    assert_eq!(r.code, 0, "{r:?}");
+}

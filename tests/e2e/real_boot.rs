@@ -456,6 +456,95 @@ async fn a_missing_secret_fails_at_once_naming_aws_answer_and_leaves_the_group()
     let _ = &b.creds;
 }
 
+/// A warm pool (`warm_pool = 1`): the launch into the pool (target state
+/// Warmed:Stopped) installs, completes the launch hook with CONTINUE, reads
+/// no token and starts no runner; the group's stop (a clean power-off) runs
+/// no exit hook and leaves desired alone; started from the pool (target
+/// InService), a unit runs the script again: it reads the token, completes
+/// the hook, and only then starts the runner, whose exit leaves the group
+/// with decrement as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_pool_instance_warms_stops_and_resumes_into_service() {
+    let b = prepare("warm_pool = 1\n", &[]).await;
+    b.rig
+        .imds(json!({"set": {"autoscaling/target-lifecycle-state": "Warmed:Stopped"}}))
+        .await;
+    let mut vm = b.boot().await;
+    let console = vm
+        .wait_for("warmed: installed, no runner started", BOOT)
+        .await;
+    assert!(
+        !console.contains("circleci-runner(stub): started"),
+        "no runner while warming: {console}"
+    );
+    let calls = b.assert_calls_signed_and_allowed().await;
+    let completes: Vec<&Value> = calls
+        .iter()
+        .filter(|c| c["action"] == "autoscaling:CompleteLifecycleAction")
+        .collect();
+    assert_eq!(completes.len(), 1, "{calls:#?}");
+    let p = &completes[0]["params"];
+    assert_eq!(p["LifecycleActionResult"], "CONTINUE", "{p}");
+    assert_eq!(p["LifecycleHookName"], "cci-scaler-launch", "{p}");
+    assert_eq!(p["InstanceId"], b.instance.as_str(), "{p}");
+    assert_eq!(p["AutoScalingGroupName"], GROUP, "{p}");
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c["action"] == "secretsmanager:GetSecretValue"),
+        "no token is read while warming: {calls:#?}"
+    );
+
+    // The group stops it into the pool: a clean shutdown, and nothing leaves.
+    b.rig.reset_calls().await;
+    b.rig.imds(json!({"flags": {"poweroff": true}})).await;
+    vm.wait_exit(BOOT).await;
+    let stopped = vm.console_text();
+    assert!(
+        !stopped.contains("leaving the group"),
+        "a stop into the pool must not leave the group: {stopped}"
+    );
+    assert!(b.rig.calls().await.is_empty(), "no AWS call on the stop");
+    assert_eq!(b.group().await.0, 1, "desired untouched");
+
+    // Started from the pool, into service.
+    b.rig
+        .imds(json!({"flags": {"poweroff": false},
+                     "set": {"autoscaling/target-lifecycle-state": "InService"}}))
+        .await;
+    vm.start_again();
+    let console = vm.wait_for("circleci-runner(stub): started:", BOOT).await;
+    let line = stub_line(&console, 0);
+    assert!(line.contains("config=600 root"), "{line}");
+    assert!(line.contains("imds_jumps=1 imds_rules=2"), "{line}");
+    assert!(line.contains("job_user_imds=000"), "{line}");
+    let completed = console
+        .find("launch hook completed (CONTINUE)")
+        .expect("the hook completed on the start");
+    let started = console.find("circleci-runner(stub): started").unwrap();
+    assert!(
+        completed < started,
+        "the hook completes before the runner starts"
+    );
+    assert!(
+        console.contains("runner-ready image: nothing to install"),
+        "the start installs nothing again: {console}"
+    );
+    let calls = b.assert_calls_signed_and_allowed().await;
+    let actions: Vec<&str> = calls.iter().filter_map(|c| c["action"].as_str()).collect();
+    assert!(
+        actions.contains(&"secretsmanager:GetSecretValue")
+            && actions.contains(&"autoscaling:CompleteLifecycleAction"),
+        "{actions:?}"
+    );
+
+    // The job ends: the exit hook leaves with decrement.
+    b.rig.imds(json!({"flags": {"runner-exit": true}})).await;
+    vm.wait_for(&format!("terminating {} with decrement", b.instance), BOOT)
+        .await;
+    assert_eq!(b.group().await.0, 0, "decremented");
+}
+
 /// Bake mode (`image build`'s builder): the install half runs (apt against
 /// the image's local archive), the setup script runs, the install hash is
 /// written, and the builder powers itself off. No token is read.
@@ -479,6 +568,7 @@ async fn bake_mode_installs_writes_its_hash_and_powers_off() {
         spot: false,
         unsafe_retries: false,
         job_sudo: false,
+        warm_pool: false,
     })
     .unwrap();
     let ud = base64::engine::general_purpose::STANDARD.encode(script.as_bytes());

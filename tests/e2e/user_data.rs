@@ -32,6 +32,7 @@ fn default_input() -> UserDataInput {
         spot: false,
         unsafe_retries: false,
         job_sudo: false,
+        warm_pool: false,
     }
 }
 
@@ -55,6 +56,7 @@ fn custom_input(setup: &str) -> UserDataInput {
         spot: false,
         unsafe_retries: false,
         job_sudo: false,
+        warm_pool: false,
     }
 }
 
@@ -101,6 +103,7 @@ fn variants() -> Vec<(&'static str, String)> {
                 spot: true,
                 unsafe_retries: true,
                 job_sudo: false,
+                warm_pool: false,
                 ..default_input()
             })
             .unwrap(),
@@ -113,6 +116,7 @@ fn variants() -> Vec<(&'static str, String)> {
                 spot: false,
                 unsafe_retries: false,
                 job_sudo: false,
+                warm_pool: false,
                 ..default_input()
             })
             .unwrap(),
@@ -669,6 +673,7 @@ fn sandboxed_spare_stays_until_its_period_ends() {
         spot: false,
         unsafe_retries: false,
         job_sudo: false,
+        warm_pool: false,
         ..default_input()
     })
     .unwrap();
@@ -796,6 +801,7 @@ fn baked_images_boot_without_installs_and_bake_mode_stops_the_builder() {
         spot: false,
         unsafe_retries: false,
         job_sudo: false,
+        warm_pool: false,
         setup_script: Some(RECORDING_SETUP.into()),
         ..default_input()
     })
@@ -859,6 +865,7 @@ fn sandboxed_spot_watcher_stops_the_runner_on_a_notice() {
         spot: true,
         unsafe_retries: true,
         job_sudo: false,
+        warm_pool: false,
         ..default_input()
     };
     let sb = Sandbox::new();
@@ -1253,6 +1260,7 @@ fn sandboxed_boot_gives_sudo_only_with_job_sudo() {
     let sb = Sandbox::new();
     let script = render_user_data(&UserDataInput {
         job_sudo: true,
+        warm_pool: false,
         ..default_input()
     })
     .unwrap();

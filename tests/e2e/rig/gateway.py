@@ -572,6 +572,18 @@ class Gateway(Quiet):
             with LOCK:
                 STATE["calls"].append(record)
             return self.reply(status, ctype, out)
+        if f"{service}:{action}" == "autoscaling:CompleteLifecycleAction":
+            # moto does not implement it (500): the gateway answers, as AWS
+            # does, and keeps what was asked for the test to read.
+            record.update({"status": 200, "params": {k: p.get(k) for k in (
+                "AutoScalingGroupName", "LifecycleHookName", "InstanceId", "LifecycleActionResult")}})
+            with LOCK:
+                STATE["calls"].append(record)
+            rid = str(uuid.uuid4())
+            body = ("<CompleteLifecycleActionResponse xmlns=\"http://autoscaling.amazonaws.com/doc/2011-01-01/\">"
+                    "<CompleteLifecycleActionResult/><ResponseMetadata><RequestId>"
+                    f"{rid}</RequestId></ResponseMetadata></CompleteLifecycleActionResponse>")
+            return self.reply(200, "text/xml", body.encode())
         # Forward to moto as sent (moto reads the service from the signature).
         req = urllib.request.Request(MOTO + self.path, data=body if body else None, method=method)
         for k, v in self.headers.items():

@@ -22,6 +22,52 @@ pub struct Vm {
     _dir: tempfile::TempDir,
     _permit: SemaphorePermit<'static>,
     pub started: Instant,
+    ports: (u16, u16),
+    boots: u32,
+}
+
+/// QEMU on the folder's overlay, its console and monitor at the given paths.
+fn spawn(
+    dir: &std::path::Path,
+    console: &std::path::Path,
+    monitor: &std::path::Path,
+    imds_port: u16,
+    aws_https_port: u16,
+) -> Child {
+    let img = image();
+    let overlay = dir.join("overlay.qcow2");
+    let net = format!(
+        "user,id=n0,net=169.254.169.0/24,host=169.254.169.2,dhcpstart=169.254.169.15,restrict=on,\
+         guestfwd=tcp:169.254.169.254:80-cmd:socat - TCP:127.0.0.1:{imds_port},\
+         guestfwd=tcp:169.254.169.10:443-cmd:socat - TCP:127.0.0.1:{aws_https_port}"
+    );
+    Command::new("qemu-system-x86_64")
+        .args(["-machine", "q35,accel=tcg", "-m", "1024", "-smp", "1"])
+        // A guest reboot reboots (the reset and reboot scenarios); a
+        // power-off ends QEMU (bake mode, a stop into a warm pool).
+        .args(["-display", "none", "-no-user-config", "-nodefaults"])
+        .arg("-kernel")
+        .arg(img.join("vmlinuz"))
+        .arg("-initrd")
+        .arg(img.join("initrd.img"))
+        .args(["-append", "root=/dev/vda rw console=ttyS0 net.ifnames=1"])
+        .arg("-drive")
+        .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
+        // cloud-init identifies AWS by an "ec2" system UUID and serial.
+        .args([
+            "-smbios",
+            "type=1,manufacturer=Amazon EC2,product=t3.medium,serial=ec2f0000-0000-4000-8000-000000000001,uuid=ec2f0000-0000-4000-8000-000000000001",
+        ])
+        .args(["-netdev", &net, "-device", "virtio-net-pci,netdev=n0"])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-monitor")
+        .arg(format!("unix:{},server=on,wait=off", monitor.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start qemu-system-x86_64 (scripts/test-env.sh installs it)")
 }
 
 /// The cached image folder (`scripts/test-env.sh` builds it and exports
@@ -47,41 +93,7 @@ impl Vm {
         assert!(st.success(), "qemu-img create failed");
         let console = dir.path().join("console.log");
         let monitor = dir.path().join("monitor.sock");
-        let net = format!(
-            "user,id=n0,net=169.254.169.0/24,host=169.254.169.2,dhcpstart=169.254.169.15,restrict=on,\
-             guestfwd=tcp:169.254.169.254:80-cmd:socat - TCP:127.0.0.1:{imds_port},\
-             guestfwd=tcp:169.254.169.10:443-cmd:socat - TCP:127.0.0.1:{aws_https_port}"
-        );
-        let child = Command::new("qemu-system-x86_64")
-            .args(["-machine", "q35,accel=tcg", "-m", "1024", "-smp", "1"])
-            // A guest reboot reboots (the reset and reboot scenarios); a
-            // power-off ends QEMU (bake mode).
-            .args(["-display", "none", "-no-user-config", "-nodefaults"])
-            .arg("-kernel")
-            .arg(img.join("vmlinuz"))
-            .arg("-initrd")
-            .arg(img.join("initrd.img"))
-            .args([
-                "-append",
-                "root=/dev/vda rw console=ttyS0 net.ifnames=1",
-            ])
-            .arg("-drive")
-            .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
-            // cloud-init identifies AWS by an "ec2" system UUID and serial.
-            .args([
-                "-smbios",
-                "type=1,manufacturer=Amazon EC2,product=t3.medium,serial=ec2f0000-0000-4000-8000-000000000001,uuid=ec2f0000-0000-4000-8000-000000000001",
-            ])
-            .args(["-netdev", &net, "-device", "virtio-net-pci,netdev=n0"])
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .arg("-monitor")
-            .arg(format!("unix:{},server=on,wait=off", monitor.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start qemu-system-x86_64 (scripts/test-env.sh installs it)");
+        let child = spawn(dir.path(), &console, &monitor, imds_port, aws_https_port);
         Vm {
             child,
             console,
@@ -89,7 +101,31 @@ impl Vm {
             _dir: dir,
             _permit: permit,
             started: Instant::now(),
+            ports: (imds_port, aws_https_port),
+            boots: 1,
         }
+    }
+
+    /// Start the same disk again after the guest powered off (an instance
+    /// started from its stopped state); the console of this boot is a new
+    /// file.
+    pub fn start_again(&mut self) {
+        assert!(
+            self.child.try_wait().unwrap().is_some(),
+            "start_again: the VM is still running"
+        );
+        self.boots += 1;
+        let dir = self._dir.path().to_path_buf();
+        self.console = dir.join(format!("console-{}.log", self.boots));
+        self.monitor = dir.join(format!("monitor-{}.sock", self.boots));
+        self.child = spawn(
+            &dir,
+            &self.console,
+            &self.monitor,
+            self.ports.0,
+            self.ports.1,
+        );
+        self.started = Instant::now();
     }
 
     pub fn console_text(&self) -> String {
