@@ -58,11 +58,11 @@ stack=(--stack demo --resource-class demo-org/linux-x64)
 image=/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64
 
 step "cci-scaler init (the emulator has no Ubuntu parameter: an Amazon Linux one stands in)"
-"$bin" init "${stack[@]}" --image "$image" --max-instances 5 \
+"$bin" init "${stack[@]}" --image "$image" --max-instances 5 --no-bake \
   --lambda-binary "$target/cci-scaler-lambda"
 
 step "cci-scaler init again: converges, changes nothing"
-"$bin" init "${stack[@]}" --image "$image" --max-instances 5 \
+"$bin" init "${stack[@]}" --image "$image" --max-instances 5 --no-bake \
   --lambda-binary "$target/cci-scaler-lambda"
 
 state() { curl -fsS "$cci/_stand-in/state"; }

@@ -11,7 +11,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use cci_scaler::provision::{self, Ctx, PoolRecord, StepName, artifact};
 
 use super::stack::{CliProgress, StackArgs, connect, describe, pool_names, print_items};
-use super::{GlobalArgs, Output};
+use super::{GlobalArgs, Output, parse_duration};
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
@@ -79,6 +79,16 @@ pub struct InitArgs {
     /// A ready Lambda zip holding `bootstrap`.
     #[arg(long, value_name = "FILE")]
     pub lambda_zip: Option<PathBuf>,
+    /// Do not bake a runner-ready image for a pool whose install inputs no
+    /// baked image matches: its instances install at boot (2-5 minutes).
+    #[arg(long, env = "CCI_SCALER_NO_BAKE", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_bake: bool,
+    /// Give up a bake (and terminate its builder) after this long.
+    #[arg(long, default_value = "30m", value_parser = parse_duration, value_name = "DURATION")]
+    pub bake_timeout: std::time::Duration,
+    /// How often to look at a builder while it bakes.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION", hide = true)]
+    pub bake_poll_interval: std::time::Duration,
     /// Print the plan (create/update/keep per resource); write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -202,7 +212,11 @@ async fn converge(
             }
         }
     }
-    let mut items = provision::init(&ctx, &pools, &removing, &artifact, only).await?;
+    let bake = (!args.no_bake).then_some(provision::image::BuildOptions {
+        timeout: args.bake_timeout,
+        poll: args.bake_poll_interval,
+    });
+    let mut items = provision::init(&ctx, &pools, &removing, &artifact, only, bake).await?;
     if !removing.is_empty() && only.is_none() {
         items.extend(provision::remove_pools(&ctx, &removing, false).await?);
     }

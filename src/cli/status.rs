@@ -48,12 +48,13 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<ExitCo
         anyhow::bail!("--interval must be at least 1s");
     }
     let pools = stack_pools(&ctx, rc, args.pool.pool.as_deref()).await?;
+    let image_max_age = file.image_max_age()?;
     let terminal = std::io::stdout().is_terminal() && global.output == Output::Text;
     // Listening from the start: a Ctrl-C while a refresh reads is not lost.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut first = true;
     loop {
-        let st = provision::status(&ctx, &pools).await?;
+        let st = provision::status(&ctx, &pools, image_max_age).await?;
         let history = match args.since {
             Some(since) => Some(provision::history(&ctx, &pools, since).await?),
             None => None,

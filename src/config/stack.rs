@@ -36,6 +36,8 @@ pub struct StackFile {
     pub log_retention_days: Option<u32>,
     /// CircleCI requests the scaler has in flight at once, over all pools [16].
     pub circleci_concurrency: Option<u32>,
+    /// `status` warns about a pool whose image is older than this [30d].
+    pub image_max_age: Option<String>,
     /// CloudWatch alarms (`[alarms]`), for the whole stack.
     pub alarms: Option<AlarmsFile>,
     /// Shorthand for `[alarms] email`.
@@ -74,7 +76,27 @@ pub(super) struct StackWide {
     pub job_role: Option<JobRoleSettings>,
 }
 
+/// `image_max_age` unless set.
+pub const DEFAULT_IMAGE_MAX_AGE: Duration = Duration::from_secs(30 * 86_400);
+
 impl StackFile {
+    /// How old a pool's image may get before `status` warns.
+    pub fn image_max_age(&self) -> Result<Duration, ConfigError> {
+        let Some(s) = &self.image_max_age else {
+            return Ok(DEFAULT_IMAGE_MAX_AGE);
+        };
+        let d = humantime::parse_duration(s).map_err(|e| {
+            bad(
+                "image_max_age",
+                format!("{s:?}: {e} (examples: 30d, 14days)"),
+            )
+        })?;
+        if d < Duration::from_secs(86_400) {
+            return Err(bad("image_max_age", format!("{s:?}: at least 1 day")));
+        }
+        Ok(d)
+    }
+
     pub fn load(path: &Path) -> Result<StackFile, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
             path: path.display().to_string(),
@@ -212,6 +234,7 @@ impl StackFile {
                 format!("{n} is out of range: must be 1 to {most}"),
             ));
         }
+        self.image_max_age()?;
         let log_retention_days = self.log_retention_days.unwrap_or(30);
         if !LOG_RETENTION_DAYS.contains(&log_retention_days) {
             return Err(bad(

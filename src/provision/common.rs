@@ -139,6 +139,9 @@ pub(crate) struct Found {
     pub removing: Vec<PoolRecord>,
     /// The pool a per-pool resource is being worked on for.
     pub current: usize,
+    /// `init` bakes a pool's runner-ready image when none matches its
+    /// install inputs (`None`: `--no-bake`).
+    pub bake: Option<super::image::BuildOptions>,
 }
 
 impl Found {
@@ -165,6 +168,8 @@ pub(crate) struct PoolFound {
     pub spot: bool,
     /// Stopped instances in the group's warm pool (0: none).
     pub warm_pool: u32,
+    /// No baked image matches the pool's base image and install inputs.
+    pub needs_bake: bool,
     /// The key pair its launch template names, if any.
     pub key_pair: Option<String>,
     pub architecture: String,

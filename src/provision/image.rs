@@ -20,7 +20,9 @@ pub const BASE_IMAGE_TAG: &str = "cci-scaler:base-image";
 /// Tag on the builder instance.
 pub const ROLE_TAG: &str = "cci-scaler:role";
 
-/// The baked images (no `init` step makes them; teardown removes them).
+/// The baked images: `init` bakes one for a pool when none matches its install
+/// inputs (unless `--no-bake`); `image build` bakes on demand; teardown
+/// removes them.
 pub(crate) struct BakedImages;
 
 impl Resource for BakedImages {
@@ -33,8 +35,42 @@ impl Resource for BakedImages {
     fn per_pool(&self) -> bool {
         true
     }
-    fn converges(&self) -> bool {
-        false
+    /// `init` bakes one when none matches the pool's install inputs (unless
+    /// `--no-bake`); the launch template then launches from it.
+    fn converge<'a>(
+        &'a self,
+        ctx: &'a Ctx<'a>,
+        s: &'a StackSettings,
+        f: &'a mut Found,
+    ) -> BoxFuture<'a, R<Item>> {
+        Box::pin(async move {
+            let nothing = Item::new("baked image", ctx.names.group(), Action::Absent);
+            let Some(opts) = f.bake.clone() else {
+                return Ok(nothing);
+            };
+            if !f.pool().needs_bake {
+                return Ok(nothing);
+            }
+            if ctx.dry_run {
+                let hash = user_data_input(ctx, s, true).install_hash();
+                return Ok(
+                    Item::new("baked image", ctx.names.group(), Action::Create).detail(format!(
+                        "a builder from {} installs (install hash {hash}), then the image is made",
+                        f.pool().image
+                    )),
+                );
+            }
+            let items = build(ctx, s, &opts).await?;
+            let baked = items
+                .into_iter()
+                .find(|i| i.kind == "baked image")
+                .ok_or_else(|| ProvisionError::Invalid("the bake made no image".into()))?;
+            if let Some(id) = &baked.id {
+                f.pool_mut().image = id.clone();
+                f.pool_mut().needs_bake = false;
+            }
+            Ok(baked)
+        })
     }
     fn delete<'a>(&'a self, ctx: &'a Ctx<'a>, _t: &'a Teardown) -> BoxFuture<'a, R<Vec<Item>>> {
         Box::pin(prune(ctx, 0))
@@ -153,6 +189,7 @@ pub(crate) async fn newest(ctx: &Ctx<'_>, base: &str, hash: &str) -> R<(Option<S
 }
 
 /// How long to wait, and how often to look.
+#[derive(Debug, Clone)]
 pub struct BuildOptions {
     pub timeout: Duration,
     pub poll: Duration,

@@ -128,12 +128,14 @@ pub async fn init(
     removing: &[PoolRecord],
     artifact: &Artifact,
     only: Option<StepName>,
+    bake: Option<super::image::BuildOptions>,
 ) -> R<Vec<Item>> {
     let s0 = pools
         .first()
         .ok_or_else(|| ProvisionError::Invalid("the stack has no pool".into()))?;
     let mut f = Found {
         removing: removing.to_vec(),
+        bake,
         ..Found::default()
     };
     let reader = Ctx {
@@ -175,11 +177,25 @@ pub async fn init(
                 ));
                 p.image = id;
             }
-            None if all > 0 => ctx.progress.note(&format!(
-                "{}: its {all} baked image(s) are from another base image or other install inputs; run `cci-scaler image build` to bake a current one",
-                pctx.names.group()
-            )),
-            None => {}
+            None => {
+                p.needs_bake = true;
+                let why = if all > 0 {
+                    format!(
+                        "its {all} baked image(s) are from another base image or other install inputs (setup script, packages, runner)"
+                    )
+                } else {
+                    "no runner-ready image yet".to_string()
+                };
+                if f.bake.is_some() {
+                    ctx.progress
+                        .note(&format!("{}: {why}: init bakes one", pctx.names.group()));
+                } else {
+                    ctx.progress.note(&format!(
+                        "{}: {why}; --no-bake: instances install at boot (run `cci-scaler image build` to bake one)",
+                        pctx.names.group()
+                    ));
+                }
+            }
         }
         p.user_data = render_user_data(&input)?;
         p.class = step(
@@ -236,7 +252,8 @@ pub async fn init(
                 continue;
             }
             let item = step(r.label(), r.converge(c, s, &mut f).await)?;
-            if selected {
+            // Absent: nothing to do, nothing to say (a pool with its image).
+            if selected && item.action != Action::Absent {
                 ctx.progress.done(&item);
                 items.push(item);
             }

@@ -32,6 +32,20 @@ pub struct PoolStatus {
     /// the epoch of the notice).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interrupted: Option<Vec<(String, u64)>>,
+    /// The image its launch template launches from, and its age.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<PoolImage>,
+}
+
+/// A pool's image as `status` reports it.
+#[derive(Debug, Serialize)]
+pub struct PoolImage {
+    pub id: String,
+    /// When it was made (RFC 3339, as EC2 has it).
+    pub created: String,
+    pub age_days: u64,
+    /// A runner-ready image this stack baked (`image build`, or init).
+    pub baked: bool,
 }
 
 /// A pool's fleet as `status` reports it.
@@ -172,7 +186,11 @@ pub struct FleetInstance {
 }
 
 /// What exists (read only) and every pool's state (read concurrently).
-pub async fn status(ctx: &Ctx<'_>, pools: &[PoolRecord]) -> R<StackStatus> {
+pub async fn status(
+    ctx: &Ctx<'_>,
+    pools: &[PoolRecord],
+    image_max_age: Duration,
+) -> R<StackStatus> {
     let dry = Ctx {
         dry_run: true,
         ..ctx.clone()
@@ -204,6 +222,22 @@ pub async fn status(ctx: &Ctx<'_>, pools: &[PoolRecord]) -> R<StackStatus> {
         .await
         .ok();
     let mut warnings = vec![];
+    let max_days = image_max_age.as_secs() / 86_400;
+    for p in &pools {
+        // Baked images only: a stock one is the base init resolves anew.
+        if let Some(img) = p
+            .image
+            .as_ref()
+            .filter(|i| i.baked && i.age_days > max_days)
+        {
+            warnings.push(format!(
+                "pool {}: its image {} is {} days old (image_max_age {max_days}d): bake a fresh one with `cci-scaler image build`, then run `cci-scaler init`",
+                p.pool.as_deref().unwrap_or(&p.group),
+                img.id,
+                img.age_days
+            ));
+        }
+    }
     // The scaler's CircleCI token: the one that ran init can create resource
     // classes and runner tokens, which only organisation admins may do.
     if super::scaler_secret::holds_init_token(ctx).await? == Some(true) {
@@ -271,6 +305,7 @@ async fn pool_status(
         headroom,
         fleet: None,
         interrupted: None,
+        image: pool_image(&pctx).await,
     };
     let Some(Owned { it: g, .. }) = super::group::find(&pctx).await? else {
         return Ok(out);
@@ -505,4 +540,42 @@ pub async fn history(ctx: &Ctx<'_>, pools: &[PoolRecord], since: Duration) -> R<
             }
         })
         .collect())
+}
+
+/// The image the pool's launch template launches from (`None`: no template,
+/// or its image cannot be read: status goes on without it).
+async fn pool_image(ctx: &Ctx<'_>) -> Option<PoolImage> {
+    let ec2 = &ctx.aws.ec2;
+    let v = ec2
+        .describe_launch_template_versions()
+        .launch_template_name(ctx.names.launch_template())
+        .versions("$Latest")
+        .send()
+        .await
+        .ok()?;
+    let id = v
+        .launch_template_versions()
+        .first()?
+        .launch_template_data()?
+        .image_id()?
+        .to_string();
+    let img = ec2.describe_images().image_ids(&id).send().await.ok()?;
+    let image = img.images().first()?;
+    let created = image.creation_date()?.to_string();
+    let baked = image
+        .tags()
+        .iter()
+        .any(|t| t.key() == Some(super::image::IMAGE_OF_TAG));
+    let at =
+        humantime::parse_rfc3339_weak(created.trim_end_matches('Z').split('.').next()?).ok()?;
+    let age_days = std::time::SystemTime::now()
+        .duration_since(at)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0);
+    Some(PoolImage {
+        id,
+        created,
+        age_days,
+        baked,
+    })
 }

@@ -2241,3 +2241,123 @@ async fn a_warm_pool_is_made_shown_and_removed() {
     let r = s.teardown().await;
     assert_eq!(r.code, 0, "{r:?}");
 }
+
+/// By default `init` bakes a pool's runner-ready image when none matches its
+/// install inputs (the builder's "done", it stopping itself, stood in by the
+/// test), says so, and launches from it; run again, it bakes nothing; a new
+/// setup script bakes again; `--no-bake` skips and says the instances
+/// install at boot; a dry run plans the bake. `status` warns about an image
+/// older than `image_max_age`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_bakes_an_image_when_the_install_inputs_change() {
+    let s = Stack::new().await;
+    let file = s.home.path().join("cci-scaler.toml");
+    std::fs::write(&file, "").unwrap();
+    let ec2 = aws_sdk_ec2::Client::new(&s.moto.config);
+    let init = |extra: &'static [&'static str]| {
+        let mut cmd = s.converge(&["init"], extra);
+        cmd.env_remove("CCI_SCALER_NO_BAKE").args([
+            "--bake-poll-interval",
+            "1s",
+            "--bake-timeout",
+            "120s",
+        ]);
+        cmd
+    };
+    let plan = run(init(&["--dry-run"])).await;
+    assert_eq!(plan.code, 0, "{plan:?}");
+    assert!(
+        actions(&json(&plan)).contains(&("baked image".to_string(), "create".to_string())),
+        "{plan:?}"
+    );
+    assert!(
+        builder_ids(&s).await.is_empty(),
+        "a dry run launches nothing"
+    );
+
+    // The first init: the stack, then a bake before the launch template.
+    let baked = |r: &Run| {
+        json(r)["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["kind"] == "baked image")
+            .and_then(|i| i["id"].as_str().map(String::from))
+    };
+    let child = tokio::spawn(run(init(&[])));
+    let id = builder(&s).await;
+    ec2.stop_instances().instance_ids(&id).send().await.unwrap();
+    let r = child.await.unwrap();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("no runner-ready image yet: init bakes one"),
+        "{r:?}"
+    );
+    let first = baked(&r).expect("a baked image");
+    let d = crate::support::template_data(&ec2, "cci-scaler-demo-runner").await;
+    assert_eq!(d.image_id(), Some(first.as_str()));
+    assert_eq!(
+        instance_state(&s, &id).await,
+        "terminated",
+        "no builder left"
+    );
+
+    // Again: the image matches, nothing is baked.
+    let r = run(init(&[])).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(baked(&r), None, "{r:?}");
+    assert!(
+        r.stderr
+            .contains(&format!("launching from the baked image {first}")),
+        "{r:?}"
+    );
+
+    // A setup script changes the install inputs: baked again.
+    std::fs::write(s.home.path().join("setup.sh"), "#!/bin/bash\necho tools\n").unwrap();
+    std::fs::write(&file, "[runner]\nsetup_script = \"setup.sh\"\n").unwrap();
+    let r = run({
+        let mut c = s.converge(&["init"], &["--no-bake"]);
+        c.env_remove("CCI_SCALER_NO_BAKE");
+        c
+    })
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("--no-bake: instances install at boot"),
+        "{r:?}"
+    );
+    let child = tokio::spawn(run(init(&[])));
+    let id = builder(&s).await;
+    ec2.stop_instances().instance_ids(&id).send().await.unwrap();
+    let r = child.await.unwrap();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("other install inputs"), "{r:?}");
+    let second = baked(&r).expect("baked again");
+    assert_ne!(second, first);
+
+    // status: the image is new; a max age of a day passes, and a bad one is
+    // refused naming the key.
+    let r = run(s.cmd(&["--output", "json", "status", "--stack", "demo"])).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let v = json(&r);
+    assert_eq!(v["pools"][0]["image"]["id"], second.as_str(), "{v}");
+    assert!(
+        v["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| !w.as_str().unwrap().contains("days old")),
+        "{v}"
+    );
+    std::fs::write(
+        &file,
+        "image_max_age = \"1h\"\n[runner]\nsetup_script = \"setup.sh\"\n",
+    )
+    .unwrap();
+    let r = run(s.cmd(&["status", "--stack", "demo"])).await;
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("image_max_age"), "{r:?}");
+    let r = s.teardown().await;
+    assert_eq!(r.code, 0, "{r:?}");
+}

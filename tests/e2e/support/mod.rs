@@ -44,6 +44,9 @@ pub fn command_at(program: &std::path::Path, home: &std::path::Path) -> tokio::p
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_MAX_ATTEMPTS", "1")
         .env("NO_COLOR", "1")
+        // The emulator runs no user data, so no builder ever finishes: init
+        // bakes only where a test stands in for the builder (and unsets it).
+        .env("CCI_SCALER_NO_BAKE", "1")
         .kill_on_drop(true)
         .stdin(std::process::Stdio::null());
     cmd
