@@ -121,6 +121,15 @@ fn variants() -> Vec<(&'static str, String)> {
             })
             .unwrap(),
         ),
+        (
+            "warm-pool",
+            render_user_data(&UserDataInput {
+                spares: true,
+                warm_pool: true,
+                ..default_input()
+            })
+            .unwrap(),
+        ),
     ]
 }
 
