@@ -18,8 +18,10 @@ use super::{GlobalArgs, Output, parse_duration};
 
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
-    /// Jobs from a CSV file: arrival_s,duration_s[,resource_class] (default: a
-    /// generated working day with morning and afternoon bursts).
+    /// Jobs from a CSV file: arrival_s,duration_s[,resource_class], or
+    /// CircleCI's usage export (its CSV, gzip or not: each self-hosted job
+    /// run arrives when it was queued and runs from start to stop) (default:
+    /// a generated working day with morning and afternoon bursts).
     #[arg(long, value_name = "FILE")]
     pub jobs: Option<PathBuf>,
     /// With --jobs: only rows of this resource class.
@@ -279,15 +281,64 @@ fn fleet(args: &SimulateArgs) -> anyhow::Result<Fleet> {
 }
 
 fn jobs(args: &SimulateArgs) -> anyhow::Result<Vec<Job>> {
-    match &args.jobs {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the jobs file {}", path.display()))?;
-            workload::parse_csv(&text, args.resource_class.as_deref())
-                .with_context(|| format!("jobs file {}", path.display()))
+    let Some(path) = &args.jobs else {
+        return Ok(generator(args)?.generate(args.seed)?);
+    };
+    match read_jobs(path)? {
+        JobsFile::Rows(text) => workload::parse_csv(&text, args.resource_class.as_deref())
+            .with_context(|| format!("jobs file {}", path.display())),
+        JobsFile::Usage(mut by_class) => {
+            let classes: Vec<String> = by_class.keys().flatten().cloned().collect();
+            let want = match (&args.resource_class, classes.as_slice()) {
+                (Some(rc), _) => rc.clone(),
+                (None, [one]) => one.clone(),
+                (None, _) => crate::usage!(
+                    "usage export {} has jobs of {} resource classes ({}): pass --resource-class, or --config for a stack's pools",
+                    path.display(),
+                    classes.len(),
+                    classes.join(", ")
+                ),
+            };
+            by_class.remove(&Some(want.clone())).with_context(|| {
+                format!(
+                    "usage export {} has no jobs of {want} (it has {})",
+                    path.display(),
+                    classes.join(", ")
+                )
+            })
         }
-        None => Ok(generator(args)?.generate(args.seed)?),
     }
+}
+
+/// A jobs file: rows (`arrival_s,duration_s[,resource_class]`), or a
+/// CircleCI usage export (gzip or not), already split by resource class.
+enum JobsFile {
+    Rows(String),
+    Usage(std::collections::BTreeMap<Option<String>, Vec<Job>>),
+}
+
+fn read_jobs(path: &std::path::Path) -> anyhow::Result<JobsFile> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read the jobs file {}", path.display()))?;
+    let text = simulate::usage::read_maybe_gzip(&bytes)
+        .with_context(|| format!("jobs file {}: neither text nor gzip", path.display()))?;
+    if !simulate::usage::is_usage_export(&text) {
+        return Ok(JobsFile::Rows(text));
+    }
+    let export = simulate::usage::parse(&text)
+        .with_context(|| format!("usage export {}", path.display()))?;
+    if export.cloud_rows + export.unfinished > 0 {
+        eprintln!(
+            "note: usage export {}: {} job run(s) of self-hosted classes replayed; {} of cloud resource classes and {} that never started or stopped left out",
+            path.display(),
+            export.runs.len(),
+            export.cloud_rows,
+            export.unfinished
+        );
+    }
+    Ok(JobsFile::Usage(export.jobs_by_class().with_context(
+        || format!("usage export {}", path.display()),
+    )?))
 }
 
 fn generator(args: &SimulateArgs) -> anyhow::Result<Generator> {
@@ -411,10 +462,11 @@ fn run_pools(
     use cci_scaler::config::StackFile;
     let pools = StackFile::load(path)?.pools()?;
     let jobs_path = args.jobs.as_ref().context("--config needs --jobs")?;
-    let text = std::fs::read_to_string(jobs_path)
-        .with_context(|| format!("cannot read the jobs file {}", jobs_path.display()))?;
-    let mut by_class = workload::parse_csv_by_class(&text)
-        .with_context(|| format!("jobs file {}", jobs_path.display()))?;
+    let mut by_class = match read_jobs(jobs_path)? {
+        JobsFile::Rows(text) => workload::parse_csv_by_class(&text)
+            .with_context(|| format!("jobs file {}", jobs_path.display()))?,
+        JobsFile::Usage(by_class) => by_class,
+    };
     if let Some(rows) = by_class.get(&None) {
         bail!(
             "jobs file {}: {} row(s) have no resource_class; with --config every row needs one (arrival_s,duration_s,resource_class)",

@@ -17,6 +17,7 @@ pub mod chart;
 mod fleet;
 mod model;
 mod report;
+pub mod usage;
 pub mod workload;
 
 pub use fleet::{

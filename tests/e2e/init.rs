@@ -2154,6 +2154,32 @@ async fn a_long_setup_script_reaches_the_launch_template_gzip_compressed() {
     assert_eq!(r.code, 0, "{r:?}");
 }
 
+/// The demo group's warm pool settings (`None`: no pool).
+async fn warm_pool_of(s: &Stack) -> Option<aws_sdk_autoscaling::types::WarmPoolConfiguration> {
+    s.moto
+        .asg()
+        .describe_warm_pool()
+        .auto_scaling_group_name("demo-runners")
+        .send()
+        .await
+        .unwrap()
+        .warm_pool_configuration()
+        .cloned()
+}
+
+/// The demo group's lifecycle hooks.
+async fn launch_hooks_of(s: &Stack) -> Vec<aws_sdk_autoscaling::types::LifecycleHook> {
+    s.moto
+        .asg()
+        .describe_lifecycle_hooks()
+        .auto_scaling_group_name("demo-runners")
+        .send()
+        .await
+        .unwrap()
+        .lifecycle_hooks()
+        .to_vec()
+}
+
 /// `warm_pool = 2`: init gives the group a warm pool of 2 stopped instances
 /// (its size fixed: `MinSize` = `MaxGroupPreparedCapacity` = 2, no reuse on
 /// scale-in) and the launch hook its instances complete (ABANDON after the
@@ -2166,14 +2192,7 @@ async fn a_warm_pool_is_made_shown_and_removed() {
     std::fs::write(&file, "warm_pool = 2\n").unwrap();
     let r = s.init(&[]).await;
     assert_eq!(r.code, 0, "{r:?}");
-    let asg = s.moto.asg();
-    let wp = asg
-        .describe_warm_pool()
-        .auto_scaling_group_name("demo-runners")
-        .send()
-        .await
-        .unwrap();
-    let c = wp.warm_pool_configuration().expect("a warm pool");
+    let c = warm_pool_of(&s).await.expect("a warm pool");
     assert_eq!(c.min_size(), Some(2));
     assert_eq!(c.max_group_prepared_capacity(), Some(2));
     assert_ne!(
@@ -2181,13 +2200,8 @@ async fn a_warm_pool_is_made_shown_and_removed() {
             .and_then(|p| p.reuse_on_scale_in()),
         Some(true)
     );
-    let hooks = asg
-        .describe_lifecycle_hooks()
-        .auto_scaling_group_name("demo-runners")
-        .send()
-        .await
-        .unwrap();
-    let h = &hooks.lifecycle_hooks()[0];
+    let hooks = launch_hooks_of(&s).await;
+    let h = &hooks[0];
     assert_eq!(h.lifecycle_hook_name(), Some("cci-scaler-launch"));
     assert_eq!(
         h.lifecycle_transition(),
@@ -2215,20 +2229,8 @@ async fn a_warm_pool_is_made_shown_and_removed() {
     std::fs::write(&file, "").unwrap();
     let r = s.init(&[]).await;
     assert_eq!(r.code, 0, "{r:?}");
-    let wp = asg
-        .describe_warm_pool()
-        .auto_scaling_group_name("demo-runners")
-        .send()
-        .await
-        .unwrap();
-    assert!(wp.warm_pool_configuration().is_none(), "{wp:?}");
-    let hooks = asg
-        .describe_lifecycle_hooks()
-        .auto_scaling_group_name("demo-runners")
-        .send()
-        .await
-        .unwrap();
-    assert!(hooks.lifecycle_hooks().is_empty(), "{hooks:?}");
+    assert!(warm_pool_of(&s).await.is_none());
+    assert!(launch_hooks_of(&s).await.is_empty());
 
     // A spot pool cannot have one: refused, naming the key.
     std::fs::write(&file, "warm_pool = 1\nmarket = \"spot\"\n").unwrap();

@@ -234,6 +234,83 @@ async fn simulate_every_pool_of_a_stack_file() {
     );
 }
 
+/// CircleCI's usage export (gzip, its own columns) replays as it is: every
+/// pool of a stack file takes its class's job runs; one pool alone needs
+/// --resource-class when the export has several; cloud classes and runs that
+/// never started are left out and counted.
+#[tokio::test]
+async fn simulate_replays_a_usage_export() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path();
+    std::fs::write(
+        dir.join("cci-scaler.toml"),
+        "stack = \"ci\"\n[[pool]]\nresource_class = \"acme/small\"\n[[pool]]\nresource_class = \"acme/arm\"\n",
+    )
+    .unwrap();
+    let mut csv = String::from(
+        "JOB_ID,PROJECT_NAME,WORKFLOW_NAME,JOB_NAME,RESOURCE_CLASS,EXECUTOR,JOB_RUN_QUEUED_AT,JOB_RUN_STARTED_AT,JOB_RUN_STOPPED_AT\n",
+    );
+    for i in 0..6 {
+        csv.push_str(&format!(
+            "{i},api,build,\"test, {i}\",acme/small,machine,2024-08-01 10:0{i}:00.000,2024-08-01 10:0{i}:40.000,2024-08-01 10:1{i}:00.000\n"
+        ));
+    }
+    csv.push_str("7,api,build,arm,acme/arm,machine,2024-08-01 11:00:00,2024-08-01 11:01:00,2024-08-01 11:05:00\n");
+    csv.push_str("8,api,build,lint,medium,docker,2024-08-01 11:00:00,2024-08-01 11:00:05,2024-08-01 11:01:00\n");
+    csv.push_str("9,api,build,gone,acme/arm,machine,2024-08-01 12:00:00,\\N,\\N\n");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, csv.as_bytes()).unwrap();
+    std::fs::write(dir.join("usage.csv.gz"), gz.finish().unwrap()).unwrap();
+
+    let mut cmd = command("cci-scaler", dir);
+    cmd.current_dir(dir).args([
+        "--output",
+        "json",
+        "simulate",
+        "--config",
+        "cci-scaler.toml",
+        "--jobs",
+        "usage.csv.gz",
+    ]);
+    let r = run(cmd).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("7 job run(s) of self-hosted classes replayed; 1 of cloud resource classes and 1 that never started or stopped left out"),
+        "{r:?}"
+    );
+    let v: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(v["pools"][0]["reports"][0]["jobs"], 6, "{v}");
+    assert_eq!(v["pools"][1]["reports"][0]["jobs"], 1, "{v}");
+
+    // One pool: which class?
+    let r = run(simulate(
+        dir,
+        &["--jobs", dir.join("usage.csv.gz").to_str().unwrap()],
+    ))
+    .await;
+    assert_eq!(r.code, 2, "bad usage: {r:?}");
+    assert!(
+        r.stderr
+            .contains("2 resource classes (acme/arm, acme/small): pass --resource-class"),
+        "{r:?}"
+    );
+    let r = run(simulate(
+        dir,
+        &[
+            "--output",
+            "json",
+            "--jobs",
+            dir.join("usage.csv.gz").to_str().unwrap(),
+            "--resource-class",
+            "acme/small",
+        ],
+    ))
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let v: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(v["reports"][0]["jobs"], 6, "{v}");
+}
+
 /// The goal of runner-ready images plus headroom, on the embedded day at max
 /// 20: most jobs start within seconds, for no more than the tutorial costs
 /// (1.2 times at most), and spares do not churn.
