@@ -108,6 +108,10 @@ pub enum CircleCiError {
         attempts: u32,
         detail: String,
     },
+    #[error(
+        "CircleCI's usage export of {window} failed: {reason}; try again later, or a shorter window"
+    )]
+    ExportFailed { window: String, reason: String },
     #[error("invalid CircleCI runner API URL '{url}': {detail}")]
     BadUrl { url: String, detail: String },
     #[error("could not set up the HTTP client: {0}")]
@@ -565,6 +569,8 @@ pub fn validate_resource_class(rc: &str) -> Result<(), String> {
         )),
     }
 }
+
+pub mod usage;
 
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
 //! Command-line definitions (clap) and dispatch; one file per subcommand.
 
 pub mod docs;
+pub mod history;
 pub mod image;
 pub mod init;
 pub mod render;
@@ -92,6 +93,9 @@ pub enum Command {
     Render(render::RenderCommand),
     /// Replay a day of CI jobs through our policy and the tutorial's: waits and cost.
     Simulate(simulate::SimulateArgs),
+    /// Your organisation's job runs from CircleCI's usage export, as a CSV
+    /// `simulate --jobs` replays.
+    History(history::HistoryArgs),
     /// Runner-ready images: bake one per pool, prune old ones.
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -139,6 +143,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Scale(args) => scale::run(&cli.global, args).await,
         Command::Render(cmd) => render::run(cmd).await,
         Command::Simulate(args) => simulate::run(&cli.global, args).await,
+        Command::History(args) => history::run(&cli.global, args).await,
         Command::Image(cmd) => image::run(&cli.global, cmd).await,
         Command::Completions(args) => docs::completions(args),
         Command::Man(args) => docs::man(args),

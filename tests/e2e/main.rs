@@ -5,6 +5,7 @@
 
 mod build;
 mod cli;
+mod history;
 mod iam;
 mod init;
 mod lambda;

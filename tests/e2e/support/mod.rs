@@ -8,6 +8,7 @@ pub mod emf;
 pub mod lambda_api;
 pub mod moto;
 pub mod rig;
+pub mod usage_api;
 pub mod vm;
 
 use std::path::PathBuf;
