@@ -14,8 +14,12 @@ use crate::scale::{ApiError, GroupApi};
 pub struct AsgClient {
     autoscaling: aws_sdk_autoscaling::Client,
     ec2: aws_sdk_ec2::Client,
-    /// `headroom = "auto"`'s demand records.
+    /// `headroom = "auto"`'s demand records, and the last text of each this
+    /// client read or wrote: a scaler polling in one process (the Lambda,
+    /// with its reserved concurrency of 1, or `scale`'s loop) reads a
+    /// record once, not at every poll.
     ssm: aws_sdk_ssm::Client,
+    records: std::sync::Arc<std::sync::Mutex<HashMap<String, String>>>,
     region: String,
 }
 
@@ -25,6 +29,7 @@ impl AsgClient {
             autoscaling: aws_sdk_autoscaling::Client::new(config),
             ec2: aws_sdk_ec2::Client::new(config),
             ssm: aws_sdk_ssm::Client::new(config),
+            records: Default::default(),
             region: config
                 .region()
                 .map(|r| r.to_string())
@@ -292,8 +297,17 @@ impl AsgClient {
 
     /// A pool's demand record (an SSM parameter); `None`: not written yet.
     pub async fn load_record(&self, name: &str) -> Result<Option<String>, AwsError> {
+        if let Some(text) = self.cached_record(name) {
+            return Ok(Some(text));
+        }
         match self.ssm.get_parameter().name(name).send().await {
-            Ok(out) => Ok(out.parameter().and_then(|p| p.value()).map(str::to_string)),
+            Ok(out) => {
+                let text = out.parameter().and_then(|p| p.value()).map(str::to_string);
+                if let Some(t) = &text {
+                    self.cache_record(name, t);
+                }
+                Ok(text)
+            }
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|s| s.is_parameter_not_found()) =>
@@ -316,7 +330,18 @@ impl AsgClient {
             .send()
             .await
             .map_err(|e| AwsError::call("ssm:PutParameter", name, &e))?;
+        self.cache_record(name, text);
         Ok(())
+    }
+
+    fn cached_record(&self, name: &str) -> Option<String> {
+        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        records.get(name).cloned()
+    }
+
+    fn cache_record(&self, name: &str, text: &str) {
+        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        records.insert(name.to_string(), text.to_string());
     }
 
     pub async fn terminate(&self, instance_id: &str, decrement: bool) -> Result<(), AwsError> {

@@ -216,6 +216,21 @@ impl DemandRecord {
             .unwrap_or_default()
     }
 
+    /// Whether this record (after [`Self::observe`]) says more than the
+    /// saved one: anything but its clock changed, or the saved clock is so
+    /// old that a scaler reading it would start afresh. So a quiet pool's
+    /// record is written about every 15 minutes, not at every poll.
+    pub fn worth_saving(&self, saved: Option<&DemandRecord>) -> bool {
+        let Some(saved) = saved else {
+            return true;
+        };
+        let clock_only = DemandRecord {
+            t: saved.t,
+            ..self.clone()
+        };
+        clock_only != *saved || self.t >= saved.t + MEMORY_S / 2
+    }
+
     pub fn to_text(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
@@ -498,6 +513,31 @@ mod record_tests {
         // Saved and read back.
         let again = DemandRecord::parse(&r.to_text());
         assert_eq!(again, r);
+        // A poll that changes nothing but the clock is not worth a write,
+        // until the saved clock grows old.
+        assert!(r.worth_saving(None));
+        let mut quiet = r.clone();
+        quiet.observe(&Observation {
+            now: 9_010,
+            demand: 4,
+            running: 0,
+            instances: &[],
+        });
+        assert!(!quiet.worth_saving(Some(&r)));
+        quiet.observe(&Observation {
+            now: 9_000 + MEMORY_S / 2,
+            demand: 4,
+            running: 0,
+            instances: &[],
+        });
+        assert!(quiet.worth_saving(Some(&r)), "the clock is old");
+        quiet.observe(&Observation {
+            now: 9_000 + MEMORY_S / 2 + 10,
+            demand: 6,
+            running: 0,
+            instances: &[],
+        });
+        assert!(quiet.worth_saving(Some(&r)), "arrivals");
         assert_eq!(DemandRecord::parse("{not json"), DemandRecord::default());
     }
 

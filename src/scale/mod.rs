@@ -309,23 +309,16 @@ pub async fn run_once<Q: RunnerQueue, G: GroupApi>(
 
     read_spot_failures(group_api, &settings.asg, &mut group).await?;
     let now = SystemTime::now();
-    let (mut policy, active) = with_headroom(&settings.policy, &settings.headroom, now);
-    let auto = match &settings.auto {
-        Some(a) => Some(
-            auto_spares(
-                group_api,
-                a,
-                snapshot.depth,
-                &group,
-                &snapshot.runners,
-                now,
-                settings.dry_run,
-            )
-            .await?,
-        ),
-        None => None,
-    };
-    policy.headroom = policy.headroom.max(auto.unwrap_or(0));
+    let (policy, active, auto) = spares(
+        group_api,
+        &settings.policy,
+        &settings.headroom,
+        settings.auto.as_ref(),
+        (snapshot.depth, &group, &snapshot.runners),
+        now,
+        settings.dry_run,
+    )
+    .await?;
     let decision = decide::decide(snapshot.depth, &group, &snapshot.runners, &policy, now)?;
 
     if !settings.dry_run {
@@ -390,8 +383,29 @@ pub(crate) async fn read_spot_failures<G: GroupApi>(
     Ok(())
 }
 
+/// The policy with the spares wanted at `now`: the active headroom period's
+/// and auto's (the larger), with each (auto's record noted, and saved
+/// unless a dry run).
+pub(crate) async fn spares<G: GroupApi>(
+    group_api: &G,
+    policy: &Policy,
+    schedule: &Schedule,
+    auto: Option<&AutoHeadroom>,
+    (depth, group, runners): (QueueDepth, &GroupState, &HashSet<String>),
+    now: SystemTime,
+    dry_run: bool,
+) -> Result<(Policy, Option<Active>, Option<u32>), ScaleError> {
+    let (mut policy, active) = with_headroom(policy, schedule, now);
+    let auto = match auto {
+        Some(a) => Some(auto_spares(group_api, a, depth, group, runners, now, dry_run).await?),
+        None => None,
+    };
+    policy.headroom = policy.headroom.max(auto.unwrap_or(0));
+    Ok((policy, active, auto))
+}
+
 /// The policy with the spares the active headroom period wants at `now`.
-pub(crate) fn with_headroom(
+fn with_headroom(
     policy: &Policy,
     schedule: &Schedule,
     now: SystemTime,
@@ -434,7 +448,7 @@ pub(crate) fn spare_tag(
 
 /// `headroom = "auto"`: note this poll in the pool's demand record (saved
 /// unless a dry run) and say how many spares it wants.
-pub(crate) async fn auto_spares<G: GroupApi>(
+async fn auto_spares<G: GroupApi>(
     group_api: &G,
     auto: &AutoHeadroom,
     depth: QueueDepth,
@@ -443,11 +457,11 @@ pub(crate) async fn auto_spares<G: GroupApi>(
     now: SystemTime,
     dry_run: bool,
 ) -> Result<u32, ScaleError> {
-    let saved = group_api.load_record(&auto.record).await?;
-    let mut record = saved
-        .as_deref()
-        .map(auto_headroom::DemandRecord::parse)
-        .unwrap_or_default();
+    let saved = group_api
+        .load_record(&auto.record)
+        .await?
+        .map(|t| auto_headroom::DemandRecord::parse(&t));
+    let mut record = saved.clone().unwrap_or_default();
     let instances: Vec<(String, Option<u64>, bool)> = group
         .instances
         .iter()
@@ -467,9 +481,10 @@ pub(crate) async fn auto_spares<G: GroupApi>(
         running: depth.running,
         instances: &instances,
     });
-    let text = record.to_text();
-    if !dry_run && saved.as_deref() != Some(text.as_str()) {
-        group_api.save_record(&auto.record, &text).await?;
+    if !dry_run && record.worth_saving(saved.as_ref()) {
+        group_api
+            .save_record(&auto.record, &record.to_text())
+            .await?;
     }
     Ok(record.spares(
         now_s,

@@ -146,14 +146,16 @@ pub async fn run_pools<Q: RunnerQueue + Sync, G: GroupApi + Sync>(
         let (depth, runners, mut group) = r?;
         super::read_spot_failures(group_api, &p.asg, &mut group).await?;
         let schedule = Schedule::new(&p.headroom)?;
-        let (mut policy, active) = super::with_headroom(policy, &schedule, now);
-        let auto = match &p.auto {
-            Some(a) => {
-                Some(super::auto_spares(group_api, a, depth, &group, runners, now, dry_run).await?)
-            }
-            None => None,
-        };
-        policy.headroom = policy.headroom.max(auto.unwrap_or(0));
+        let (policy, active, auto) = super::spares(
+            group_api,
+            policy,
+            &schedule,
+            p.auto.as_ref(),
+            (depth, &group, runners),
+            now,
+            dry_run,
+        )
+        .await?;
         let decision = decide::decide(depth, &group, runners, &policy, now)?;
         if !dry_run {
             apply(

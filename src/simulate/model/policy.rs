@@ -1,7 +1,6 @@
 //! The two policies' polls: ours runs the real [`decide::decide`]; the
 //! tutorial sets desired to the demand, capped, every 60 s.
 
-use super::super::fleet::AUTO_SPARE_HOLD_S;
 use super::*;
 use crate::scale::auto_headroom;
 pub(super) use crate::scale::auto_headroom::HISTORY_OFFSET_S;
@@ -24,7 +23,7 @@ impl Sim<'_> {
                     protected_from_scale_in: true,
                 })
                 .collect(),
-            spare_until: None,
+            spare_until: (self.spare_tag > 0).then_some(self.spare_tag),
             spot: (self.fleet.spot && self.policy == Policy::Ours).then(|| decide::SpotState {
                 on_demand_percentage: if self.fallback_until.is_some() {
                     100
@@ -52,20 +51,15 @@ impl Sim<'_> {
             unclaimed: self.queue.len() as u32,
             running: self.running(),
         };
-        // The same rule as the Lambda: the active period's spares, and the
-        // group tagged with its end before the raise.
+        // The same rule as the Lambda: the active period's spares and
+        // auto's (the larger), and the group's spare-until tag set by the
+        // scaler's own rule before the raise.
         let active = self.schedule.active(at(t));
-        self.headroom_now = active.map(|a| a.count).unwrap_or(0);
-        if let Some(a) = active {
-            self.spare_tag = self.spare_tag.max(crate::scale::headroom::secs(a.until));
-        }
         let auto = self.auto_spares(t, queue);
-        if auto > 0 {
-            self.headroom_now = self.headroom_now.max(auto);
-            // The scaler's rule: the tag renewed when little of it is left.
-            if self.spare_tag < t + AUTO_SPARE_HOLD_S - auto_headroom::SPARE_RENEW_S {
-                self.spare_tag = t + AUTO_SPARE_HOLD_S;
-            }
+        self.headroom_now = active.map(|a| a.count).unwrap_or(0).max(auto);
+        let wanted = self.fleet.auto_headroom.then_some(auto);
+        if let Some(until) = crate::scale::spare_tag(&group, active, wanted, at(t)) {
+            self.spare_tag = until;
         }
         let policy = decide::Policy {
             boot_timeout: Duration::from_secs(self.fleet.boot_timeout_s),
