@@ -2,7 +2,8 @@
 # Benchmark: a month of a stand-in organisation's history (two self-hosted
 # classes, 10,000 job runs each, working-day shaped) replayed through every
 # pool of a two-pool stack file, both policies. Prints the wall time and the
-# time per 10,000 jobs. Builds the release binary.
+# time per 10,000 jobs; then times --recommend over the same month. Builds
+# the release binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet --bin cci-scaler
@@ -27,3 +28,7 @@ start=$(date +%s.%N)
 "$bin" simulate --config "$work/stack.toml" --jobs "$work/month.csv" >/dev/null
 end=$(date +%s.%N)
 python3 -c "import sys; s=float(sys.argv[2])-float(sys.argv[1]); print(f'20000 jobs over 30 days, 2 pools, both policies: {s:.2f} s ({s/2:.2f} s per 10,000 jobs)')" "$start" "$end"
+start=$(date +%s.%N)
+"$bin" simulate --config "$work/stack.toml" --jobs "$work/month.csv" --recommend --target-p95 60s --output json >"$work/rec.json" || true
+end=$(date +%s.%N)
+python3 -c "import json,sys; v=json.load(open(sys.argv[3])); s=float(sys.argv[2])-float(sys.argv[1]); print(f'--recommend --target-p95 60s over the same month: {v[\"settings_replayed\"]} settings in {s:.1f} s')" "$start" "$end" "$work/rec.json"

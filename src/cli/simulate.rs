@@ -12,7 +12,7 @@ use clap::Args;
 use cci_scaler::scale::auto_headroom;
 use cci_scaler::scale::headroom::HeadroomSpec;
 use cci_scaler::simulate::workload::{self, Generator, Job};
-use cci_scaler::simulate::{self, Fleet, Policy, PoolRun, RunReport, Sweep};
+use cci_scaler::simulate::{self, Fleet, Policy, PoolRun, RunReport, Sweep, hms};
 
 use super::{GlobalArgs, Output, parse_duration};
 
@@ -142,6 +142,16 @@ pub struct SimulateArgs {
     /// cancel_rate=0,0.1,0.3.
     #[arg(long, value_name = "KEY=V1,V2,...")]
     pub sweep: Vec<String>,
+    /// Replay every combination of max instances (around the jobs' own
+    /// peak), spares (0 to 4 in working hours, or auto), image (stock or
+    /// baked) and market (on demand or spot), and show the cheapest that
+    /// meets --target-p95 losing no job, with the runners-up (per pool with
+    /// --config). Exit status 1 when none meets it.
+    #[arg(long, requires = "target_p95", conflicts_with_all = ["sweep", "chart"])]
+    pub recommend: bool,
+    /// With --recommend: the p95 queue wait to meet.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", requires = "recommend")]
+    pub target_p95: Option<Duration>,
 }
 
 fn secs(d: Duration) -> anyhow::Result<u64> {
@@ -186,10 +196,7 @@ pub enum ImageKind {
     WarmPool,
 }
 
-/// A baked image boots to a registered runner in this range (seconds).
-const BAKED_BOOT_S: (u64, u64) = (40, 60);
-/// A stopped warm-pool instance starts in this range (seconds).
-const WARM_START_S: (u64, u64) = (15, 30);
+use cci_scaler::simulate::{BAKED_BOOT_S, WARM_START_S};
 /// gp3 storage, per GB-month (us-east-1), over 730 hours a month.
 const GP3_PER_GB_HOUR: f64 = 0.08 / 730.0;
 
@@ -452,6 +459,38 @@ fn sweep_fleets(spec: &str, base: &Fleet) -> anyhow::Result<(String, Vec<(String
     Ok((key.to_string(), out))
 }
 
+/// A pool of a stack file as the simulator runs it: `base` (the flags) with
+/// the pool's max instances, spares (periods, auto), warm pool, market,
+/// idle timeout, poll interval and boot timeout.
+fn pool_fleet(base: &Fleet, p: &cci_scaler::config::StackSettings) -> anyhow::Result<Fleet> {
+    let idle = cci_scaler::render::parse_go_duration("idle timeout", &p.runner.idle_timeout)?;
+    let f = Fleet {
+        max: p.max_instances,
+        min: base.min.min(p.max_instances),
+        headroom: if p.headroom.is_empty() {
+            base.headroom.clone()
+        } else {
+            p.headroom.clone()
+        },
+        auto_headroom: base.auto_headroom || p.auto_headroom.is_some(),
+        max_spares: p
+            .auto_headroom
+            .map_or(base.max_spares, |a| a.max_spares)
+            .min(p.max_instances),
+        warm_pool_size: base.warm_pool_size.max(p.warm_pool),
+        spot: base.spot || p.spot.is_some(),
+        on_demand_base: p.spot.as_ref().map_or(0, |s| s.on_demand_base),
+        retry_interrupted_jobs: base.retry_interrupted_jobs || p.retry_interrupted_jobs,
+        stopped_price_per_hour: f64::from(p.root_volume_gb) * GP3_PER_GB_HOUR,
+        idle_timeout_s: secs(idle)?,
+        interval_s: secs(p.poll_interval)?,
+        boot_timeout_s: secs(p.boot_timeout)?,
+        ..base.clone()
+    };
+    f.validate()?;
+    Ok(f)
+}
+
 /// `--config`: every pool of a stack file, each with its own jobs and
 /// settings, then the whole stack.
 fn run_pools(
@@ -476,7 +515,7 @@ fn run_pools(
     }
     let base = fleet(args)?;
     let started = Instant::now();
-    let mut runs = Vec::new();
+    let mut pool_jobs = Vec::new();
     for p in &pools {
         let name = p.pool.clone().unwrap_or_else(|| p.stack.clone());
         let Some(jobs) = by_class.remove(&Some(p.resource_class.clone())) else {
@@ -486,29 +525,8 @@ fn run_pools(
             );
             continue;
         };
-        let idle = cci_scaler::render::parse_go_duration("idle timeout", &p.runner.idle_timeout)?;
-        let f = Fleet {
-            max: p.max_instances,
-            headroom: if p.headroom.is_empty() {
-                base.headroom.clone()
-            } else {
-                p.headroom.clone()
-            },
-            idle_timeout_s: secs(idle)?,
-            interval_s: secs(p.poll_interval)?,
-            boot_timeout_s: secs(p.boot_timeout)?,
-            ..base.clone()
-        };
-        f.validate().with_context(|| format!("pool {name}"))?;
-        let ours = simulate::simulate(&jobs, &f, Policy::Ours, args.seed)?;
-        let tutorial = simulate::simulate(&jobs, &f, Policy::Tutorial, args.seed)?;
-        runs.push(PoolRun {
-            pool: name,
-            resource_class: p.resource_class.clone(),
-            fleet: f,
-            ours,
-            tutorial,
-        });
+        let f = pool_fleet(&base, p).with_context(|| format!("pool {name}"))?;
+        pool_jobs.push((name, p.resource_class.clone(), f, jobs));
     }
     let left_out: usize = by_class.values().map(Vec::len).sum();
     if left_out > 0 {
@@ -518,8 +536,27 @@ fn run_pools(
             classes.join(", ")
         );
     }
-    if runs.is_empty() {
+    if pool_jobs.is_empty() {
         bail!("no pool of {} has jobs in the file", path.display());
+    }
+    if args.recommend {
+        let pools = pool_jobs
+            .into_iter()
+            .map(|(name, class, f, jobs)| (Some(name), Some(class), f, jobs))
+            .collect();
+        return recommend(global, args, pools);
+    }
+    let mut runs = Vec::new();
+    for (pool, resource_class, f, jobs) in pool_jobs {
+        let ours = simulate::simulate(&jobs, &f, Policy::Ours, args.seed)?;
+        let tutorial = simulate::simulate(&jobs, &f, Policy::Tutorial, args.seed)?;
+        runs.push(PoolRun {
+            pool,
+            resource_class,
+            fleet: f,
+            ours,
+            tutorial,
+        });
     }
     let report = RunReport::Stack {
         seed: args.seed,
@@ -527,6 +564,103 @@ fn run_pools(
         elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
     };
     print(global.output, &report, None)
+}
+
+/// A pool to recommend for: its name, class, own fleet and jobs.
+type PoolJobs = (Option<String>, Option<String>, Fleet, Vec<Job>);
+
+/// `--recommend`: for each pool (its name, class, own fleet and jobs), every
+/// choice replayed and the cheapest meeting the target shown.
+fn recommend(
+    global: &GlobalArgs,
+    args: &SimulateArgs,
+    pools: Vec<PoolJobs>,
+) -> anyhow::Result<ExitCode> {
+    use cci_scaler::simulate::recommend::{self, Space};
+    let target = secs(args.target_p95.context("--recommend needs --target-p95")?)?;
+    let cold = boot_range(&args.boot_time)?;
+    let spaces: Vec<Space> = pools
+        .iter()
+        .map(|(_, _, f, jobs)| Space::around(jobs, f.max, cold, BAKED_BOOT_S))
+        .collect();
+    let total: usize = spaces.iter().map(|s| s.choices().len()).sum();
+    let bar = indicatif::ProgressBar::new(total as u64);
+    if global.output == Output::Text && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "replaying {pos}/{len} settings {wide_bar} {elapsed}",
+            )
+            .expect("a valid template"),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let started = Instant::now();
+    let mut out = Vec::new();
+    for ((pool, class, f, jobs), space) in pools.iter().zip(&spaces) {
+        let r = recommend::recommend(jobs, f, space, Some(f), target, args.seed, &|| bar.inc(1))?;
+        out.push(recommend::PoolRecommendation {
+            pool: pool.clone(),
+            resource_class: class.clone(),
+            days: span_days(jobs),
+            recommendation: r,
+        });
+    }
+    bar.finish_and_clear();
+    let elapsed = started.elapsed();
+    let text = match global.output {
+        Output::Json => format!(
+            "{}\n",
+            serde_json::json!({
+                "target_p95_s": target,
+                "seed": args.seed,
+                "pools": out.iter().map(recommend::PoolRecommendation::json).collect::<Vec<_>>(),
+                "settings_replayed": total,
+                "elapsed_ms": elapsed.as_secs_f64() * 1000.0,
+            })
+        ),
+        Output::Text => {
+            let mut t = String::new();
+            for r in &out {
+                t.push_str(&r.text());
+            }
+            t.push_str(&format!(
+                "{total} settings replayed in {:.1}s with the real scaling decision (seed {}).\n",
+                elapsed.as_secs_f64(),
+                args.seed
+            ));
+            t
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    let unmet: Vec<String> = out
+        .iter()
+        .filter(|r| r.recommendation.best().is_none())
+        .map(|r| r.pool.clone().unwrap_or_else(|| "the pool".into()))
+        .collect();
+    if unmet.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "error: no setting tried meets p95 {} without losing a job for {}; the closest are shown",
+            hms(target),
+            unmet.join(", ")
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Days the jobs span (at least 1), for costs per day and month.
+fn span_days(jobs: &[Job]) -> f64 {
+    let first = jobs.iter().map(|j| j.arrival_s).min().unwrap_or(0);
+    let last = jobs
+        .iter()
+        .map(|j| j.arrival_s + j.duration_s)
+        .max()
+        .unwrap_or(0);
+    ((last - first) as f64 / 86_400.0).max(1.0)
 }
 
 /// The report on stdout, as text or JSON.
@@ -547,6 +681,14 @@ pub async fn run(global: &GlobalArgs, args: SimulateArgs) -> anyhow::Result<Exit
     }
     let mut base = fleet(&args)?;
     learn(&args, &mut base)?;
+    if args.recommend {
+        let jobs = jobs(&args)?;
+        return recommend(
+            global,
+            &args,
+            vec![(None, args.resource_class.clone(), base, jobs)],
+        );
+    }
     let sweeps = args
         .sweep
         .iter()

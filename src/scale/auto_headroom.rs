@@ -307,26 +307,29 @@ impl DemandRecord {
             self.h0 = hour;
             self.h.clear();
         }
-        let mut counts = self.counts();
+        // Edited in place (one ASCII digit an hour): this runs at every poll.
         let idx = (hour - self.h0) as usize;
-        if counts.len() <= idx {
-            counts.resize(idx + 1, 0);
+        if busy == 0 && idx < self.h.len() {
+            return;
         }
-        counts[idx] = (counts[idx] + busy).min(HOUR_MAX);
-        if counts.len() > keep {
-            let drop = counts.len() - keep;
-            counts.drain(..drop);
+        let mut bytes = std::mem::take(&mut self.h).into_bytes();
+        if bytes.len() <= idx {
+            bytes.resize(idx + 1, DIGITS[0]);
+        }
+        let c = (digit_value(bytes[idx]) + busy).min(HOUR_MAX);
+        bytes[idx] = DIGITS[c as usize];
+        if bytes.len() > keep {
+            let drop = bytes.len() - keep;
+            bytes.drain(..drop);
             self.h0 += drop as u64;
         }
-        self.h = counts
-            .iter()
-            .map(|&c| char::from(DIGITS[c as usize]))
-            .collect();
+        self.h = String::from_utf8(bytes).expect("base-62 digits are ASCII");
     }
 
-    /// The busy minutes of each hour from `h0` on.
-    fn counts(&self) -> Vec<u32> {
-        self.h.bytes().map(digit_value).collect()
+    /// The busy minutes of the hour `h` (`None`: not in the record).
+    fn count(&self, h: u64) -> Option<u32> {
+        let idx = usize::try_from(h.checked_sub(self.h0)?).ok()?;
+        self.h.as_bytes().get(idx).map(|&b| digit_value(b))
     }
 
     /// The arrival rate (jobs a minute, from its busy minutes) of this hour
@@ -334,11 +337,7 @@ impl DemandRecord {
     /// the record covers.
     pub fn history(&self, now: u64) -> Vec<f64> {
         let hour = now / 3600;
-        let counts = self.counts();
-        let count = |h: u64| -> Option<u32> {
-            let idx = h.checked_sub(self.h0)?;
-            counts.get(idx as usize).copied()
-        };
+        let count = |h: u64| self.count(h);
         (1..=HISTORY_WEEKS as u64)
             .filter_map(|w| {
                 let h = hour.checked_sub(w * WEEK_H)?;
@@ -372,7 +371,12 @@ impl DemandRecord {
 }
 
 fn digit_value(c: u8) -> u32 {
-    DIGITS.iter().position(|&d| d == c).unwrap_or(0) as u32
+    u32::from(match c {
+        b'0'..=b'9' => c - b'0',
+        b'a'..=b'z' => c - b'a' + 10,
+        b'A'..=b'Z' => c - b'A' + 36,
+        _ => 0,
+    })
 }
 
 #[cfg(test)]

@@ -172,6 +172,21 @@ impl Schedule {
         best
     }
 
+    /// The first start of any period after `now` (`None`: no period will
+    /// start again). Until then, and until the active period's end,
+    /// [`Schedule::active`] gives the same answer.
+    pub fn next_start(&self, now: SystemTime) -> Option<SystemTime> {
+        self.periods
+            .iter()
+            .filter_map(|p| {
+                p.cron
+                    .find_next_occurrence(&zoned(now, &p.tz), false)
+                    .ok()
+                    .map(|z| system_time(&z))
+            })
+            .min()
+    }
+
     /// The periods' starts in `[from, to)` (for tests and the simulator's
     /// report).
     pub fn starts(&self, from: SystemTime, to: SystemTime) -> Vec<(usize, SystemTime)> {

@@ -16,6 +16,12 @@ pub(super) const MONTH_S: f64 = 30.0 * 86_400.0;
 pub use crate::scale::auto_headroom::DEFAULT_MAX_SPARES;
 pub use crate::scale::auto_headroom::SPARE_HOLD_S as AUTO_SPARE_HOLD_S;
 
+/// A baked (runner-ready) image boots to a registered runner in this range
+/// (seconds).
+pub const BAKED_BOOT_S: (u64, u64) = (40, 60);
+/// A stopped warm-pool instance starts in this range (seconds).
+pub const WARM_START_S: (u64, u64) = (15, 30);
+
 /// The tutorial's Lambda runs once a minute.
 pub const TUTORIAL_INTERVAL_S: u64 = 60;
 

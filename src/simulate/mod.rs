@@ -16,13 +16,14 @@
 pub mod chart;
 mod fleet;
 mod model;
+pub mod recommend;
 mod report;
 pub mod usage;
 pub mod workload;
 
 pub use fleet::{
-    AUTO_SPARE_HOLD_S, CONTROL_PLANE_PER_MONTH, DEFAULT_MAX_SPARES, Fleet, Policy, SimError,
-    TUTORIAL_CONTROL_PLANE_PER_MONTH, TUTORIAL_INTERVAL_S,
+    AUTO_SPARE_HOLD_S, BAKED_BOOT_S, CONTROL_PLANE_PER_MONTH, DEFAULT_MAX_SPARES, Fleet, Policy,
+    SimError, TUTORIAL_CONTROL_PLANE_PER_MONTH, TUTORIAL_INTERVAL_S, WARM_START_S,
 };
 pub use model::simulate;
 pub use report::{PoolRun, Report, RunReport, Sample, Sweep, Waits, hms};

@@ -55,6 +55,8 @@ struct Sim<'a> {
     replaced: u64,
     killed: u64,
     schedule: Schedule,
+    /// The active period and until when it holds (see `active_period`).
+    active_cache: Option<(u64, Option<crate::scale::headroom::Active>)>,
     /// Headroom now (as of the last poll) and the group's spare-until tag.
     headroom_now: u32,
     spare_tag: u64,
@@ -284,7 +286,7 @@ impl Sim<'_> {
             *next_job += 1;
         }
         // Cancelled while still queued.
-        if !self.queue.is_empty() {
+        if !self.queue.is_empty() && self.fleet.cancel_rate > 0.0 {
             let before = self.queue.len();
             let cancel_at = &self.cancel_at;
             self.queue.retain(|&j| cancel_at[j].is_none_or(|c| c > t));
@@ -391,6 +393,7 @@ pub fn simulate(
             Policy::Ours => Schedule::new(&fleet.headroom)?,
             Policy::Tutorial => Schedule::default(),
         },
+        active_cache: None,
         headroom_now: 0,
         spare_tag: 0,
         spare_s: 0,
@@ -432,8 +435,10 @@ pub fn simulate(
     let mut timeline = Vec::new();
     let mut t = 0;
     let mut quiet_since: Option<u64> = None;
+    let mut peak_desired = sim.desired;
     loop {
         sim.tick(t, &mut next_job)?;
+        peak_desired = peak_desired.max(sim.desired);
         if t % 60 == 0 {
             timeline.push(Sample {
                 t_s: t,
@@ -526,6 +531,7 @@ pub fn simulate(
         failed_boots: sim.failed_boots,
         jobs_killed: sim.killed,
         left_running: sim.live.len() as u32,
+        peak_desired,
         cost: (on_demand_instance_hours + spot_instance_hours * fleet.spot_price_ratio)
             * fleet.price_per_hour
             + warm_pool_cost

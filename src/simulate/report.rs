@@ -47,6 +47,10 @@ pub struct Report {
     pub jobs_killed: u64,
     /// Instances still running (billing) when the simulation ended.
     pub left_running: u32,
+    /// The most instances the group was asked for: below the max, the max
+    /// never bound (a larger one replays the same).
+    #[serde(skip)]
+    pub peak_desired: u32,
     pub cost: f64,
     /// Jobs cancelled while queued (not counted in the waits).
     pub jobs_cancelled: usize,

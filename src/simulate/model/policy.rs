@@ -54,7 +54,7 @@ impl Sim<'_> {
         // The same rule as the Lambda: the active period's spares and
         // auto's (the larger), and the group's spare-until tag set by the
         // scaler's own rule before the raise.
-        let active = self.schedule.active(at(t));
+        let active = self.active_period(t);
         let auto = self.auto_spares(t, queue);
         self.headroom_now = active.map(|a| a.count).unwrap_or(0).max(auto);
         let wanted = self.fleet.auto_headroom.then_some(auto);
@@ -93,6 +93,25 @@ impl Sim<'_> {
             decide::Fallback::None => {}
         }
         Ok(())
+    }
+
+    /// The schedule's active period at `t`, evaluated again only when a
+    /// period starts or the active one ends (cron arithmetic at every poll
+    /// of a month dominated the replay).
+    fn active_period(&mut self, t: u64) -> Option<crate::scale::headroom::Active> {
+        if let Some((until, active)) = self.active_cache
+            && t < until
+        {
+            return active;
+        }
+        let active = self.schedule.active(at(t));
+        let next = self
+            .schedule
+            .next_start(at(t))
+            .map_or(u64::MAX, crate::scale::spot::epoch);
+        let until = active.map_or(next, |a| next.min(crate::scale::spot::epoch(a.until)));
+        self.active_cache = Some((until.max(t + 1), active));
+        active
     }
 
     /// `headroom = "auto"`: the scaler's record of this pool's demand (the

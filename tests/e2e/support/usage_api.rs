@@ -1,7 +1,8 @@
 //! A stand-in for CircleCI's Usage API on 127.0.0.1, written from its
 //! documentation: an export job is created for a window (at most 32 days,
 //! not ending in the future), reports `processing` for a few polls, then
-//! `completed` with links to two gzip CSV parts (each with its header) of
+//! `completed` with links to gzip CSV parts (two unless set; each with its
+//! header) of
 //! the job runs queued in the window, or `failed` for the org `failing`.
 //! The first poll is answered 429 with Retry-After once. Every request is
 //! recorded, with whether it carried the token.
@@ -26,6 +27,8 @@ struct Inner {
     rows: Vec<(i64, String)>,
     exports: HashMap<String, (i64, i64, u32, bool)>,
     throttled: bool,
+    /// Parts each export is split into (0: two).
+    parts: usize,
     /// (method and path, whether Circle-Token was sent).
     requests: Vec<(String, bool)>,
     url: String,
@@ -83,6 +86,11 @@ impl UsageApi {
             t(q)
         );
         self.state.lock().unwrap().rows.push((q, line));
+    }
+
+    /// Split each export into `n` gzip parts.
+    pub fn set_parts(&self, n: usize) {
+        self.state.lock().unwrap().parts = n;
     }
 
     pub fn requests(&self) -> Vec<(String, bool)> {
@@ -183,9 +191,12 @@ async fn poll(
             "error_reason": "the export could not be generated", "download_urls": []}))
         .into_response();
     }
-    axum::Json(json!({"usage_export_job_id": id, "state": "completed",
-        "download_urls": [format!("{url}/files/{id}/0"), format!("{url}/files/{id}/1")]}))
-    .into_response()
+    let parts = if st.parts == 0 { 2 } else { st.parts };
+    let urls: Vec<String> = (0..parts)
+        .map(|p| format!("{url}/files/{id}/{p}"))
+        .collect();
+    axum::Json(json!({"usage_export_job_id": id, "state": "completed", "download_urls": urls}))
+        .into_response()
 }
 
 async fn file(
@@ -198,6 +209,7 @@ async fn file(
     let Some(&(start, end, _, _)) = st.exports.get(&id) else {
         return error(StatusCode::NOT_FOUND, "NoSuchKey");
     };
+    let parts = if st.parts == 0 { 2 } else { st.parts };
     let mut csv = format!("{HEADER}\n");
     for (i, (q, line)) in st
         .rows
@@ -206,7 +218,7 @@ async fn file(
         .enumerate()
     {
         let _ = q;
-        if i % 2 == part {
+        if i % parts == part {
             csv.push_str(line);
             csv.push('\n');
         }
