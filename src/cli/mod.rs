@@ -10,6 +10,7 @@ pub mod simulate;
 pub mod stack;
 pub mod status;
 pub mod teardown;
+pub mod usage;
 
 use std::time::Duration;
 
@@ -96,6 +97,9 @@ pub enum Command {
     /// Your organisation's job runs from CircleCI's usage export, as a CSV
     /// `simulate --jobs` replays.
     History(history::HistoryArgs),
+    /// Who used the fleet and how long their jobs waited, from `history`'s
+    /// file: cost per class and project, real queue waits per class and day.
+    Usage(usage::UsageArgs),
     /// Runner-ready images: bake one per pool, prune old ones.
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -144,6 +148,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Render(cmd) => render::run(cmd).await,
         Command::Simulate(args) => simulate::run(&cli.global, args).await,
         Command::History(args) => history::run(&cli.global, args).await,
+        Command::Usage(args) => usage::run(&cli.global, args).await,
         Command::Image(cmd) => image::run(&cli.global, cmd).await,
         Command::Completions(args) => docs::completions(args),
         Command::Man(args) => docs::man(args),

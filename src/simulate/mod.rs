@@ -19,6 +19,7 @@ mod model;
 pub mod recommend;
 mod report;
 pub mod usage;
+pub mod usage_report;
 pub mod workload;
 
 pub use fleet::{
@@ -26,7 +27,7 @@ pub use fleet::{
     SimError, TUTORIAL_CONTROL_PLANE_PER_MONTH, TUTORIAL_INTERVAL_S, WARM_START_S,
 };
 pub use model::simulate;
-pub use report::{PoolRun, Report, RunReport, Sample, Sweep, Waits, hms};
+pub use report::{PoolRun, Report, RunReport, Sample, Sweep, Waits, hms, waits_of};
 
 #[cfg(test)]
 mod tests;

@@ -83,7 +83,8 @@ pub struct Report {
     pub wait_list: Vec<u64>,
 }
 
-pub(super) fn waits_of(sorted: &[u64]) -> Waits {
+/// p50, p95 (nearest rank), max and mean of waits sorted shortest first.
+pub fn waits_of(sorted: &[u64]) -> Waits {
     Waits {
         p50_s: percentile(sorted, 50.0),
         p95_s: percentile(sorted, 95.0),

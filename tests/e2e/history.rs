@@ -128,7 +128,8 @@ async fn history_exports_a_month_and_more_and_simulate_replays_it() {
 /// export in several parts) through `history`, then `simulate --recommend`
 /// over a two-pool stack file: each pool's recommendation meets the target,
 /// costs no more than any runner-up meeting it, and, written into a stack
-/// file and replayed by plain `simulate`, gives the same p95 and cost.
+/// file and replayed by plain `simulate`, gives the same p95 and cost; and
+/// `usage` reports the same runs' hours, cost and real waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recommend_meets_its_target_on_the_organisations_history() {
     let api = UsageApi::start().await;
@@ -254,6 +255,62 @@ async fn recommend_meets_its_target_on_the_organisations_history() {
         assert_eq!(ours["waits"]["p95_s"], best["waits"]["p95_s"], "{again}");
         assert_eq!(ours["cost"], best["cost"], "{again}");
     }
+
+    // Who used it and how long they really waited: priced by the stack
+    // file's instance type (t3.medium by default).
+    let mut cmd = command("cci-scaler", dir);
+    cmd.current_dir(dir).args([
+        "--output",
+        "json",
+        "usage",
+        "--jobs",
+        "jobs.csv",
+        "--config",
+        "stack.toml",
+    ]);
+    let r = run(cmd).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let v: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    let rep = &v["report"];
+    assert_eq!(rep["total"]["jobs"], id, "{v}");
+    let linux = &rep["by_class"]["acme/linux"];
+    assert_eq!(linux["jobs"], 140, "{v}");
+    let hours = linux["job_hours"].as_f64().unwrap();
+    assert!(
+        (linux["cost"].as_f64().unwrap() - hours * 0.0416).abs() < 1e-6,
+        "{v}"
+    );
+    let waits = &linux["waits"];
+    assert!(
+        waits["max_s"].as_u64().unwrap() <= 44,
+        "the stand-in's waits: 5-44 s: {v}"
+    );
+    assert!(waits["p50_s"].as_u64().unwrap() >= 5, "{v}");
+    assert_eq!(rep["by_project"]["api"]["acme/arm"]["jobs"], 60, "{v}");
+    assert!(rep["by_day"].as_array().unwrap().len() >= 4, "{v}");
+    let mut cmd = command("cci-scaler", dir);
+    cmd.current_dir(dir)
+        .args(["usage", "--jobs", "jobs.csv", "--price", "acme/arm=0.05"]);
+    let r = run(cmd).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("█") && r.stdout.contains(" 0.0500 "),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.contains("no price") && r.stdout.contains("--price acme/linux=USD"),
+        "{r:?}"
+    );
+    let mut cmd = command("cci-scaler", dir);
+    cmd.current_dir(dir).args(["usage", "--jobs", "night.csv"]);
+    std::fs::write(
+        dir.join("night.csv"),
+        "arrival_s,duration_s\n600,300\n900,300\n",
+    )
+    .unwrap();
+    let r = run(cmd).await;
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("cci-scaler history"), "{r:?}");
 
     // A target nothing meets (the first job of a new pool at night waits
     // for a boot whatever the settings): exit 1, the closest shown.
