@@ -23,6 +23,12 @@
 //!   the grace period, for the cool-down
 //! - `CCI_SCALER_STACK`: the stack, a metric dimension (default: the group)
 //! - `CIRCLECI_RUNNER_API_URL`: runner API base URL
+//! - `CCI_SCALER_USAGE_ORG`, `CCI_SCALER_USAGE_RECORD`: report the queue
+//!   waits jobs really had, day by day, from CircleCI's usage export of this
+//!   organisation (`cci_scaler::scale::real_waits`; where it stands is the
+//!   SSM parameter named by the record), one step an hour at
+//!   `CCI_SCALER_USAGE_MINUTE` (default 7; `*`: every invocation), beside
+//!   the polls; `CIRCLECI_API_URL`: the v2 API
 //!
 //! Each poll's line also carries CloudWatch Embedded Metric Format (namespace
 //! `cci-scaler`, dimensions stack and pool): metrics at no extra API call.
@@ -58,6 +64,11 @@ struct Env {
     /// CircleCI requests in flight at once, over all pools.
     circleci_concurrency: usize,
     circleci_url: String,
+    /// The daily report of real queue waits: (org, record), when asked for.
+    usage: Option<(String, String)>,
+    /// The minute of the hour it steps at (`None`: every invocation).
+    usage_minute: Option<u64>,
+    usage_url: String,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -134,6 +145,25 @@ impl Env {
             },
             circleci_url: var("CIRCLECI_RUNNER_API_URL")
                 .unwrap_or_else(|| circleci::DEFAULT_URL.to_string()),
+            usage: match (var("CCI_SCALER_USAGE_ORG"), var("CCI_SCALER_USAGE_RECORD")) {
+                (Some(org), Some(record)) => Some((org, record)),
+                (None, None) => None,
+                _ => {
+                    return Err(
+                        "set both CCI_SCALER_USAGE_ORG and CCI_SCALER_USAGE_RECORD, or neither"
+                            .into(),
+                    );
+                }
+            },
+            usage_minute: match var("CCI_SCALER_USAGE_MINUTE").as_deref() {
+                None => Some(7),
+                Some("*") => None,
+                Some(m) => Some(m.parse::<u64>().ok().filter(|m| *m < 60).ok_or_else(|| {
+                    format!("CCI_SCALER_USAGE_MINUTE must be 0 to 59 or *, not {m:?}")
+                })?),
+            },
+            usage_url: var("CIRCLECI_API_URL")
+                .unwrap_or_else(|| circleci::usage::DEFAULT_API_URL.to_string()),
         };
         if env.interval.is_zero() {
             return Err("CCI_SCALER_POLL_INTERVAL must be above 0".into());
@@ -166,8 +196,9 @@ struct Scaler {
     env: Env,
     group: AsgClient,
     secrets: aws_sdk_secretsmanager::Client,
-    /// Read from the secret once per container, on the first invocation.
-    queue: OnceCell<(RunnerApi, Mode)>,
+    /// Read from the secret once per container, on the first invocation
+    /// (with the v2 API client for the usage export, when asked for).
+    queue: OnceCell<(RunnerApi, Mode, Option<RunnerApi>)>,
 }
 
 /// One group (today's environment) or several pools.
@@ -196,7 +227,7 @@ fn log(line: Value) {
 }
 
 impl Scaler {
-    async fn queue(&self) -> Result<&(RunnerApi, Mode), Diagnostic> {
+    async fn queue(&self) -> Result<&(RunnerApi, Mode, Option<RunnerApi>), Diagnostic> {
         self.queue
             .get_or_try_init(|| async {
                 let secret = Some((&self.secrets, self.env.secret_id.as_str()));
@@ -237,9 +268,16 @@ impl Scaler {
                     max_in_flight: self.env.circleci_concurrency,
                     ..HttpLimits::default()
                 };
+                let usage = match self.env.usage {
+                    Some(_) => Some(
+                        RunnerApi::new(&self.env.usage_url, token.clone(), limits.clone())
+                            .map_err(|e| failure("ConfigError", e.to_string()))?,
+                    ),
+                    None => None,
+                };
                 let api = RunnerApi::new(&self.env.circleci_url, token, limits)
                     .map_err(|e| failure("ConfigError", e.to_string()))?;
-                Ok((api, mode))
+                Ok((api, mode, usage))
             })
             .await
     }
@@ -305,9 +343,78 @@ impl Scaler {
     }
 
     async fn handle(&self, event: LambdaEvent<Value>) -> Result<Value, Diagnostic> {
+        let (_, mode, usage) = self.queue().await?;
+        let (scaled, ()) = tokio::join!(self.scale(&event), self.usage_step(mode, usage.as_ref()));
+        scaled
+    }
+
+    /// The daily report of real queue waits, one step, when due: its line
+    /// (with each reported day's metrics, dated that day); a failure is
+    /// logged and never fails the invocation (scaling does not depend on it).
+    async fn usage_step(&self, mode: &Mode, api: Option<&RunnerApi>) {
+        let (Some((org, record)), Some(api)) = (&self.env.usage, api) else {
+            return;
+        };
+        let now = (now_ms() / 1000) as i64;
+        if let Some(m) = self.env.usage_minute
+            && (now as u64 / 60) % 60 != m
+        {
+            return;
+        }
+        // Each pool: its metric dimension and class.
+        let pools: Vec<(String, String)> = match mode {
+            Mode::One(s) => vec![(s.asg.clone(), s.resource_class.clone())],
+            Mode::Pools(pools, _) => pools
+                .iter()
+                .map(|p| (p.name.clone(), p.resource_class.clone()))
+                .collect(),
+        };
+        let classes: Vec<String> = pools.iter().map(|(_, c)| c.clone()).collect();
+        let step =
+            cci_scaler::scale::real_waits::step(api, &self.group, record, org, &classes, now);
+        let step = match tokio::time::timeout(self.env.window, step).await {
+            Ok(Ok(step)) => step,
+            Ok(Err(e)) => {
+                log(json!({"level": "error", "error_type": "UsageError",
+                    "error": format!("the daily report of real queue waits: {}", error_chain(&e))}));
+                return;
+            }
+            Err(_) => {
+                log(json!({"level": "error", "error_type": "UsageError",
+                    "error": "the daily report of real queue waits took longer than the poll window; it goes on at its next step"}));
+                return;
+            }
+        };
+        if let cci_scaler::scale::real_waits::Step::Reported { days, .. } = &step {
+            for d in days {
+                let Some((pool, _)) = pools.iter().find(|(_, c)| *c == d.resource_class) else {
+                    continue;
+                };
+                let (metrics, at) = cci_scaler::scale::real_waits::metrics(d);
+                log(cci_scaler::scale::metrics::emf(
+                    json!({"usage": "day", "resource_class": d.resource_class, "day": d.day,
+                        "jobs": d.jobs, "waits": d.waits}),
+                    self.stack_name(pool),
+                    pool,
+                    &metrics,
+                    at,
+                ));
+            }
+        }
+        let mut line = serde_json::to_value(&step).unwrap_or(Value::Null);
+        if let Value::Object(m) = &mut line
+            && let Some(Value::Array(days)) = m.get_mut("days")
+        {
+            let n = days.len();
+            m.insert("days".into(), json!(n));
+        }
+        log(line);
+    }
+
+    async fn scale(&self, event: &LambdaEvent<Value>) -> Result<Value, Diagnostic> {
         let start = Instant::now();
         let deadline = UNIX_EPOCH + Duration::from_millis(event.context.deadline);
-        let (api, mode) = self.queue().await?;
+        let (api, mode, _) = self.queue().await?;
         let mut polls: u32 = 0;
         let mut desired = None;
         let mut failed: std::collections::BTreeSet<String> = Default::default();

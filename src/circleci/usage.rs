@@ -48,17 +48,56 @@ pub struct ExportWait {
     pub timeout: Duration,
 }
 
+/// CircleCI's v2 API, where the Usage API lives.
+pub const DEFAULT_API_URL: &str = "https://circleci.com/api/v2/";
+
+/// Where an export stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportState {
+    /// Created or processing: ask again later.
+    Pending {
+        id: String,
+        state: String,
+    },
+    Completed {
+        id: String,
+        urls: Vec<String>,
+    },
+    Failed {
+        id: String,
+        reason: String,
+    },
+}
+
+impl From<ExportJob> for ExportState {
+    fn from(j: ExportJob) -> Self {
+        let id = j.usage_export_job_id;
+        match j.state.as_str() {
+            "completed" => ExportState::Completed {
+                id,
+                urls: j.download_urls,
+            },
+            "failed" => ExportState::Failed {
+                id,
+                reason: j.error_reason.unwrap_or_else(|| "no reason given".into()),
+            },
+            _ => ExportState::Pending { id, state: j.state },
+        }
+    }
+}
+
+/// `start to end`, as errors name a window.
+pub fn window_name((start, end): (i64, i64)) -> String {
+    format!("{} to {}", rfc3339(start), rfc3339(end))
+}
+
 impl RunnerApi {
-    /// One export (a window of at most 32 days): its files' bytes, as
-    /// downloaded (gzip or not). `progress` hears each state change.
-    pub async fn usage_export(
+    /// Ask for an export of `org`'s job runs over a window (at most 32 days).
+    pub async fn create_usage_export(
         &self,
         org: &str,
         (start, end): (i64, i64),
-        wait: ExportWait,
-        progress: &(dyn Fn(&str) + Sync),
-    ) -> Result<Vec<Vec<u8>>, CircleCiError> {
-        let window = format!("{} to {}", rfc3339(start), rfc3339(end));
+    ) -> Result<ExportState, CircleCiError> {
         let path = format!("organizations/{org}/usage_export_job");
         let job: ExportJob = self
             .call(
@@ -66,51 +105,90 @@ impl RunnerApi {
                 &path,
                 &[],
                 Some(&serde_json::json!({"start": rfc3339(start), "end": rfc3339(end)})),
-                format!("the usage export of {window} (POST /{path})"),
+                format!(
+                    "the usage export of {} (POST /{path})",
+                    window_name((start, end))
+                ),
             )
             .await?;
-        let id = job.usage_export_job_id.clone();
-        let started = Instant::now();
-        let mut job = job;
-        loop {
-            match job.state.as_str() {
-                "completed" => break,
-                "failed" => {
-                    return Err(CircleCiError::ExportFailed {
-                        window,
-                        reason: job.error_reason.unwrap_or_else(|| "no reason given".into()),
-                    });
-                }
-                state => progress(&format!("usage export {window}: {state}")),
-            }
-            if started.elapsed() > wait.timeout {
-                return Err(CircleCiError::Timeout {
-                    what: format!("the usage export of {window} (still {})", job.state),
-                    timeout: humantime::format_duration(wait.timeout).to_string(),
-                });
-            }
-            tokio::time::sleep(wait.poll).await;
-            let get = format!("{path}/{id}");
-            job = self
-                .call(
-                    reqwest::Method::GET,
-                    &get,
-                    &[],
-                    None,
-                    format!("the usage export of {window} (GET /{get})"),
-                )
-                .await?;
-        }
+        Ok(job.into())
+    }
+
+    /// Where the export `id` stands.
+    pub async fn usage_export_state(
+        &self,
+        org: &str,
+        id: &str,
+        window: &str,
+    ) -> Result<ExportState, CircleCiError> {
+        let get = format!("organizations/{org}/usage_export_job/{id}");
+        let job: ExportJob = self
+            .call(
+                reqwest::Method::GET,
+                &get,
+                &[],
+                None,
+                format!("the usage export of {window} (GET /{get})"),
+            )
+            .await?;
+        Ok(job.into())
+    }
+
+    /// A completed export's files' bytes (gzip or not), fetched without
+    /// the token.
+    pub async fn usage_export_files(
+        &self,
+        urls: &[String],
+        window: &str,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<Vec<Vec<u8>>, CircleCiError> {
         let mut files = Vec::new();
-        for (i, url) in job.download_urls.iter().enumerate() {
+        for (i, url) in urls.iter().enumerate() {
             progress(&format!(
                 "usage export {window}: downloading part {} of {}",
                 i + 1,
-                job.download_urls.len()
+                urls.len()
             ));
-            files.push(self.download(url, &window).await?);
+            files.push(self.download(url, window).await?);
         }
         Ok(files)
+    }
+
+    /// One export (a window of at most 32 days), created and waited for:
+    /// its files' bytes, as downloaded (gzip or not). `progress` hears each
+    /// state change.
+    pub async fn usage_export(
+        &self,
+        org: &str,
+        span: (i64, i64),
+        wait: ExportWait,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<Vec<Vec<u8>>, CircleCiError> {
+        let window = window_name(span);
+        let started = Instant::now();
+        let mut state = self.create_usage_export(org, span).await?;
+        loop {
+            let id = match state {
+                ExportState::Completed { urls, .. } => {
+                    return self.usage_export_files(&urls, &window, progress).await;
+                }
+                ExportState::Failed { reason, .. } => {
+                    return Err(CircleCiError::ExportFailed { window, reason });
+                }
+                ExportState::Pending { id, state } => {
+                    progress(&format!("usage export {window}: {state}"));
+                    if started.elapsed() > wait.timeout {
+                        return Err(CircleCiError::Timeout {
+                            what: format!("the usage export of {window} (still {state})"),
+                            timeout: humantime::format_duration(wait.timeout).to_string(),
+                        });
+                    }
+                    id
+                }
+            };
+            tokio::time::sleep(wait.poll).await;
+            state = self.usage_export_state(org, &id, &window).await?;
+        }
     }
 
     /// A pre-signed file link: no token is sent with it.

@@ -18,8 +18,7 @@ use cci_scaler::simulate::usage::{self, Export};
 
 use super::{GlobalArgs, Output, parse_duration};
 
-/// CircleCI's v2 API.
-pub const DEFAULT_API_URL: &str = "https://circleci.com/api/v2/";
+use cci_scaler::circleci::usage::DEFAULT_API_URL;
 
 #[derive(Debug, Args)]
 pub struct HistoryArgs {

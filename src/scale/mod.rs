@@ -6,6 +6,7 @@ pub mod decide;
 pub mod headroom;
 pub mod metrics;
 pub mod pools;
+pub mod real_waits;
 pub mod spot;
 
 use std::collections::HashMap;

@@ -262,3 +262,106 @@ async fn lambda_scales_several_pools_and_fails_only_for_the_broken_one() {
     assert!(failed.iter().all(|f| f["pool"] == "gpu"));
     assert!(!stdout.contains(TOKEN) && !stderr.contains(TOKEN));
 }
+
+/// The daily report of real queue waits: a first step asks CircleCI for an
+/// export of the last days, later ones wait for it (a 429 and two
+/// `processing` answers), then each day of the pool's class is reported as
+/// metrics dated that day, and the record says so; a further step has
+/// nothing to do. Scaling goes on at every invocation meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lambda_reports_each_days_real_queue_waits_from_the_usage_export() {
+    let lf = LambdaFx::new(10).await;
+    lf.fx.cci.set_queue(0, 0);
+    let usage = crate::support::usage_api::UsageApi::start().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let into_today = now % 86_400;
+    // Yesterday at 23:00 (waits 30 s and 90 s), two days ago (10 s), and a
+    // class of no pool of this stack.
+    usage.add_run(1, RC, into_today + 3600, 30, Some(300));
+    usage.add_run(2, RC, into_today + 3500, 90, Some(300));
+    usage.add_run(3, RC, into_today + 86_400 + 3600, 10, Some(300));
+    usage.add_run(4, "other/class", into_today + 3600, 500, Some(300));
+    let mut cmd = command("cci-scaler-lambda", lf.fx.home.path());
+    lf.fx.moto.env(&mut cmd);
+    lf.api.env(&mut cmd);
+    let record = "/cci-scaler/fleet/usage";
+    cmd.env("CCI_SCALER_SECRET_ID", &lf.arn)
+        .env("CCI_SCALER_ASG", "fleet")
+        .env("CCI_SCALER_POLL_INTERVAL", "1s")
+        .env("CCI_SCALER_POLL_WINDOW", "2s")
+        .env("CIRCLECI_RUNNER_API_URL", &lf.fx.cci.url)
+        .env("CCI_SCALER_USAGE_ORG", "org-1")
+        .env("CCI_SCALER_USAGE_RECORD", record)
+        .env("CCI_SCALER_USAGE_MINUTE", "*")
+        .env("CIRCLECI_API_URL", &usage.url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().expect("spawn lambda");
+    let mut reported = false;
+    for i in 1..=6 {
+        let id = format!("inv-{i}");
+        lf.api.push_scheduled_event(&id, Duration::from_secs(30));
+        assert!(
+            matches!(lf.outcome(&id).await, Outcome::Response(_)),
+            "scaling goes on"
+        );
+        let text = lf.fx.moto.parameter(record).await.unwrap_or_default();
+        let rec: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if rec["pending"].is_null() && rec["through"].as_i64() == Some(now - into_today) {
+            reported = true;
+            break;
+        }
+    }
+    assert!(reported, "the export was picked up within 6 invocations");
+    let id = "inv-last";
+    lf.api.push_scheduled_event(id, Duration::from_secs(30));
+    assert!(matches!(lf.outcome(id).await, Outcome::Response(_)));
+
+    let (stdout, stderr) = finish(child).await;
+    let lines: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("usage").is_some())
+        .collect();
+    let kinds: Vec<&str> = lines.iter().filter_map(|l| l["usage"].as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"asked"), "{stdout}\n{stderr}");
+    assert!(kinds.contains(&"waiting"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"up_to_date"), "{kinds:?}");
+    let days: Vec<&Value> = lines.iter().filter(|l| l["usage"] == "day").collect();
+    assert_eq!(days.len(), 2, "two days of the pool's class: {days:?}");
+    let yesterday = days
+        .iter()
+        .find(|d| d["day"].as_i64() == Some(now - into_today - 86_400))
+        .expect("yesterday");
+    assert_eq!(yesterday["jobs"], 2);
+    assert_eq!(yesterday["RealWaitP50"], 30.0);
+    assert_eq!(yesterday["RealWaitMax"], 90.0);
+    assert_eq!(yesterday["pool"], "fleet");
+    assert_eq!(
+        yesterday["_aws"]["Timestamp"].as_i64(),
+        Some((now - into_today - 86_400 + 43_200) * 1000),
+        "dated that day"
+    );
+    let names: Vec<&str> = yesterday["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["Name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["RealWaitP50", "RealWaitP95", "RealWaitMax", "RealJobs"]
+    );
+    assert!(!stdout.contains(TOKEN) && !stderr.contains(TOKEN));
+    assert!(
+        usage
+            .requests()
+            .iter()
+            .filter(|(w, _)| w.starts_with("GET file"))
+            .all(|(_, token)| !token),
+        "no token to a pre-signed link"
+    );
+}

@@ -1,0 +1,203 @@
+//! The queue waits jobs really had, day by day, from CircleCI's usage
+//! export: the Lambda asks for an export of the days it has not reported
+//! yet (at most [`BACKFILL_DAYS`] back, as CloudWatch takes metrics up to two
+//! weeks old), picks it up at a later invocation once CircleCI has made it,
+//! and reports each pool's waits (queued to started: p50, p95, max) and job
+//! runs per UTC day as metrics dated that day. Where it stands is one small
+//! SSM parameter ([`UsageRecord`]), so a cold container carries on.
+
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, GroupApi};
+use crate::circleci::usage::{ExportState, window_name};
+use crate::circleci::{CircleCiError, RunnerApi};
+use crate::simulate::usage;
+use crate::simulate::usage_report;
+
+/// Days reported back from today on a first run (and at most after a gap).
+pub const BACKFILL_DAYS: i64 = 13;
+const DAY_S: i64 = 86_400;
+
+/// Where the daily report stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    /// Days before this (a UTC midnight, seconds since the epoch) are reported.
+    pub through: i64,
+    /// An export asked for and not yet picked up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingExport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingExport {
+    pub id: String,
+    pub from: i64,
+    pub to: i64,
+}
+
+/// One pool's day.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PoolDay {
+    pub resource_class: String,
+    /// The day's UTC midnight.
+    pub day: i64,
+    pub jobs: usize,
+    pub waits: crate::simulate::Waits,
+}
+
+/// What one step did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "usage", rename_all = "snake_case")]
+pub enum Step {
+    /// Every day before today is reported.
+    UpToDate,
+    /// An export was asked for.
+    Asked { window: String },
+    /// The export is not made yet.
+    Waiting { window: String, state: String },
+    /// The export was read: these days are reported.
+    Reported { window: String, days: Vec<PoolDay> },
+    /// CircleCI could not make it: asked again at the next step.
+    Failed { window: String, reason: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RealWaitsError {
+    #[error(transparent)]
+    CircleCi(#[from] CircleCiError),
+    #[error("the usage record: {0}")]
+    Record(#[from] ApiError),
+    #[error("the usage export of {window}: {why}")]
+    Export { window: String, why: String },
+}
+
+fn midnight(t: i64) -> i64 {
+    t - t.rem_euclid(DAY_S)
+}
+
+/// The waits of `classes`' job runs, per class and UTC day, from an
+/// export's files.
+pub fn days_of(files: &[Vec<u8>], classes: &[String]) -> Result<Vec<PoolDay>, String> {
+    let mut runs = Vec::new();
+    for f in files {
+        let text = usage::read_maybe_gzip(f).map_err(|e| e.to_string())?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        runs.extend(usage::parse(&text).map_err(|e| e.to_string())?.runs);
+    }
+    runs.retain(|r| classes.contains(&r.resource_class));
+    let report = usage_report::report(&runs, &Default::default());
+    Ok(report
+        .by_day
+        .into_iter()
+        .map(|d| PoolDay {
+            day: format!("{}T00:00:00Z", d.day)
+                .parse::<jiff::Timestamp>()
+                .map(|t| t.as_second())
+                .unwrap_or(0),
+            resource_class: d.resource_class,
+            jobs: d.jobs,
+            waits: d.waits,
+        })
+        .collect())
+}
+
+/// One step: pick up the pending export if it is made, else ask for one of
+/// the days not yet reported (before today, UTC), else nothing.
+pub async fn step<G: GroupApi + Sync>(
+    api: &RunnerApi,
+    store: &G,
+    record: &str,
+    org: &str,
+    classes: &[String],
+    now: i64,
+) -> Result<Step, RealWaitsError> {
+    let mut rec: UsageRecord = store
+        .load_record(record)
+        .await?
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let save = |rec: &UsageRecord| {
+        let text = serde_json::to_string(rec).expect("a record serializes");
+        async move { store.save_record(record, &text).await }
+    };
+    let today = midnight(now);
+    if let Some(p) = rec.pending.clone() {
+        let window = window_name((p.from, p.to));
+        return match api.usage_export_state(org, &p.id, &window).await? {
+            ExportState::Pending { state, .. } => Ok(Step::Waiting { window, state }),
+            ExportState::Failed { reason, .. } => {
+                rec.pending = None;
+                save(&rec).await?;
+                Ok(Step::Failed { window, reason })
+            }
+            ExportState::Completed { urls, .. } => {
+                let files = api.usage_export_files(&urls, &window, &|_| {}).await?;
+                let days = days_of(&files, classes).map_err(|why| RealWaitsError::Export {
+                    window: window.clone(),
+                    why,
+                })?;
+                rec.pending = None;
+                rec.through = p.to;
+                save(&rec).await?;
+                Ok(Step::Reported { window, days })
+            }
+        };
+    }
+    let from = rec.through.max(today - BACKFILL_DAYS * DAY_S);
+    if from >= today {
+        return Ok(Step::UpToDate);
+    }
+    let span = (from, today);
+    let window = window_name(span);
+    let id = match api.create_usage_export(org, span).await? {
+        ExportState::Failed { reason, .. } => return Ok(Step::Failed { window, reason }),
+        ExportState::Pending { id, .. } | ExportState::Completed { id, .. } => id,
+    };
+    rec.pending = Some(PendingExport {
+        id,
+        from: span.0,
+        to: span.1,
+    });
+    save(&rec).await?;
+    Ok(Step::Asked { window })
+}
+
+/// A reported day's metrics (EMF), dated that day at noon UTC.
+pub fn metrics(d: &PoolDay) -> (Vec<super::metrics::Metric>, u64) {
+    let m = |name, unit, value: f64| super::metrics::Metric { name, unit, value };
+    (
+        vec![
+            m("RealWaitP50", "Seconds", d.waits.p50_s as f64),
+            m("RealWaitP95", "Seconds", d.waits.p95_s as f64),
+            m("RealWaitMax", "Seconds", d.waits.max_s as f64),
+            m("RealJobs", "Count", d.jobs as f64),
+        ],
+        ((d.day + DAY_S / 2) * 1000) as u64,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_export_gives_each_pool_its_days() {
+        let csv = "JOB_RUN_QUEUED_AT,JOB_RUN_STARTED_AT,JOB_RUN_STOPPED_AT,RESOURCE_CLASS,PROJECT_NAME,WORKFLOW_NAME,JOB_NAME\n\
+2026-11-20T10:00:00Z,2026-11-20T10:00:30Z,2026-11-20T10:05:00Z,acme/linux,api,b,t\n\
+2026-11-20T11:00:00Z,2026-11-20T11:02:00Z,2026-11-20T11:05:00Z,acme/linux,api,b,t\n\
+2026-11-21T11:00:00Z,2026-11-21T11:00:05Z,2026-11-21T11:05:00Z,acme/linux,web,b,t\n\
+2026-11-21T11:00:00Z,2026-11-21T11:00:05Z,2026-11-21T11:05:00Z,other/class,web,b,t\n";
+        let days = days_of(&[csv.as_bytes().to_vec()], &["acme/linux".to_string()]).unwrap();
+        assert_eq!(days.len(), 2);
+        assert_eq!(days[0].jobs, 2);
+        assert_eq!((days[0].waits.p50_s, days[0].waits.max_s), (30, 120));
+        assert_eq!(days[0].day % DAY_S, 0);
+        assert_eq!(days[1].day - days[0].day, DAY_S);
+        let (m, ts) = metrics(&days[0]);
+        assert_eq!(m[1].name, "RealWaitP95");
+        assert_eq!(ts as i64, (days[0].day + DAY_S / 2) * 1000);
+        assert_eq!(midnight(DAY_S * 3 + 5), DAY_S * 3);
+    }
+}
