@@ -270,7 +270,7 @@ impl Scaler {
                 };
                 let usage = match self.env.usage {
                     Some(_) => Some(
-                        RunnerApi::new(&self.env.usage_url, token.clone(), limits.clone())
+                        RunnerApi::new(&self.env.usage_url, token.clone(), limits)
                             .map_err(|e| failure("ConfigError", e.to_string()))?,
                     ),
                     None => None,
