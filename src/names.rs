@@ -21,6 +21,12 @@ pub fn demand_record(stack: &str, pool: Option<&str>) -> String {
     )
 }
 
+/// Where the scaler keeps how far its daily report of real queue waits
+/// (`usage_org`) has got.
+pub fn usage_record(stack: &str) -> String {
+    format!("{}usage", records_path(stack))
+}
+
 /// The SSM parameter path of a stack's demand records.
 pub fn records_path(stack: &str) -> String {
     format!("/cci-scaler/{stack}/")

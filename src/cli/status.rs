@@ -148,6 +148,33 @@ fn print_history(o: &mut String, history: &[PoolHistory], since: std::time::Dura
             })
             .collect();
         let _ = writeln!(o, "  queue {line} (every {}s, max {top})", h.step_seconds);
+        print_real_waits(o, h);
+    }
+}
+
+/// The waits jobs really had, per day (from CircleCI's usage export, as
+/// the scaler reported them with `usage_org`).
+fn print_real_waits(o: &mut String, h: &PoolHistory) {
+    use std::fmt::Write;
+    if h.real_waits.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "  queue wait jobs really had (CircleCI usage export, UTC days): p50 / p95 / max"
+    );
+    for d in &h.real_waits {
+        let day = jiff::Timestamp::from_second(d.day)
+            .map(|t| t.strftime("%Y-%m-%d").to_string())
+            .unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "    {day}  {:>7} {:>7} {:>7}  ({} jobs)",
+            cci_scaler::simulate::hms(d.p50_s as u64),
+            cci_scaler::simulate::hms(d.p95_s as u64),
+            cci_scaler::simulate::hms(d.max_s as u64),
+            d.jobs
+        );
     }
 }
 

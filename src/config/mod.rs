@@ -102,6 +102,9 @@ pub struct StackSettings {
     pub log_retention_days: u32,
     /// CircleCI requests in flight at once (`None`: the default).
     pub circleci_concurrency: Option<u32>,
+    /// `usage_org`: the organisation whose usage export gives the real
+    /// queue waits the scaler reports (the same in every pool's settings).
+    pub usage_org: Option<String>,
     pub runner: RunnerSettings,
     /// Keys that were set but do not apply (named), for the CLI to print.
     #[serde(skip)]

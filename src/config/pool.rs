@@ -228,6 +228,7 @@ impl PoolFile {
             boot_timeout: wide.boot_timeout,
             log_retention_days: wide.log_retention_days,
             circleci_concurrency: wide.circleci_concurrency,
+            usage_org: wide.usage_org.clone(),
             runner,
             warnings: market.warnings,
         })

@@ -110,6 +110,11 @@ const TOP: &[Candidates] = &[
     ),
     ("log_retention_days", 2, &["30", "7", "31", "0", "\"30\""]),
     ("circleci_concurrency", 2, &["16", "1", "0", "257", "\"8\""]),
+    (
+        "usage_org",
+        2,
+        &["\"5e6f7a8b-1c2d\"", "\"org_1\"", "\"\"", "\"acme/x\"", "7"],
+    ),
     ("stak", 0, &["\"typo\""]),
 ];
 const RUNNER: &[Candidates] = &[

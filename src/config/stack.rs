@@ -38,6 +38,9 @@ pub struct StackFile {
     pub circleci_concurrency: Option<u32>,
     /// `status` warns about a pool whose image is older than this [30d].
     pub image_max_age: Option<String>,
+    /// The CircleCI organisation's id: the scaler reports the queue waits
+    /// jobs really had, day by day, from its usage export (none unless set).
+    pub usage_org: Option<String>,
     /// CloudWatch alarms (`[alarms]`), for the whole stack.
     pub alarms: Option<AlarmsFile>,
     /// Shorthand for `[alarms] email`.
@@ -72,6 +75,7 @@ pub(super) struct StackWide {
     pub boot_timeout: Duration,
     pub log_retention_days: u32,
     pub circleci_concurrency: Option<u32>,
+    pub usage_org: Option<String>,
     pub alarms: AlarmSettings,
     pub job_role: Option<JobRoleSettings>,
 }
@@ -235,6 +239,20 @@ impl StackFile {
             ));
         }
         self.image_max_age()?;
+        if let Some(org) = &self.usage_org
+            && (org.trim().is_empty()
+                || org.len() > 64
+                || !org
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            return Err(bad(
+                "usage_org",
+                format!(
+                    "{org:?} is not an organisation id (CircleCI: Organization Settings, Overview)"
+                ),
+            ));
+        }
         let log_retention_days = self.log_retention_days.unwrap_or(30);
         if !LOG_RETENTION_DAYS.contains(&log_retention_days) {
             return Err(bad(
@@ -263,6 +281,7 @@ impl StackFile {
             boot_timeout,
             log_retention_days,
             circleci_concurrency: self.circleci_concurrency,
+            usage_org: self.usage_org.clone(),
             alarms,
             job_role,
         })

@@ -20,7 +20,7 @@ impl Resource for Dashboard {
         _s: &'a StackSettings,
         f: &'a mut Found,
     ) -> BoxFuture<'a, R<Item>> {
-        Box::pin(converge(ctx, f))
+        Box::pin(converge(ctx, _s, f))
     }
     fn delete<'a>(&'a self, ctx: &'a Ctx<'a>, _t: &'a Teardown) -> BoxFuture<'a, R<Vec<Item>>> {
         Box::pin(async move { Ok(vec![delete(ctx).await?]) })
@@ -35,7 +35,7 @@ fn marker(ctx: &Ctx<'_>) -> String {
     format!("cci-scaler stack `{}`", ctx.names.stack)
 }
 
-fn body(ctx: &Ctx<'_>, f: &Found) -> Value {
+fn body(ctx: &Ctx<'_>, s: &StackSettings, f: &Found) -> Value {
     let ns = crate::scale::metrics::NAMESPACE;
     let stack = &ctx.names.stack;
     let mut widgets = vec![json!({
@@ -46,10 +46,12 @@ fn body(ctx: &Ctx<'_>, f: &Found) -> Value {
         )}
     })];
     let metric = |m: &str, pool: &str, label: &str| json!([ns, m, "stack", stack, "pool", pool, {"label": label}]);
+    // With `usage_org`, a row per pool more: the waits jobs really had.
+    let rows = if s.usage_org.is_some() { 12 } else { 6 };
     for (i, p) in f.pools.iter().enumerate() {
         let pool = super::alarms::metric_pool(f, p);
         let title = p.name.clone().unwrap_or_else(|| p.group.clone());
-        let y = 2 + 6 * i as i64;
+        let y = 2 + rows * i as i64;
         let graph = |x: i64, w: i64, t: String, metrics: Vec<Value>, stat: &str| {
             json!({"type": "metric", "x": x, "y": y, "width": w, "height": 6, "properties": {
                 "title": t, "view": "timeSeries", "region": ctx.region, "stat": stat, "period": 60,
@@ -89,6 +91,17 @@ fn body(ctx: &Ctx<'_>, f: &Found) -> Value {
             ],
             "Average",
         ));
+        if s.usage_org.is_some() {
+            widgets.push(json!({"type": "metric", "x": 0, "y": y + 6, "width": 24, "height": 6,
+                "properties": {
+                    "title": format!("{title}: queue wait jobs really had, per day (s; CircleCI's usage export, queued to started)"),
+                    "view": "timeSeries", "region": ctx.region, "stat": "Maximum", "period": 86_400,
+                    "metrics": [
+                        metric("RealWaitP50", &pool, "p50"),
+                        metric("RealWaitP95", &pool, "p95"),
+                        metric("RealWaitMax", &pool, "max"),
+                    ]}}));
+        }
     }
     json!({"widgets": widgets})
 }
@@ -119,9 +132,9 @@ fn is_ours(ctx: &Ctx<'_>, body: &Value) -> bool {
         .is_some_and(|m| m.contains(&marker(ctx)))
 }
 
-async fn converge(ctx: &Ctx<'_>, f: &Found) -> R<Item> {
+async fn converge(ctx: &Ctx<'_>, s: &StackSettings, f: &Found) -> R<Item> {
     let name = name(ctx);
-    let want = body(ctx, f);
+    let want = body(ctx, s, f);
     let action = match find(ctx).await? {
         Some(b) if !is_ours(ctx, &b) => return Err(not_ours("CloudWatch dashboard", &name, ctx)),
         Some(b) if b == want => return Ok(Item::new("dashboard", &name, Action::Keep)),

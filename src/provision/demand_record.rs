@@ -38,23 +38,68 @@ impl Resource for DemandRecord {
         })
     }
     fn delete<'a>(&'a self, ctx: &'a Ctx<'a>, _t: &'a Teardown) -> BoxFuture<'a, R<Vec<Item>>> {
+        Box::pin(async move { delete_parameter(ctx, name(ctx), "demand record").await })
+    }
+}
+
+/// The stack's usage record (`usage_org`): how far the scaler's daily
+/// report of real queue waits has got. The scaler makes it; init removes it
+/// when `usage_org` goes, teardown after the Lambda.
+pub(crate) struct UsageRecord;
+
+impl Resource for UsageRecord {
+    fn step(&self) -> StepName {
+        StepName::Lambda
+    }
+    fn label(&self) -> &'static str {
+        "usage record"
+    }
+    fn wanted(&self, s: &StackSettings) -> bool {
+        s.usage_org.is_some()
+    }
+    fn converge<'a>(
+        &'a self,
+        ctx: &'a Ctx<'a>,
+        s: &'a StackSettings,
+        _f: &'a mut Found,
+    ) -> BoxFuture<'a, R<Item>> {
         Box::pin(async move {
-            let name = name(ctx);
-            if !exists(ctx, &name).await? {
-                return Ok(vec![]);
-            }
-            if !ctx.dry_run {
-                match ctx.aws.ssm.delete_parameter().name(&name).send().await {
-                    Ok(_) => {}
-                    Err(e)
-                        if e.as_service_error()
-                            .is_some_and(|s| s.is_parameter_not_found()) => {}
-                    Err(e) => return Err(aws_err("ssm:DeleteParameter", &name)(e)),
-                }
-            }
-            Ok(vec![Item::new("demand record", name, Action::Delete)])
+            let name = crate::names::usage_record(&ctx.names.stack);
+            let org = s.usage_org.as_deref().unwrap_or_default();
+            let detail = if exists(ctx, &name).await? {
+                format!("usage_org = {org:?}: how far the daily report of real waits has got")
+            } else {
+                format!("usage_org = {org:?}: the scaler starts it at its first report")
+            };
+            Ok(Item::new("usage record", name, Action::Keep).detail(detail))
         })
     }
+    fn delete<'a>(&'a self, ctx: &'a Ctx<'a>, _t: &'a Teardown) -> BoxFuture<'a, R<Vec<Item>>> {
+        Box::pin(async move {
+            delete_parameter(
+                ctx,
+                crate::names::usage_record(&ctx.names.stack),
+                "usage record",
+            )
+            .await
+        })
+    }
+}
+
+async fn delete_parameter(ctx: &Ctx<'_>, name: String, what: &'static str) -> R<Vec<Item>> {
+    if !exists(ctx, &name).await? {
+        return Ok(vec![]);
+    }
+    if !ctx.dry_run {
+        match ctx.aws.ssm.delete_parameter().name(&name).send().await {
+            Ok(_) => {}
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_parameter_not_found()) => {}
+            Err(e) => return Err(aws_err("ssm:DeleteParameter", &name)(e)),
+        }
+    }
+    Ok(vec![Item::new(what, name, Action::Delete)])
 }
 
 fn name(ctx: &Ctx<'_>) -> String {

@@ -107,6 +107,13 @@ fn lambda_env(ctx: &Ctx<'_>, s: &StackSettings, f: &Found) -> HashMap<String, St
     if let Some(n) = s.circleci_concurrency {
         env.insert("CCI_SCALER_CIRCLECI_CONCURRENCY".into(), n.to_string());
     }
+    if let Some(org) = &s.usage_org {
+        env.insert("CCI_SCALER_USAGE_ORG".into(), org.clone());
+        env.insert(
+            "CCI_SCALER_USAGE_RECORD".into(),
+            crate::names::usage_record(&ctx.names.stack),
+        );
+    }
     env.insert(
         "CIRCLECI_RUNNER_API_URL".into(),
         ctx.circleci.base_url().trim_end_matches('/').to_string(),

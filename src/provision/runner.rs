@@ -37,6 +37,7 @@ fn resources(artifact: Option<&Artifact>) -> Vec<Box<dyn Resource + '_>> {
         Box::new(super::job_role::JobRole),
         Box::new(super::log_group::LogGroup),
         Box::new(super::demand_record::DemandRecord),
+        Box::new(super::demand_record::UsageRecord),
         Box::new(super::function::Function { artifact }),
         Box::new(super::schedule::Schedule),
         Box::new(super::topic::Topic),

@@ -19,7 +19,7 @@ impl Resource for ScalerRole {
         _s: &'a StackSettings,
         f: &'a mut Found,
     ) -> BoxFuture<'a, R<Item>> {
-        Box::pin(converge(ctx, f))
+        Box::pin(converge(ctx, _s, f))
     }
     fn delete<'a>(&'a self, ctx: &'a Ctx<'a>, _t: &'a Teardown) -> BoxFuture<'a, R<Vec<Item>>> {
         Box::pin(async move {
@@ -64,7 +64,7 @@ pub(crate) fn scaler_policy(
     })
 }
 
-async fn converge(ctx: &Ctx<'_>, f: &mut Found) -> R<Item> {
+async fn converge(ctx: &Ctx<'_>, s: &StackSettings, f: &mut Found) -> R<Item> {
     let groups = super::runner_role::one_or_list(
         f.pools
             .iter()
@@ -166,14 +166,20 @@ async fn converge(ctx: &Ctx<'_>, f: &mut Found) -> R<Item> {
     }
     // Pools with auto headroom: the Lambda reads and writes their demand
     // records (one SSM parameter each), and nothing else in SSM.
+    // With `usage_org`, its usage record too.
     let records: Vec<String> = f
         .pools
         .iter()
-        .filter_map(|p| p.auto.as_ref())
-        .map(|a| {
+        .filter_map(|p| p.auto.as_ref().map(|a| a.record.clone()))
+        .chain(
+            s.usage_org
+                .as_ref()
+                .map(|_| crate::names::usage_record(&ctx.names.stack)),
+        )
+        .map(|record| {
             format!(
                 "arn:aws:ssm:{}:{}:parameter{}",
-                ctx.region, f.account, a.record
+                ctx.region, f.account, record
             )
         })
         .collect();

@@ -423,6 +423,20 @@ pub struct PoolHistory {
     pub step_seconds: i32,
     /// Data points found over all the metrics (0: no data for the period).
     pub points: usize,
+    /// The queue waits jobs really had, per UTC day in the period, as the
+    /// scaler reported them from CircleCI's usage export (`usage_org`).
+    pub real_waits: Vec<RealDay>,
+}
+
+/// One day's real queue waits (seconds) and job runs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RealDay {
+    /// The day's UTC midnight, seconds since the epoch.
+    pub day: i64,
+    pub p50_s: f64,
+    pub p95_s: f64,
+    pub max_s: f64,
+    pub jobs: f64,
 }
 
 /// Sum up the pools' metrics since `since` ago, in one GetMetricData call
@@ -444,9 +458,20 @@ pub async fn history(ctx: &Ctx<'_>, pools: &[PoolRecord], since: Duration) -> R<
         (1, _) | (_, None) => ctx.names.for_pool(p.name.as_deref()).group(),
         (_, Some(n)) => n.clone(),
     };
+    // The daily real waits, a point a day.
+    let daily = [
+        ("rw50", "RealWaitP50"),
+        ("rw95", "RealWaitP95"),
+        ("rwmax", "RealWaitMax"),
+        ("rjobs", "RealJobs"),
+    ];
     let mut queries = Vec::new();
     for (i, p) in pools.iter().enumerate() {
-        for (id, metric, stat) in metrics {
+        let all = metrics
+            .iter()
+            .map(|&(id, m, stat)| (id, m, stat, step))
+            .chain(daily.iter().map(|&(id, m)| (id, m, "Maximum", 86_400)));
+        for (id, metric, stat, step) in all {
             queries.push(
                 cw::MetricDataQuery::builder()
                     .id(format!("p{i}_{id}"))
@@ -537,6 +562,30 @@ pub async fn history(ctx: &Ctx<'_>, pools: &[PoolRecord], since: Duration) -> R<
                 unclaimed,
                 step_seconds: step,
                 points: metrics.iter().map(|(id, _, _)| get(id).len()).sum(),
+                real_waits: {
+                    let mut days: Vec<RealDay> = get("rw95")
+                        .iter()
+                        .map(|&(t, p95)| {
+                            let day = t - t.rem_euclid(86_400);
+                            let at = |id: &str| {
+                                get(id)
+                                    .iter()
+                                    .find(|(u, _)| u - u.rem_euclid(86_400) == day)
+                                    .map_or(0.0, |(_, v)| *v)
+                            };
+                            RealDay {
+                                day,
+                                p50_s: at("rw50"),
+                                p95_s: p95,
+                                max_s: at("rwmax"),
+                                jobs: at("rjobs"),
+                            }
+                        })
+                        .collect();
+                    days.sort_by_key(|d| d.day);
+                    days.dedup_by_key(|d| d.day);
+                    days
+                },
             }
         })
         .collect())

@@ -1592,11 +1592,30 @@ async fn alarms_topic_and_dashboard_are_made_converged_and_removed() {
     let cfg = &s.moto.config;
     std::fs::write(
         s.home.path().join("cci-scaler.toml"),
-        "[alarms]\nemail = \"ops@example.com\"\nstarved_minutes = 15\n",
+        "usage_org = \"org-1\"\n[alarms]\nemail = \"ops@example.com\"\nstarved_minutes = 15\n",
     )
     .unwrap();
     let r = s.init(&[]).await;
     assert_eq!(r.code, 0, "{r:?}");
+    // usage_org: the Lambda reports real waits into its own record, and
+    // may read and write that record only.
+    let env = crate::support::function_env(cfg, "cci-scaler-demo-scaler").await;
+    assert_eq!(env["CCI_SCALER_USAGE_ORG"], "org-1");
+    assert_eq!(env["CCI_SCALER_USAGE_RECORD"], "/cci-scaler/demo/usage");
+    let policy =
+        crate::support::role_policy(&aws_sdk_iam::Client::new(cfg), "cci-scaler-demo-scaler").await;
+    let ssm = policy["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["Sid"] == "DemandRecordsOfOwnPools")
+        .unwrap_or_else(|| panic!("{policy}"));
+    assert!(
+        ssm["Resource"]
+            .to_string()
+            .contains(":parameter/cci-scaler/demo/usage"),
+        "{ssm}"
+    );
     let cw = aws_sdk_cloudwatch::Client::new(cfg);
     let alarms = cw
         .describe_alarms()
@@ -1665,7 +1684,11 @@ async fn alarms_topic_and_dashboard_are_made_converged_and_removed() {
         .await
         .unwrap();
     let body: Value = serde_json::from_str(dash.dashboard_body().unwrap()).unwrap();
-    assert!(body["widgets"].as_array().unwrap().len() >= 4, "{body}");
+    assert!(body["widgets"].as_array().unwrap().len() >= 5, "{body}");
+    assert!(
+        body.to_string().contains("RealWaitP95"),
+        "a widget of the waits jobs really had: {body}"
+    );
 
     // Converged: nothing changes.
     let r = s.init(&[]).await;
@@ -1719,6 +1742,31 @@ async fn alarms_topic_and_dashboard_are_made_converged_and_removed() {
             .send()
             .await
             .unwrap();
+        if ago_min == 50 {
+            // Yesterday's real waits, dated at its noon as the Lambda's
+            // daily report dates them.
+            let secs = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+            let noon = secs - secs % 86_400 - 86_400 + 43_200;
+            let at = aws_sdk_cloudwatch::primitives::DateTime::from_secs(noon as i64);
+            let real = |name: &str, v: f64| {
+                let d = datum(name, v);
+                aws_sdk_cloudwatch::types::MetricDatum::builder()
+                    .metric_name(name)
+                    .value(v)
+                    .timestamp(at)
+                    .set_dimensions(Some(d.dimensions().to_vec()))
+                    .build()
+            };
+            cw.put_metric_data()
+                .namespace("cci-scaler")
+                .metric_data(real("RealWaitP50", 20.0))
+                .metric_data(real("RealWaitP95", 75.0))
+                .metric_data(real("RealWaitMax", 190.0))
+                .metric_data(real("RealJobs", 42.0))
+                .send()
+                .await
+                .unwrap();
+        }
     }
     let r = run(s.cmd(&[
         "--output", "json", "status", "--stack", "demo", "--since", "2h",
@@ -1734,6 +1782,22 @@ async fn alarms_topic_and_dashboard_are_made_converged_and_removed() {
     assert!(
         r.stdout
             .contains("last 2h (fleet): peak queue 7, peak desired 5"),
+        "{r:?}"
+    );
+    // Over two days: yesterday's real waits beside the scaler's figures.
+    let r = run(s.cmd(&[
+        "--output", "json", "status", "--stack", "demo", "--since", "2d",
+    ]))
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let real = &json(&r)["history"][0]["real_waits"];
+    assert_eq!(real.as_array().map(Vec::len), Some(1), "{real}");
+    assert_eq!(real[0]["p95_s"], 75.0, "{real}");
+    assert_eq!(real[0]["jobs"], 42.0, "{real}");
+    let r = run(s.cmd(&["status", "--stack", "demo", "--since", "2d"])).await;
+    assert!(
+        r.stdout.contains("queue wait jobs really had")
+            && r.stdout.contains("20s   1m15s   3m10s  (42 jobs)"),
         "{r:?}"
     );
     assert!(
