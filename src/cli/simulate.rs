@@ -462,7 +462,10 @@ fn sweep_fleets(spec: &str, base: &Fleet) -> anyhow::Result<(String, Vec<(String
 /// A pool of a stack file as the simulator runs it: `base` (the flags) with
 /// the pool's max instances, spares (periods, auto), warm pool, market,
 /// idle timeout, poll interval and boot timeout.
-fn pool_fleet(base: &Fleet, p: &cci_scaler::config::StackSettings) -> anyhow::Result<Fleet> {
+pub(super) fn pool_fleet(
+    base: &Fleet,
+    p: &cci_scaler::config::StackSettings,
+) -> anyhow::Result<Fleet> {
     let idle = cci_scaler::render::parse_go_duration("idle timeout", &p.runner.idle_timeout)?;
     let f = Fleet {
         max: p.max_instances,

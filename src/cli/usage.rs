@@ -36,16 +36,21 @@ pub struct UsageArgs {
     pub since: Option<Duration>,
 }
 
-fn prices(args: &UsageArgs) -> anyhow::Result<(BTreeMap<String, f64>, Vec<String>)> {
+type Pools = Vec<cci_scaler::config::StackSettings>;
+
+fn prices(args: &UsageArgs) -> anyhow::Result<(BTreeMap<String, f64>, Vec<String>, Pools)> {
     let mut prices = BTreeMap::new();
     let mut notes = Vec::new();
     let config = args.config.clone().or_else(|| {
         let p = PathBuf::from("cci-scaler.toml");
         p.exists().then_some(p)
     });
-    if let Some(path) = config {
-        let pools = cci_scaler::config::StackFile::load(&path)?.pools()?;
-        for p in pools {
+    let pools = match config {
+        Some(path) => cci_scaler::config::StackFile::load(&path)?.pools()?,
+        None => Vec::new(),
+    };
+    {
+        for p in &pools {
             let t = p.instance_types.first().map(String::as_str).unwrap_or("");
             match usage_report::on_demand_price(t) {
                 Some(usd) => {
@@ -68,11 +73,56 @@ fn prices(args: &UsageArgs) -> anyhow::Result<(BTreeMap<String, f64>, Vec<String
         };
         prices.insert(class.trim().to_string(), usd);
     }
-    Ok((prices, notes))
+    Ok((prices, notes, pools))
+}
+
+/// What the simulator says each pool's jobs would have waited with the
+/// stack file's settings (a baked image, as init makes), the same runs
+/// replayed: beside the real waits, how far the model is from the fleet.
+fn simulated(
+    runs: &[usage::Run],
+    pools: &Pools,
+    prices: &BTreeMap<String, f64>,
+) -> anyhow::Result<BTreeMap<String, Waits>> {
+    use cci_scaler::simulate::{self, Fleet, Policy};
+    let mut out = BTreeMap::new();
+    for p in pools {
+        let class_runs: Vec<usage::Run> = runs
+            .iter()
+            .filter(|r| r.resource_class == p.resource_class)
+            .cloned()
+            .collect();
+        if class_runs.is_empty() {
+            continue;
+        }
+        let export = usage::Export {
+            runs: class_runs,
+            ..Default::default()
+        };
+        let Some(jobs) = export
+            .jobs_by_class()?
+            .remove(&Some(p.resource_class.clone()))
+        else {
+            continue;
+        };
+        let base = Fleet {
+            boot_min_s: simulate::BAKED_BOOT_S.0,
+            boot_max_s: simulate::BAKED_BOOT_S.1,
+            price_per_hour: prices
+                .get(&p.resource_class)
+                .copied()
+                .unwrap_or(Fleet::default().price_per_hour),
+            ..Fleet::default()
+        };
+        let f = super::simulate::pool_fleet(&base, p)?;
+        let r = simulate::simulate(&jobs, &f, Policy::Ours, 1)?;
+        out.insert(p.resource_class.clone(), r.waits);
+    }
+    Ok(out)
 }
 
 pub async fn run(global: &GlobalArgs, args: UsageArgs) -> anyhow::Result<ExitCode> {
-    let (prices, mut notes) = prices(&args)?;
+    let (prices, mut notes, pools) = prices(&args)?;
     let bytes = std::fs::read(&args.jobs)
         .with_context(|| format!("cannot read the jobs file {}", args.jobs.display()))?;
     let text = usage::read_maybe_gzip(&bytes)
@@ -113,16 +163,18 @@ pub async fn run(global: &GlobalArgs, args: UsageArgs) -> anyhow::Result<ExitCod
         }
     }
     let report = usage_report::report(&runs, &prices);
+    let sim = simulated(&runs, &pools, &prices)?;
     let out = match global.output {
         Output::Json => format!(
             "{}\n",
             serde_json::json!({
                 "report": report,
+                "simulated_waits": sim,
                 "projects": report.projects_ranked().into_iter().map(|(p, l)| serde_json::json!({"project": p, "usage": l})).collect::<Vec<_>>(),
                 "notes": notes,
             })
         ),
-        Output::Text => text_report(&report, &notes),
+        Output::Text => text_report(&report, &sim, &notes),
     };
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(out.as_bytes())?;
@@ -150,7 +202,7 @@ fn day(t: i64) -> String {
 }
 
 /// The tables and the chart.
-pub fn text_report(r: &UsageReport, notes: &[String]) -> String {
+pub fn text_report(r: &UsageReport, sim: &BTreeMap<String, Waits>, notes: &[String]) -> String {
     let mut o = format!(
         "{} job runs queued {} to {} UTC: {:.1} job-hours, {}\n\n",
         r.total.jobs,
@@ -180,6 +232,14 @@ pub fn text_report(r: &UsageReport, notes: &[String]) -> String {
             money(l.cost),
             waits(&l.waits)
         ));
+        if let Some(s) = sim.get(c) {
+            o.push_str(&format!(
+                "{:<w$}  {:>36}  {}\n",
+                "  simulated",
+                "stack file's settings, baked image",
+                waits(s)
+            ));
+        }
     }
     o.push_str(&format!(
         "\n{:<w$}  {:>6} {:>9} {:>10} {:>6}  {:>7}\n",

@@ -287,6 +287,14 @@ async fn recommend_meets_its_target_on_the_organisations_history() {
     );
     assert!(waits["p50_s"].as_u64().unwrap() >= 5, "{v}");
     assert_eq!(rep["by_project"]["api"]["acme/arm"]["jobs"], 60, "{v}");
+    // Beside them, what the simulator says the same runs would have waited
+    // with the stack file's settings.
+    for class in ["acme/linux", "acme/arm"] {
+        assert!(
+            v["simulated_waits"][class]["p95_s"].is_u64(),
+            "{class}: {v}"
+        );
+    }
     assert!(rep["by_day"].as_array().unwrap().len() >= 4, "{v}");
     let mut cmd = command("cci-scaler", dir);
     cmd.current_dir(dir)
