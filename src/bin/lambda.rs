@@ -53,6 +53,10 @@ struct Env {
     asg: Option<String>,
     headroom: Schedule,
     auto: Option<AutoHeadroom>,
+    /// `CCI_SCALER_HEADROOM` as given (for the simulator).
+    headroom_specs: Vec<HeadroomSpec>,
+    /// The one group's settings for the simulator (`CCI_SCALER_MODEL`).
+    model: Option<cci_scaler::scale::real_waits::SimModel>,
     pools: Option<Vec<Pool>>,
     resource_class: Option<String>,
     interval: Duration,
@@ -110,6 +114,18 @@ impl Env {
                     serde_json::from_str::<AutoHeadroom>(&v).map_err(|e| {
                         format!(
                             "CCI_SCALER_AUTO_HEADROOM is not a JSON object of {{\"max_spares\", \"record\", \"poll_s\"}}: {e}"
+                        )
+                    })
+                })
+                .transpose()?,
+            headroom_specs: var("CCI_SCALER_HEADROOM")
+                .and_then(|v| serde_json::from_str(&v).ok())
+                .unwrap_or_default(),
+            model: var("CCI_SCALER_MODEL")
+                .map(|v| {
+                    serde_json::from_str(&v).map_err(|e| {
+                        format!(
+                            "CCI_SCALER_MODEL is not a JSON object of {{\"max_instances\", \"boot_s\", \"idle_timeout_s\"}}: {e}"
                         )
                     })
                 })
@@ -361,17 +377,41 @@ impl Scaler {
         {
             return;
         }
-        // Each pool: its metric dimension and class.
-        let pools: Vec<(String, String)> = match mode {
-            Mode::One(s) => vec![(s.asg.clone(), s.resource_class.clone())],
+        // Each pool: its metric dimension, class and model fleet.
+        let fleet = |m: &Option<cci_scaler::scale::real_waits::SimModel>,
+                     headroom: &[HeadroomSpec],
+                     auto: &Option<AutoHeadroom>| {
+            m.as_ref().map(|m| {
+                m.fleet(
+                    headroom,
+                    auto.as_ref().map(|a| a.max_spares),
+                    self.env.interval.as_secs(),
+                    self.env.boot_timeout.as_secs(),
+                )
+            })
+        };
+        let pools: Vec<(String, String, Option<cci_scaler::simulate::Fleet>)> = match mode {
+            Mode::One(s) => vec![(
+                s.asg.clone(),
+                s.resource_class.clone(),
+                fleet(&self.env.model, &self.env.headroom_specs, &s.auto),
+            )],
             Mode::Pools(pools, _) => pools
                 .iter()
-                .map(|p| (p.name.clone(), p.resource_class.clone()))
+                .map(|p| {
+                    (
+                        p.name.clone(),
+                        p.resource_class.clone(),
+                        fleet(&p.model, &p.headroom, &p.auto),
+                    )
+                })
                 .collect(),
         };
-        let classes: Vec<String> = pools.iter().map(|(_, c)| c.clone()).collect();
-        let step =
-            cci_scaler::scale::real_waits::step(api, &self.group, record, org, &classes, now);
+        let report: Vec<cci_scaler::scale::real_waits::ReportPool> = pools
+            .iter()
+            .map(|(_, c, f)| (c.clone(), f.clone()))
+            .collect();
+        let step = cci_scaler::scale::real_waits::step(api, &self.group, record, org, &report, now);
         let step = match tokio::time::timeout(self.env.window, step).await {
             Ok(Ok(step)) => step,
             Ok(Err(e)) => {
@@ -387,13 +427,14 @@ impl Scaler {
         };
         if let cci_scaler::scale::real_waits::Step::Reported { days, .. } = &step {
             for d in days {
-                let Some((pool, _)) = pools.iter().find(|(_, c)| *c == d.resource_class) else {
+                let Some((pool, _, _)) = pools.iter().find(|(_, c, _)| *c == d.resource_class)
+                else {
                     continue;
                 };
                 let (metrics, at) = cci_scaler::scale::real_waits::metrics(d);
                 log(cci_scaler::scale::metrics::emf(
                     json!({"usage": "day", "resource_class": d.resource_class, "day": d.day,
-                        "jobs": d.jobs, "waits": d.waits}),
+                        "jobs": d.jobs, "waits": d.waits, "simulated": d.simulated}),
                     self.stack_name(pool),
                     pool,
                     &metrics,

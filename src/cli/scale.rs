@@ -122,6 +122,7 @@ pub async fn run(global: &GlobalArgs, args: ScaleArgs) -> anyhow::Result<ExitCod
                 resource_class: rc.clone(),
                 headroom: Vec::new(),
                 auto: None,
+                model: None,
             })
             .collect();
         return run_pools(global, args, pools).await;
@@ -339,6 +340,7 @@ fn stack_pools(args: &ScaleArgs) -> anyhow::Result<(String, Vec<Pool>)> {
                 .unwrap_or_else(|| cci_scaler::names::group(&stack, None)),
             asg: cci_scaler::names::group(&stack, p.pool.as_deref()),
             auto: p.auto_scale(),
+            model: None,
             resource_class: p.resource_class,
             headroom: p.headroom,
         })

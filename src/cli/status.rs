@@ -167,9 +167,13 @@ fn print_real_waits(o: &mut String, h: &PoolHistory) {
         let day = jiff::Timestamp::from_second(d.day)
             .map(|t| t.strftime("%Y-%m-%d").to_string())
             .unwrap_or_default();
+        let sim = d
+            .sim_p95_s
+            .map(|s| format!(", simulated p95 {}", cci_scaler::simulate::hms(s as u64)))
+            .unwrap_or_default();
         let _ = writeln!(
             o,
-            "    {day}  {:>7} {:>7} {:>7}  ({} jobs)",
+            "    {day}  {:>7} {:>7} {:>7}  ({} jobs{sim})",
             cci_scaler::simulate::hms(d.p50_s as u64),
             cci_scaler::simulate::hms(d.p95_s as u64),
             cci_scaler::simulate::hms(d.max_s as u64),

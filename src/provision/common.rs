@@ -170,6 +170,9 @@ pub(crate) struct PoolFound {
     pub warm_pool: u32,
     /// No baked image matches the pool's base image and install inputs.
     pub needs_bake: bool,
+    /// Its settings for the simulator, given to the Lambda with
+    /// `usage_org` (real waits reported beside simulated ones).
+    pub model: Option<crate::scale::real_waits::SimModel>,
     /// The key pair its launch template names, if any.
     pub key_pair: Option<String>,
     pub architecture: String,

@@ -100,6 +100,7 @@ fn body(ctx: &Ctx<'_>, s: &StackSettings, f: &Found) -> Value {
                         metric("RealWaitP50", &pool, "p50"),
                         metric("RealWaitP95", &pool, "p95"),
                         metric("RealWaitMax", &pool, "max"),
+                        metric("SimWaitP95", &pool, "p95 simulated (the same runs, the stack's settings)"),
                     ]}}));
         }
     }

@@ -78,6 +78,9 @@ fn lambda_env(ctx: &Ctx<'_>, s: &StackSettings, f: &Found) -> HashMap<String, St
             if let Some(a) = &p.auto {
                 env.insert("CCI_SCALER_AUTO_HEADROOM".into(), json!(a).to_string());
             }
+            if let Some(m) = &p.model {
+                env.insert("CCI_SCALER_MODEL".into(), json!(m).to_string());
+            }
         }
         pools => {
             let list: Vec<Value> = pools
@@ -93,6 +96,9 @@ fn lambda_env(ctx: &Ctx<'_>, s: &StackSettings, f: &Found) -> HashMap<String, St
                     }
                     if let Some(a) = &p.auto {
                         v["auto"] = json!(a);
+                    }
+                    if let Some(m) = &p.model {
+                        v["model"] = json!(m);
                     }
                     v
                 })

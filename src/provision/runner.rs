@@ -198,6 +198,24 @@ pub async fn init(
                 }
             }
         }
+        // With usage_org, the Lambda replays each day's runs beside the
+        // real waits: the pool as the simulator needs it.
+        if s.usage_org.is_some() {
+            let idle = crate::render::parse_go_duration("idle timeout", &s.runner.idle_timeout)
+                .map(|d| d.as_secs())
+                .unwrap_or(60);
+            p.model = Some(crate::scale::real_waits::SimModel {
+                max_instances: s.max_instances,
+                boot_s: if p.needs_bake && f.bake.is_none() {
+                    crate::scale::real_waits::STOCK_BOOT_S
+                } else {
+                    crate::simulate::BAKED_BOOT_S
+                },
+                idle_timeout_s: idle,
+                warm_pool: s.warm_pool,
+                spot: s.spot.is_some(),
+            });
+        }
         p.user_data = render_user_data(&input)?;
         p.class = step(
             "resource class",

@@ -437,6 +437,9 @@ pub struct RealDay {
     pub p95_s: f64,
     pub max_s: f64,
     pub jobs: f64,
+    /// The same runs replayed through the simulator with the pool's
+    /// settings: its p95 (`None`: not reported).
+    pub sim_p95_s: Option<f64>,
 }
 
 /// Sum up the pools' metrics since `since` ago, in one GetMetricData call
@@ -464,6 +467,7 @@ pub async fn history(ctx: &Ctx<'_>, pools: &[PoolRecord], since: Duration) -> R<
         ("rw95", "RealWaitP95"),
         ("rwmax", "RealWaitMax"),
         ("rjobs", "RealJobs"),
+        ("sw95", "SimWaitP95"),
     ];
     let mut queries = Vec::new();
     for (i, p) in pools.iter().enumerate() {
@@ -567,18 +571,20 @@ pub async fn history(ctx: &Ctx<'_>, pools: &[PoolRecord], since: Duration) -> R<
                         .iter()
                         .map(|&(t, p95)| {
                             let day = t - t.rem_euclid(86_400);
-                            let at = |id: &str| {
+                            let find = |id: &str| {
                                 get(id)
                                     .iter()
                                     .find(|(u, _)| u - u.rem_euclid(86_400) == day)
-                                    .map_or(0.0, |(_, v)| *v)
+                                    .map(|(_, v)| *v)
                             };
+                            let at = |id: &str| find(id).unwrap_or(0.0);
                             RealDay {
                                 day,
                                 p50_s: at("rw50"),
                                 p95_s: p95,
                                 max_s: at("rwmax"),
                                 jobs: at("rjobs"),
+                                sim_p95_s: find("sw95"),
                             }
                         })
                         .collect();

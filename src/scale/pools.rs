@@ -28,6 +28,10 @@ pub struct Pool {
     /// Spare runners sized from the pool's own demand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto: Option<super::AutoHeadroom>,
+    /// Its settings as the simulator needs them (`usage_org`: the real
+    /// waits are reported beside the simulated ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<super::real_waits::SimModel>,
 }
 
 /// One poll of every pool; the results are in the pools' order.

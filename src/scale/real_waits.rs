@@ -35,7 +35,57 @@ pub struct PendingExport {
     pub to: i64,
 }
 
-/// One pool's day.
+/// A stock image installs at boot: launch to registered runner in this
+/// range (seconds), as `simulate --boot-time` assumes by default.
+pub const STOCK_BOOT_S: (u64, u64) = (120, 300);
+
+/// A pool's settings as the simulator needs them beside what the Lambda
+/// already knows (its schedule, auto spares, poll interval, boot timeout):
+/// init writes it into the Lambda's environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimModel {
+    pub max_instances: u32,
+    /// Launch to registered runner (seconds): a baked image's range, or a
+    /// stock one's.
+    pub boot_s: (u64, u64),
+    pub idle_timeout_s: u64,
+    #[serde(default)]
+    pub warm_pool: u32,
+    #[serde(default)]
+    pub spot: bool,
+}
+
+impl SimModel {
+    /// The model fleet of a pool with these settings.
+    pub fn fleet(
+        &self,
+        headroom: &[crate::scale::headroom::HeadroomSpec],
+        max_spares: Option<u32>,
+        interval_s: u64,
+        boot_timeout_s: u64,
+    ) -> crate::simulate::Fleet {
+        let d = crate::simulate::Fleet::default();
+        crate::simulate::Fleet {
+            max: self.max_instances.max(1),
+            boot_min_s: self.boot_s.0,
+            boot_max_s: self.boot_s.1.max(self.boot_s.0),
+            idle_timeout_s: self.idle_timeout_s,
+            interval_s: interval_s.max(1),
+            boot_timeout_s,
+            headroom: headroom.to_vec(),
+            auto_headroom: max_spares.is_some(),
+            max_spares: max_spares
+                .unwrap_or(d.max_spares)
+                .clamp(1, self.max_instances.max(1)),
+            warm_pool_size: if self.spot { 0 } else { self.warm_pool },
+            spot: self.spot,
+            ..d
+        }
+    }
+}
+
+/// One pool's day: the waits its jobs really had, and (with a model) what
+/// the simulator says the same runs would have waited.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PoolDay {
     pub resource_class: String,
@@ -43,7 +93,11 @@ pub struct PoolDay {
     pub day: i64,
     pub jobs: usize,
     pub waits: crate::simulate::Waits,
+    pub simulated: Option<crate::simulate::Waits>,
 }
+
+/// A pool to report on: its class, and its model fleet if it has one.
+pub type ReportPool = (String, Option<crate::simulate::Fleet>);
 
 /// What one step did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -75,9 +129,11 @@ fn midnight(t: i64) -> i64 {
     t - t.rem_euclid(DAY_S)
 }
 
-/// The waits of `classes`' job runs, per class and UTC day, from an
-/// export's files.
-pub fn days_of(files: &[Vec<u8>], classes: &[String]) -> Result<Vec<PoolDay>, String> {
+/// The waits of the pools' job runs, per class and UTC day, from an
+/// export's files; with a pool's model fleet, the same day's runs replayed
+/// through the simulator beside them.
+pub fn days_of(files: &[Vec<u8>], pools: &[ReportPool]) -> Result<Vec<PoolDay>, String> {
+    let classes: Vec<String> = pools.iter().map(|(c, _)| c.clone()).collect();
     let mut runs = Vec::new();
     for f in files {
         let text = usage::read_maybe_gzip(f).map_err(|e| e.to_string())?;
@@ -91,14 +147,41 @@ pub fn days_of(files: &[Vec<u8>], classes: &[String]) -> Result<Vec<PoolDay>, St
     Ok(report
         .by_day
         .into_iter()
-        .map(|d| PoolDay {
-            day: format!("{}T00:00:00Z", d.day)
+        .map(|d| {
+            let day = format!("{}T00:00:00Z", d.day)
                 .parse::<jiff::Timestamp>()
                 .map(|t| t.as_second())
-                .unwrap_or(0),
-            resource_class: d.resource_class,
-            jobs: d.jobs,
-            waits: d.waits,
+                .unwrap_or(0);
+            let model = pools
+                .iter()
+                .find(|(c, _)| *c == d.resource_class)
+                .and_then(|(_, f)| f.as_ref());
+            let simulated = model.and_then(|f| {
+                let export = usage::Export {
+                    runs: runs
+                        .iter()
+                        .filter(|r| {
+                            r.resource_class == d.resource_class && midnight(r.queued) == day
+                        })
+                        .cloned()
+                        .collect(),
+                    ..Default::default()
+                };
+                let jobs = export
+                    .jobs_by_class()
+                    .ok()?
+                    .remove(&Some(d.resource_class.clone()))?;
+                crate::simulate::simulate(&jobs, f, crate::simulate::Policy::Ours, 1)
+                    .ok()
+                    .map(|r| r.waits)
+            });
+            PoolDay {
+                day,
+                resource_class: d.resource_class,
+                jobs: d.jobs,
+                waits: d.waits,
+                simulated,
+            }
         })
         .collect())
 }
@@ -110,7 +193,7 @@ pub async fn step<G: GroupApi + Sync>(
     store: &G,
     record: &str,
     org: &str,
-    classes: &[String],
+    pools: &[ReportPool],
     now: i64,
 ) -> Result<Step, RealWaitsError> {
     let mut rec: UsageRecord = store
@@ -134,7 +217,7 @@ pub async fn step<G: GroupApi + Sync>(
             }
             ExportState::Completed { urls, .. } => {
                 let files = api.usage_export_files(&urls, &window, &|_| {}).await?;
-                let days = days_of(&files, classes).map_err(|why| RealWaitsError::Export {
+                let days = days_of(&files, pools).map_err(|why| RealWaitsError::Export {
                     window: window.clone(),
                     why,
                 })?;
@@ -167,15 +250,17 @@ pub async fn step<G: GroupApi + Sync>(
 /// A reported day's metrics (EMF), dated that day at noon UTC.
 pub fn metrics(d: &PoolDay) -> (Vec<super::metrics::Metric>, u64) {
     let m = |name, unit, value: f64| super::metrics::Metric { name, unit, value };
-    (
-        vec![
-            m("RealWaitP50", "Seconds", d.waits.p50_s as f64),
-            m("RealWaitP95", "Seconds", d.waits.p95_s as f64),
-            m("RealWaitMax", "Seconds", d.waits.max_s as f64),
-            m("RealJobs", "Count", d.jobs as f64),
-        ],
-        ((d.day + DAY_S / 2) * 1000) as u64,
-    )
+    let mut out = vec![
+        m("RealWaitP50", "Seconds", d.waits.p50_s as f64),
+        m("RealWaitP95", "Seconds", d.waits.p95_s as f64),
+        m("RealWaitMax", "Seconds", d.waits.max_s as f64),
+        m("RealJobs", "Count", d.jobs as f64),
+    ];
+    if let Some(s) = &d.simulated {
+        out.push(m("SimWaitP50", "Seconds", s.p50_s as f64));
+        out.push(m("SimWaitP95", "Seconds", s.p95_s as f64));
+    }
+    (out, ((d.day + DAY_S / 2) * 1000) as u64)
 }
 
 #[cfg(test)]
@@ -189,7 +274,24 @@ mod tests {
 2026-11-20T11:00:00Z,2026-11-20T11:02:00Z,2026-11-20T11:05:00Z,acme/linux,api,b,t\n\
 2026-11-21T11:00:00Z,2026-11-21T11:00:05Z,2026-11-21T11:05:00Z,acme/linux,web,b,t\n\
 2026-11-21T11:00:00Z,2026-11-21T11:00:05Z,2026-11-21T11:05:00Z,other/class,web,b,t\n";
-        let days = days_of(&[csv.as_bytes().to_vec()], &["acme/linux".to_string()]).unwrap();
+        let model = SimModel {
+            max_instances: 4,
+            boot_s: (40, 60),
+            idle_timeout_s: 60,
+            warm_pool: 0,
+            spot: false,
+        };
+        let fleet = model.fleet(&[], None, 10, 600);
+        let days = days_of(
+            &[csv.as_bytes().to_vec()],
+            &[("acme/linux".to_string(), Some(fleet))],
+        )
+        .unwrap();
+        let sim = days[0].simulated.expect("a model, a simulated day");
+        assert!(
+            (40..=70).contains(&sim.max_s),
+            "each job waits for a baked boot: {sim:?}"
+        );
         assert_eq!(days.len(), 2);
         assert_eq!(days[0].jobs, 2);
         assert_eq!((days[0].waits.p50_s, days[0].waits.max_s), (30, 120));

@@ -1602,6 +1602,9 @@ async fn alarms_topic_and_dashboard_are_made_converged_and_removed() {
     let env = crate::support::function_env(cfg, "cci-scaler-demo-scaler").await;
     assert_eq!(env["CCI_SCALER_USAGE_ORG"], "org-1");
     assert_eq!(env["CCI_SCALER_USAGE_RECORD"], "/cci-scaler/demo/usage");
+    let model: Value = serde_json::from_str(&env["CCI_SCALER_MODEL"]).unwrap();
+    assert_eq!(model["max_instances"], 6, "{model}");
+    assert_eq!(model["idle_timeout_s"], 60, "{model}");
     let policy =
         crate::support::role_policy(&aws_sdk_iam::Client::new(cfg), "cci-scaler-demo-scaler").await;
     let ssm = policy["Statement"]
@@ -1686,7 +1689,7 @@ async fn alarms_topic_and_dashboard_are_made_converged_and_removed() {
     let body: Value = serde_json::from_str(dash.dashboard_body().unwrap()).unwrap();
     assert!(body["widgets"].as_array().unwrap().len() >= 5, "{body}");
     assert!(
-        body.to_string().contains("RealWaitP95"),
+        body.to_string().contains("RealWaitP95") && body.to_string().contains("SimWaitP95"),
         "a widget of the waits jobs really had: {body}"
     );
 
@@ -1763,6 +1766,7 @@ async fn alarms_topic_and_dashboard_are_made_converged_and_removed() {
                 .metric_data(real("RealWaitP95", 75.0))
                 .metric_data(real("RealWaitMax", 190.0))
                 .metric_data(real("RealJobs", 42.0))
+                .metric_data(real("SimWaitP95", 58.0))
                 .send()
                 .await
                 .unwrap();
@@ -1794,10 +1798,12 @@ async fn alarms_topic_and_dashboard_are_made_converged_and_removed() {
     assert_eq!(real.as_array().map(Vec::len), Some(1), "{real}");
     assert_eq!(real[0]["p95_s"], 75.0, "{real}");
     assert_eq!(real[0]["jobs"], 42.0, "{real}");
+    assert_eq!(real[0]["sim_p95_s"], 58.0, "{real}");
     let r = run(s.cmd(&["status", "--stack", "demo", "--since", "2d"])).await;
     assert!(
         r.stdout.contains("queue wait jobs really had")
-            && r.stdout.contains("20s   1m15s   3m10s  (42 jobs)"),
+            && r.stdout
+                .contains("20s   1m15s   3m10s  (42 jobs, simulated p95 58s)"),
         "{r:?}"
     );
     assert!(

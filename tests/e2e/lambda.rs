@@ -296,6 +296,10 @@ async fn lambda_reports_each_days_real_queue_waits_from_the_usage_export() {
         .env("CCI_SCALER_USAGE_ORG", "org-1")
         .env("CCI_SCALER_USAGE_RECORD", record)
         .env("CCI_SCALER_USAGE_MINUTE", "*")
+        .env(
+            "CCI_SCALER_MODEL",
+            r#"{"max_instances": 10, "boot_s": [40, 60], "idle_timeout_s": 60}"#,
+        )
         .env("CIRCLECI_API_URL", &usage.url)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
@@ -340,6 +344,10 @@ async fn lambda_reports_each_days_real_queue_waits_from_the_usage_export() {
     assert_eq!(yesterday["RealWaitP50"], 30.0);
     assert_eq!(yesterday["RealWaitMax"], 90.0);
     assert_eq!(yesterday["pool"], "fleet");
+    // Beside them, the same runs replayed through the simulator: a new
+    // instance for each job, a baked boot each.
+    let sim = yesterday["SimWaitP95"].as_f64().expect("a simulated p95");
+    assert!((40.0..=70.0).contains(&sim), "{yesterday}");
     assert_eq!(
         yesterday["_aws"]["Timestamp"].as_i64(),
         Some((now - into_today - 86_400 + 43_200) * 1000),
@@ -353,7 +361,14 @@ async fn lambda_reports_each_days_real_queue_waits_from_the_usage_export() {
         .collect();
     assert_eq!(
         names,
-        ["RealWaitP50", "RealWaitP95", "RealWaitMax", "RealJobs"]
+        [
+            "RealWaitP50",
+            "RealWaitP95",
+            "RealWaitMax",
+            "RealJobs",
+            "SimWaitP50",
+            "SimWaitP95"
+        ]
     );
     assert!(!stdout.contains(TOKEN) && !stderr.contains(TOKEN));
     assert!(
