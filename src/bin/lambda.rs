@@ -94,21 +94,22 @@ fn duration_var(name: &str, default: Duration) -> Result<Duration, String> {
 impl Env {
     fn from_env() -> Result<Env, String> {
         let required = |n: &str| var(n).ok_or_else(|| format!("{n} is not set"));
+        let headroom_specs = var("CCI_SCALER_HEADROOM")
+            .map(|v| {
+                serde_json::from_str::<Vec<HeadroomSpec>>(&v).map_err(|e| {
+                    format!(
+                        "CCI_SCALER_HEADROOM is not a JSON list of {{\"schedule\", \"duration\", \"time_zone\", \"count\"}}: {e}"
+                    )
+                })
+            })
+            .transpose()?
+            .unwrap_or_default();
         let env = Env {
             secret_id: required("CCI_SCALER_SECRET_ID")?,
             stack: var("CCI_SCALER_STACK"),
             asg: var("CCI_SCALER_ASG"),
-            headroom: var("CCI_SCALER_HEADROOM")
-                .map(|v| {
-                    let specs = serde_json::from_str::<Vec<HeadroomSpec>>(&v).map_err(|e| {
-                        format!(
-                            "CCI_SCALER_HEADROOM is not a JSON list of {{\"schedule\", \"duration\", \"time_zone\", \"count\"}}: {e}"
-                        )
-                    })?;
-                    Schedule::new(&specs).map_err(|e| format!("CCI_SCALER_HEADROOM: {e}"))
-                })
-                .transpose()?
-                .unwrap_or_default(),
+            headroom: Schedule::new(&headroom_specs)
+                .map_err(|e| format!("CCI_SCALER_HEADROOM: {e}"))?,
             auto: var("CCI_SCALER_AUTO_HEADROOM")
                 .map(|v| {
                     serde_json::from_str::<AutoHeadroom>(&v).map_err(|e| {
@@ -118,9 +119,7 @@ impl Env {
                     })
                 })
                 .transpose()?,
-            headroom_specs: var("CCI_SCALER_HEADROOM")
-                .and_then(|v| serde_json::from_str(&v).ok())
-                .unwrap_or_default(),
+            headroom_specs,
             model: var("CCI_SCALER_MODEL")
                 .map(|v| {
                     serde_json::from_str(&v).map_err(|e| {
@@ -411,7 +410,31 @@ impl Scaler {
             .iter()
             .map(|(_, c, f)| (c.clone(), f.clone()))
             .collect();
-        let step = cci_scaler::scale::real_waits::step(api, &self.group, record, org, &report, now);
+        // Each day is logged (its metrics dated that day) before the
+        // record moves past it.
+        let log_day = |d: &cci_scaler::scale::real_waits::PoolDay| {
+            let Some((pool, _, _)) = pools.iter().find(|(_, c, _)| *c == d.resource_class) else {
+                return;
+            };
+            let (metrics, at) = cci_scaler::scale::real_waits::metrics(d);
+            log(cci_scaler::scale::metrics::emf(
+                json!({"usage": "day", "resource_class": d.resource_class, "day": d.day,
+                    "jobs": d.jobs, "waits": d.waits, "simulated": d.simulated}),
+                self.stack_name(pool),
+                pool,
+                &metrics,
+                at,
+            ));
+        };
+        let step = cci_scaler::scale::real_waits::step(
+            api,
+            &self.group,
+            record,
+            org,
+            &report,
+            now,
+            &log_day,
+        );
         let step = match tokio::time::timeout(self.env.window, step).await {
             Ok(Ok(step)) => step,
             Ok(Err(e)) => {
@@ -425,23 +448,6 @@ impl Scaler {
                 return;
             }
         };
-        if let cci_scaler::scale::real_waits::Step::Reported { days, .. } = &step {
-            for d in days {
-                let Some((pool, _, _)) = pools.iter().find(|(_, c, _)| *c == d.resource_class)
-                else {
-                    continue;
-                };
-                let (metrics, at) = cci_scaler::scale::real_waits::metrics(d);
-                log(cci_scaler::scale::metrics::emf(
-                    json!({"usage": "day", "resource_class": d.resource_class, "day": d.day,
-                        "jobs": d.jobs, "waits": d.waits, "simulated": d.simulated}),
-                    self.stack_name(pool),
-                    pool,
-                    &metrics,
-                    at,
-                ));
-            }
-        }
         let mut line = serde_json::to_value(&step).unwrap_or(Value::Null);
         if let Value::Object(m) = &mut line
             && let Some(Value::Array(days)) = m.get_mut("days")

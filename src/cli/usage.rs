@@ -38,9 +38,10 @@ pub struct UsageArgs {
 
 type Pools = Vec<cci_scaler::config::StackSettings>;
 
-fn prices(args: &UsageArgs) -> anyhow::Result<(BTreeMap<String, f64>, Vec<String>, Pools)> {
+/// Each class's price an hour (`--price`, else its pool's first instance
+/// type's list price), and the stack file's pools.
+fn prices(args: &UsageArgs) -> anyhow::Result<(BTreeMap<String, f64>, Pools)> {
     let mut prices = BTreeMap::new();
-    let mut notes = Vec::new();
     let config = args.config.clone().or_else(|| {
         let p = PathBuf::from("cci-scaler.toml");
         p.exists().then_some(p)
@@ -49,18 +50,10 @@ fn prices(args: &UsageArgs) -> anyhow::Result<(BTreeMap<String, f64>, Vec<String
         Some(path) => cci_scaler::config::StackFile::load(&path)?.pools()?,
         None => Vec::new(),
     };
-    {
-        for p in &pools {
-            let t = p.instance_types.first().map(String::as_str).unwrap_or("");
-            match usage_report::on_demand_price(t) {
-                Some(usd) => {
-                    prices.insert(p.resource_class.clone(), usd);
-                }
-                None => notes.push(format!(
-                    "{}: no list price for {t}; pass --price {}=USD",
-                    p.resource_class, p.resource_class
-                )),
-            }
+    for p in &pools {
+        let t = p.instance_types.first().map(String::as_str).unwrap_or("");
+        if let Some(usd) = usage_report::on_demand_price(t) {
+            prices.insert(p.resource_class.clone(), usd);
         }
     }
     for spec in &args.price {
@@ -73,7 +66,7 @@ fn prices(args: &UsageArgs) -> anyhow::Result<(BTreeMap<String, f64>, Vec<String
         };
         prices.insert(class.trim().to_string(), usd);
     }
-    Ok((prices, notes, pools))
+    Ok((prices, pools))
 }
 
 /// What the simulator says each pool's jobs would have waited with the
@@ -122,7 +115,7 @@ fn simulated(
 }
 
 pub async fn run(global: &GlobalArgs, args: UsageArgs) -> anyhow::Result<ExitCode> {
-    let (prices, mut notes, pools) = prices(&args)?;
+    let (prices, pools) = prices(&args)?;
     let bytes = std::fs::read(&args.jobs)
         .with_context(|| format!("cannot read the jobs file {}", args.jobs.display()))?;
     let text = usage::read_maybe_gzip(&bytes)
@@ -151,17 +144,27 @@ pub async fn run(global: &GlobalArgs, args: UsageArgs) -> anyhow::Result<ExitCod
             }
         );
     }
-    for c in runs
+    // A class without a price, said once, with why.
+    let notes: Vec<String> = runs
         .iter()
         .map(|r| r.resource_class.as_str())
         .collect::<std::collections::BTreeSet<_>>()
-    {
-        if !prices.contains_key(c) && !notes.iter().any(|n| n.starts_with(c)) {
-            notes.push(format!(
-                "{c}: no price (no pool of it in a stack file); pass --price {c}=USD"
-            ));
-        }
-    }
+        .into_iter()
+        .filter(|c| !prices.contains_key(*c))
+        .map(|c| {
+            let why = match pools.iter().find(|p| p.resource_class == c) {
+                Some(p) => format!(
+                    "no list price for {}",
+                    p.instance_types
+                        .first()
+                        .map(String::as_str)
+                        .unwrap_or("its type")
+                ),
+                None => "no price (no pool of it in a stack file)".to_string(),
+            };
+            format!("{c}: {why}; pass --price {c}=USD")
+        })
+        .collect();
     let report = usage_report::report(&runs, &prices);
     let sim = simulated(&runs, &pools, &prices)?;
     let out = match global.output {

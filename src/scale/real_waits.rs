@@ -187,7 +187,9 @@ pub fn days_of(files: &[Vec<u8>], pools: &[ReportPool]) -> Result<Vec<PoolDay>, 
 }
 
 /// One step: pick up the pending export if it is made, else ask for one of
-/// the days not yet reported (before today, UTC), else nothing.
+/// the days not yet reported (before today, UTC), else nothing. Each day
+/// read goes to `report` before the record moves past it, so a step cut
+/// short reports its days again rather than never.
 pub async fn step<G: GroupApi + Sync>(
     api: &RunnerApi,
     store: &G,
@@ -195,6 +197,7 @@ pub async fn step<G: GroupApi + Sync>(
     org: &str,
     pools: &[ReportPool],
     now: i64,
+    report: &(dyn Fn(&PoolDay) + Sync),
 ) -> Result<Step, RealWaitsError> {
     let mut rec: UsageRecord = store
         .load_record(record)
@@ -221,6 +224,7 @@ pub async fn step<G: GroupApi + Sync>(
                     window: window.clone(),
                     why,
                 })?;
+                days.iter().for_each(report);
                 rec.pending = None;
                 rec.through = p.to;
                 save(&rec).await?;

@@ -291,7 +291,7 @@ async fn lambda_reports_each_days_real_queue_waits_from_the_usage_export() {
     cmd.env("CCI_SCALER_SECRET_ID", &lf.arn)
         .env("CCI_SCALER_ASG", "fleet")
         .env("CCI_SCALER_POLL_INTERVAL", "1s")
-        .env("CCI_SCALER_POLL_WINDOW", "2s")
+        .env("CCI_SCALER_POLL_WINDOW", "4s")
         .env("CIRCLECI_RUNNER_API_URL", &lf.fx.cci.url)
         .env("CCI_SCALER_USAGE_ORG", "org-1")
         .env("CCI_SCALER_USAGE_RECORD", record)
@@ -334,7 +334,11 @@ async fn lambda_reports_each_days_real_queue_waits_from_the_usage_export() {
     assert_eq!(kinds.first(), Some(&"asked"), "{stdout}\n{stderr}");
     assert!(kinds.contains(&"waiting"), "{kinds:?}");
     assert_eq!(kinds.last(), Some(&"up_to_date"), "{kinds:?}");
-    let days: Vec<&Value> = lines.iter().filter(|l| l["usage"] == "day").collect();
+    // A step cut short by its time limit after logging reports its days
+    // again at the next one (CloudWatch keeps the maximum): once each here.
+    let mut days: Vec<&Value> = lines.iter().filter(|l| l["usage"] == "day").collect();
+    days.sort_by_key(|d| d["day"].as_i64());
+    days.dedup_by_key(|d| d["day"].as_i64());
     assert_eq!(days.len(), 2, "two days of the pool's class: {days:?}");
     let yesterday = days
         .iter()
